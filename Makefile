@@ -1,0 +1,53 @@
+# The project's commands. `make test` works from a fresh clone with nothing installed by hand.
+PYTHON_SYS ?= python3
+VENV       := .venv
+PY         := $(VENV)/bin/python
+PIP        := $(VENV)/bin/pip
+TORCH_VERSION      := 2.13.0
+TORCH_CUDA_VERSION := 2.14.1
+DEPS := numpy pybind11 scikit-build-core cmake ninja pytest scipy \
+        torchdiffeq==0.2.5 torchsde==0.2.6 torchode==1.0.1 tqdm matplotlib
+SOURCES := $(shell find csrc python -type f \( -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.py' \) 2>/dev/null) \
+           CMakeLists.txt pyproject.toml
+
+.PHONY: all venv build test demo bench microbench cuda-check wheel clean
+
+all: test
+
+# torch first and pinned (a CPU build on disk here), so nothing later pulls another torch.
+$(VENV)/.deps-stamp: Makefile
+	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==$(TORCH_VERSION)
+	$(PIP) install -q $(DEPS)
+	touch $@
+
+venv: $(VENV)/.deps-stamp
+
+# --no-build-isolation: compile against the torch installed in the venv.
+$(VENV)/.build-stamp: $(VENV)/.deps-stamp $(SOURCES)
+	$(PIP) install -q --no-build-isolation --no-deps .
+	touch $@
+
+build: $(VENV)/.build-stamp
+
+test: build
+	$(PY) -m pytest -q tests
+
+demo: build
+	$(PY) examples/demo.py
+
+bench: build
+	$(PY) benchmarks/bench_forward.py
+
+microbench: venv
+	bash benchmarks/cpp/run_microbench.sh $(PY)
+
+cuda-check: venv
+	bash tools/cuda_check.sh $(PY) $(TORCH_CUDA_VERSION)
+
+wheel: venv
+	$(PIP) wheel -q --no-build-isolation --no-deps . -w dist
+
+clean:
+	rm -rf build dist $(VENV)/.build-stamp

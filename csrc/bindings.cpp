@@ -1,0 +1,158 @@
+// pybind11 bindings: the only file that knows Python. Wraps Python callables into the solver's
+// VectorField / ErrorNorm interfaces and exposes the solver loop and the tableaus.
+#include <torch/extension.h>
+
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/tableau.h"
+#include "solver/rk_solve.h"
+
+namespace py = pybind11;
+
+namespace {
+
+std::string shape_str(at::IntArrayRef s) {
+  std::ostringstream os;
+  os << s;
+  return os.str();
+}
+
+std::string py_type_name(const py::handle& obj) { return py::str(py::type::of(obj).attr("__name__")); }
+
+// func(t, y) -> dy/dt. `joint`: t is passed as a 0-dim tensor (torchdiffeq's convention), else as [B].
+class PyVectorField final : public fde::solver::VectorField {
+ public:
+  PyVectorField(py::function func, std::vector<int64_t> user_shape, bool joint)
+      : func_(std::move(func)), user_shape_(std::move(user_shape)), joint_(joint) {}
+
+  at::Tensor eval(const at::Tensor& t, const at::Tensor& y) override {
+    const at::Tensor t_arg = joint_ ? t.view({}) : t;
+    const at::Tensor y_arg = y.view(user_shape_);
+    py::object r = func_(t_arg, y_arg);
+    if (!THPVariable_Check(r.ptr()))
+      throw py::type_error("fastdiffeq: func must return a torch.Tensor, got " + py_type_name(r));
+    at::Tensor out = THPVariable_Unpack(r.ptr());
+    if (out.sizes() != at::IntArrayRef(user_shape_))
+      throw py::value_error("fastdiffeq: func returned shape " + shape_str(out.sizes()) +
+                            " but the state has shape " + shape_str(user_shape_));
+    if (out.scalar_type() != y.scalar_type())
+      throw py::type_error(std::string("fastdiffeq: func returned dtype ") + c10::toString(out.scalar_type()) +
+                           " but the state is " + c10::toString(y.scalar_type()));
+    if (out.device() != y.device())
+      throw py::value_error("fastdiffeq: func returned a tensor on " + out.device().str() +
+                            " but the state is on " + y.device().str());
+    return out.reshape(y.sizes()).contiguous();
+  }
+
+ private:
+  py::function func_;
+  std::vector<int64_t> user_shape_;
+  bool joint_;
+};
+
+// norm(x) -> a scalar per group: in joint mode a 0-dim tensor or a float for the whole state.
+class PyErrorNorm final : public fde::solver::ErrorNorm {
+ public:
+  PyErrorNorm(py::function norm, std::vector<int64_t> user_shape)
+      : norm_(std::move(norm)), user_shape_(std::move(user_shape)) {}
+
+  at::Tensor norm(const at::Tensor& x) override {
+    py::object r = norm_(x.view(user_shape_));
+    at::Tensor v;
+    if (THPVariable_Check(r.ptr())) {
+      v = THPVariable_Unpack(r.ptr()).detach();
+    } else if (py::isinstance<py::float_>(r) || py::isinstance<py::int_>(r)) {
+      v = at::tensor(r.cast<double>(), at::kDouble);
+    } else {
+      throw py::type_error("fastdiffeq: options['norm'] must return a number or a tensor, got " + py_type_name(r));
+    }
+    if (v.numel() != x.size(0))
+      throw py::value_error("fastdiffeq: options['norm'] must return one value per error group (" +
+                            std::to_string(x.size(0)) + "), got shape " + shape_str(v.sizes()));
+    return v.to(x.device(), at::kDouble).reshape({x.size(0)});
+  }
+
+ private:
+  py::function norm_;
+  std::vector<int64_t> user_shape_;
+};
+
+py::dict rk_solve_py(py::function func, const at::Tensor& y0, const at::Tensor& t_out, const std::string& method,
+                     std::vector<double> rtol, std::vector<double> atol, std::vector<int64_t> segment_ends,
+                     double safety, double ifactor, double dfactor, double min_step, double max_step,
+                     double first_step, int64_t max_num_steps, std::vector<double> step_t,
+                     std::vector<double> jump_t, py::object norm, std::vector<int64_t> user_shape, bool joint,
+                     int64_t check_every) {
+  const fde::core::Tableau* tab = fde::core::find_tableau(method);
+  if (tab == nullptr) throw py::value_error("fastdiffeq: unknown method '" + method + "'");
+  fde::solver::RkOptions opt;
+  opt.tableau = tab;
+  opt.rtol = std::move(rtol);
+  opt.atol = std::move(atol);
+  opt.segment_ends = std::move(segment_ends);
+  opt.control.safety = safety;
+  opt.control.ifactor = ifactor;
+  opt.control.dfactor = dfactor;
+  opt.control.min_step = min_step;
+  opt.control.max_step = max_step;
+  opt.first_step = first_step;
+  opt.max_num_steps = max_num_steps;
+  opt.step_t = std::move(step_t);
+  opt.jump_t = std::move(jump_t);
+  opt.check_every = check_every;
+
+  PyVectorField field(std::move(func), user_shape, joint);
+  std::unique_ptr<PyErrorNorm> user_norm;
+  if (!norm.is_none()) user_norm = std::make_unique<PyErrorNorm>(norm.cast<py::function>(), user_shape);
+
+  fde::solver::RkResult r = fde::solver::rk_solve(field, user_norm.get(), y0, t_out, opt);
+  py::dict out;
+  out["ys"] = r.ys;
+  out["status"] = r.status;
+  out["counters"] = r.counters;
+  out["t"] = r.t;
+  out["h"] = r.h;
+  out["nfe"] = r.nfe;
+  out["n_steps"] = r.n_steps;
+  return out;
+}
+
+py::dict tableau_py(const std::string& name) {
+  const fde::core::Tableau* t = fde::core::find_tableau(name);
+  if (t == nullptr) throw py::value_error("fastdiffeq: unknown method '" + name + "'");
+  const int S = t->stages;
+  std::vector<std::vector<double>> a(S);
+  for (int i = 0; i < S; ++i) a[i].assign(t->a[i], t->a[i] + i);
+  py::dict d;
+  d["name"] = std::string(t->name);
+  d["stages"] = S;
+  d["order"] = t->order;
+  d["c"] = std::vector<double>(t->c, t->c + S);
+  d["a"] = a;
+  d["b"] = std::vector<double>(t->b, t->b + S);
+  d["e"] = std::vector<double>(t->e, t->e + S);
+  d["mid"] = std::vector<double>(t->mid, t->mid + S);
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fastdiffeq compiled core: fused Runge-Kutta ops (torch.ops.fastdiffeq) and solver loops";
+  m.def("rk_solve", &rk_solve_py, py::arg("func"), py::arg("y0"), py::arg("t_out"), py::kw_only(),
+        py::arg("method"), py::arg("rtol"), py::arg("atol"), py::arg("segment_ends"), py::arg("safety"),
+        py::arg("ifactor"), py::arg("dfactor"), py::arg("min_step"), py::arg("max_step"), py::arg("first_step"),
+        py::arg("max_num_steps"), py::arg("step_t"), py::arg("jump_t"), py::arg("norm"), py::arg("user_shape"),
+        py::arg("joint"), py::arg("check_every"));
+  m.def("tableau", &tableau_py, py::arg("name"));
+  std::vector<std::string> methods;
+  for (const auto* t : fde::core::kAllTableaus) methods.emplace_back(t->name);
+  m.attr("methods") = methods;
+#ifdef FDE_WITH_CUDA
+  m.attr("built_with_cuda") = true;
+#else
+  m.attr("built_with_cuda") = false;
+#endif
+}

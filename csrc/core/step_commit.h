@@ -1,0 +1,46 @@
+// Per-sample bookkeeping after a step attempt, shared by the CPU and CUDA commit kernels.
+#pragma once
+
+#include <cstdint>
+
+#include "core/error_norm.h"
+#include "core/macros.h"
+
+namespace fde::core {
+
+// Indices into a sample's row of the int64 counters tensor [B, 4].
+enum Counter : int { kAccepted = 0, kRejected = 1, kAttemptsSinceOutput = 2, kNonFiniteStreak = 3 };
+inline constexpr int kNumCounters = 4;
+
+// t_out_b: this sample's output times (stride 1), T of them. Only called for samples still running.
+FDE_INLINE void commit_sample(double& t0, double& h, int32_t& status, int64_t* counters, int64_t& out_index,
+                              bool accept, double ratio, double h_next, const double* t_out_b, int64_t n_out,
+                              int64_t max_num_steps) {
+  counters[kAttemptsSinceOutput] += 1;
+  if (accept) {
+    const double t1 = t0 + h;
+    const double dir = h > 0 ? 1.0 : -1.0;
+    int64_t i = out_index;
+    while (i < n_out && dir * (t_out_b[i] - t1) <= 0.0) ++i;
+    if (i != out_index) counters[kAttemptsSinceOutput] = 0;
+    out_index = i;
+    t0 = t1;
+    counters[kAccepted] += 1;
+    counters[kNonFiniteStreak] = 0;
+  } else {
+    counters[kRejected] += 1;
+    if (!isfinite(ratio)) counters[kNonFiniteStreak] += 1;
+  }
+  h = h_next;
+  if (out_index >= n_out) {
+    status = kSuccess;
+  } else if (counters[kNonFiniteStreak] >= kMaxNonFiniteRetries) {
+    status = kNonFinite;
+  } else if (t0 + h == t0) {
+    status = kStepUnderflow;
+  } else if (counters[kAttemptsSinceOutput] >= max_num_steps) {
+    status = kMaxSteps;
+  }
+}
+
+}  // namespace fde::core

@@ -1,0 +1,73 @@
+// Argument validation shared by every device's implementation of the ops (TORCH_CHECK, never assert).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "core/tableau.h"
+
+namespace fde::ops {
+
+inline void check_state(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 2, "fastdiffeq: ", name, " must be a 2-D [B, D] tensor, got shape ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, "fastdiffeq: ", name,
+              " must be float32 or float64, got ", t.scalar_type());
+  TORCH_CHECK(t.is_contiguous(), "fastdiffeq: ", name, " must be contiguous");
+}
+
+inline void check_like(const at::Tensor& t, const at::Tensor& ref, const char* name) {
+  TORCH_CHECK(t.sizes() == ref.sizes(), "fastdiffeq: ", name, " must have shape ", ref.sizes(), ", got ",
+              t.sizes());
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "fastdiffeq: ", name, " must have dtype ",
+              ref.scalar_type(), ", got ", t.scalar_type());
+  TORCH_CHECK(t.device() == ref.device(), "fastdiffeq: ", name, " must be on ", ref.device(), ", got ",
+              t.device());
+  TORCH_CHECK(t.is_contiguous(), "fastdiffeq: ", name, " must be contiguous");
+}
+
+inline void check_stages(at::TensorList ks, const at::Tensor& ref, size_t n_coeffs, const char* coeffs_name) {
+  TORCH_CHECK(!ks.empty(), "fastdiffeq: ks must hold at least one stage");
+  TORCH_CHECK(ks.size() <= static_cast<size_t>(core::kMaxStages), "fastdiffeq: at most ", core::kMaxStages,
+              " stages are supported, got ", ks.size());
+  TORCH_CHECK(n_coeffs <= ks.size(), "fastdiffeq: ", coeffs_name, " has ", n_coeffs,
+              " entries but only ", ks.size(), " stages were given");
+  for (const auto& k : ks) check_like(k, ref, "each stage in ks");
+}
+
+inline void check_time_vector(const at::Tensor& t, int64_t batch, const at::Tensor& ref, const char* name) {
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == batch, "fastdiffeq: ", name, " must have shape [", batch,
+              "], got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == at::kDouble, "fastdiffeq: ", name, " must be float64, got ",
+              t.scalar_type());
+  TORCH_CHECK(t.device() == ref.device(), "fastdiffeq: ", name, " must be on ", ref.device());
+  TORCH_CHECK(t.is_contiguous(), "fastdiffeq: ", name, " must be contiguous");
+}
+
+inline void check_flag_vector(const at::Tensor& t, int64_t batch, at::ScalarType dtype, const at::Tensor& ref,
+                              const char* name) {
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == batch && t.scalar_type() == dtype, "fastdiffeq: ", name,
+              " must be a [", batch, "] ", dtype, " tensor, got ", t.sizes(), " ", t.scalar_type());
+  TORCH_CHECK(t.device() == ref.device() && t.is_contiguous(), "fastdiffeq: ", name,
+              " must be contiguous on ", ref.device());
+}
+
+// t_out: float64 [T] (shared) or [B, T] (per sample). Returns T.
+inline int64_t check_output_times(const at::Tensor& t_out, int64_t batch, const at::Tensor& ref) {
+  TORCH_CHECK(t_out.scalar_type() == at::kDouble, "fastdiffeq: t_out must be float64");
+  TORCH_CHECK(t_out.dim() == 1 || (t_out.dim() == 2 && t_out.size(0) == batch),
+              "fastdiffeq: t_out must be [T] or [B, T] with B = ", batch, ", got ", t_out.sizes());
+  TORCH_CHECK(t_out.device() == ref.device() && t_out.is_contiguous(), "fastdiffeq: t_out must be contiguous on ",
+              ref.device());
+  return t_out.size(-1);
+}
+
+inline void check_control(double safety, double ifactor, double dfactor, double exponent, double min_step,
+                          double max_step) {
+  TORCH_CHECK(safety > 0, "fastdiffeq: safety must be > 0, got ", safety);
+  TORCH_CHECK(ifactor >= 1, "fastdiffeq: ifactor must be >= 1, got ", ifactor);
+  TORCH_CHECK(dfactor > 0 && dfactor <= 1, "fastdiffeq: dfactor must be in (0, 1], got ", dfactor);
+  TORCH_CHECK(exponent > 0, "fastdiffeq: exponent must be > 0, got ", exponent);
+  TORCH_CHECK(min_step >= 0 && max_step >= min_step, "fastdiffeq: need 0 <= min_step <= max_step, got ",
+              min_step, " and ", max_step);
+}
+
+}  // namespace fde::ops

@@ -1,0 +1,64 @@
+// (4) Commit a step attempt: move accepted samples forward, count, and set each sample's status.
+#include <ATen/Dispatch.h>
+
+#include "core/step_commit.h"
+#include "ops/checks.h"
+#include "ops/cpu/row_chunks.h"
+#include "ops/ops.h"
+
+namespace fde::ops {
+
+void rk_commit_cpu(at::Tensor& y0, at::Tensor& k0, at::Tensor& t0, at::Tensor& h, at::Tensor& status,
+                   at::Tensor& counters, at::Tensor& out_index, const at::Tensor& y1,
+                   const at::Tensor& k_last, const at::Tensor& h_next, const at::Tensor& accept,
+                   const at::Tensor& ratio, const at::Tensor& t_out, int64_t max_num_steps) {
+  check_state(y0, "y0");
+  check_like(k0, y0, "k0");
+  check_like(y1, y0, "y1");
+  check_like(k_last, y0, "k_last");
+  const int64_t B = y0.size(0), D = y0.size(1);
+  check_time_vector(t0, B, y0, "t0");
+  check_time_vector(h, B, y0, "h");
+  check_time_vector(h_next, B, y0, "h_next");
+  check_time_vector(ratio, B, y0, "ratio");
+  check_flag_vector(accept, B, at::kBool, y0, "accept");
+  check_flag_vector(status, B, at::kInt, y0, "status");
+  check_flag_vector(out_index, B, at::kLong, y0, "out_index");
+  TORCH_CHECK(counters.dim() == 2 && counters.size(0) == B && counters.size(1) == core::kNumCounters &&
+                  counters.scalar_type() == at::kLong && counters.is_contiguous() &&
+                  counters.device() == y0.device(),
+              "fastdiffeq: counters must be a contiguous int64 [", B, ", ", core::kNumCounters, "] tensor");
+  const int64_t T = check_output_times(t_out, B, y0);
+  TORCH_CHECK(max_num_steps > 0, "fastdiffeq: max_num_steps must be positive, got ", max_num_steps);
+
+  const bool* ap = accept.data_ptr<bool>();
+  int32_t* sp = status.data_ptr<int32_t>();
+  // The state moves first (it reads the status before this attempt's update).
+  AT_DISPATCH_FLOATING_TYPES(y0.scalar_type(), "rk_commit_cpu", [&] {
+    scalar_t* y0p = y0.data_ptr<scalar_t>();
+    scalar_t* k0p = k0.data_ptr<scalar_t>();
+    const scalar_t* y1p = y1.data_ptr<scalar_t>();
+    const scalar_t* klp = k_last.data_ptr<scalar_t>();
+    cpu::for_each_row_chunk(B, D, [&](int64_t b, int64_t d0, int64_t d1) {
+      if (!ap[b] || sp[b] != core::kRunning) return;
+      const int64_t off = b * D;
+      std::copy(y1p + off + d0, y1p + off + d1, y0p + off + d0);
+      std::copy(klp + off + d0, klp + off + d1, k0p + off + d0);
+    });
+  });
+  double* tp = t0.data_ptr<double>();
+  double* hp = h.data_ptr<double>();
+  const double* hn = h_next.data_ptr<double>();
+  const double* rp = ratio.data_ptr<double>();
+  const double* top = t_out.data_ptr<double>();
+  int64_t* cp = counters.data_ptr<int64_t>();
+  int64_t* ip = out_index.data_ptr<int64_t>();
+  const int64_t t_stride = t_out.dim() == 2 ? T : 0;
+  for (int64_t b = 0; b < B; ++b) {
+    if (sp[b] != core::kRunning) continue;
+    core::commit_sample(tp[b], hp[b], sp[b], cp + b * core::kNumCounters, ip[b], ap[b], rp[b], hn[b],
+                        top + b * t_stride, T, max_num_steps);
+  }
+}
+
+}  // namespace fde::ops
