@@ -1,0 +1,53 @@
+"""Counters of the most recent solve, per thread."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Optional
+
+__all__ = ["SolveStats", "last_stats"]
+
+
+@dataclass(frozen=True)
+class SolveStats:
+    """What a solve cost.
+
+    Attributes:
+        method: the Runge-Kutta method used.
+        nfe: evaluations of the vector field (the initial-step probe and f(t0) included).
+        n_accepted: accepted steps.
+        n_rejected: rejected step attempts.
+        t_final: the time the solver reached (past the last output time: outputs are interpolated).
+        status: 'success', 'max_steps', 'step_underflow' or 'non_finite'.
+    """
+
+    method: str
+    nfe: int
+    n_accepted: int
+    n_rejected: int
+    t_final: float
+    status: str
+
+    @property
+    def n_steps(self) -> int:
+        """Step attempts, accepted and rejected."""
+        return self.n_accepted + self.n_rejected
+
+
+_local = threading.local()
+
+
+def _record(stats: SolveStats) -> None:
+    _local.stats = stats
+
+
+def last_stats() -> Optional[SolveStats]:
+    """The :class:`SolveStats` of the last solve started by this thread, or None if there was none.
+
+    Example:
+        >>> y = fastdiffeq.odeint(func, y0, t)
+        >>> fastdiffeq.last_stats().nfe
+        62
+    """
+    return getattr(_local, "stats", None)
