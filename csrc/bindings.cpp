@@ -28,7 +28,8 @@ class PyVectorField final : public fde::solver::VectorField {
       : func_(std::move(func)), user_shape_(std::move(user_shape)), joint_(joint) {}
 
   at::Tensor eval(const at::Tensor& t, const at::Tensor& y) override {
-    const at::Tensor t_arg = joint_ ? t.view({}) : t;
+    // An explicit IntArrayRef: a bare {} would pick the view(ScalarType) overload (a byte reinterpretation).
+    const at::Tensor t_arg = joint_ ? t.view(at::IntArrayRef()) : t;
     const at::Tensor y_arg = y.view(user_shape_);
     py::object r = func_(t_arg, y_arg);
     if (!THPVariable_Check(r.ptr()))
@@ -46,7 +47,12 @@ class PyVectorField final : public fde::solver::VectorField {
     return out.reshape(y.sizes()).contiguous();
   }
 
+  std::unique_ptr<fde::solver::ScopedUnlock> unlock() override { return std::make_unique<GilRelease>(); }
+
  private:
+  struct GilRelease final : fde::solver::ScopedUnlock {
+    py::gil_scoped_release release;
+  };
   py::function func_;
   std::vector<int64_t> user_shape_;
   bool joint_;
@@ -84,7 +90,17 @@ py::dict rk_solve_py(py::function func, const at::Tensor& y0, const at::Tensor& 
                      double safety, double ifactor, double dfactor, double min_step, double max_step,
                      double first_step, int64_t max_num_steps, std::vector<double> step_t,
                      std::vector<double> jump_t, py::object norm, std::vector<int64_t> user_shape, bool joint,
-                     int64_t check_every) {
+                     int64_t check_every, const std::string& mode) {
+  fde::solver::LoopMode loop_mode;
+  if (mode == "masked") {
+    loop_mode = fde::solver::LoopMode::kMasked;
+  } else if (mode == "graph") {
+    loop_mode = fde::solver::LoopMode::kGraph;
+  } else if (mode == "record") {
+    loop_mode = fde::solver::LoopMode::kRecord;
+  } else {
+    throw py::value_error("fastdiffeq: mode must be 'masked', 'graph' or 'record', got '" + mode + "'");
+  }
   const fde::core::Tableau* tab = fde::core::find_tableau(method);
   if (tab == nullptr) throw py::value_error("fastdiffeq: unknown method '" + method + "'");
   fde::solver::RkOptions opt;
@@ -107,7 +123,7 @@ py::dict rk_solve_py(py::function func, const at::Tensor& y0, const at::Tensor& 
   std::unique_ptr<PyErrorNorm> user_norm;
   if (!norm.is_none()) user_norm = std::make_unique<PyErrorNorm>(norm.cast<py::function>(), user_shape);
 
-  fde::solver::RkResult r = fde::solver::rk_solve(field, user_norm.get(), y0, t_out, opt);
+  fde::solver::RkResult r = fde::solver::rk_solve(field, user_norm.get(), y0, t_out, opt, loop_mode);
   py::dict out;
   out["ys"] = r.ys;
   out["status"] = r.status;
@@ -116,7 +132,17 @@ py::dict rk_solve_py(py::function func, const at::Tensor& y0, const at::Tensor& 
   out["h"] = r.h;
   out["nfe"] = r.nfe;
   out["n_steps"] = r.n_steps;
+  if (r.tape) out["tape"] = r.tape;
   return out;
+}
+
+py::tuple checkpoint_backward_py(py::function func, std::shared_ptr<fde::solver::RkTape> tape,
+                                 const at::Tensor& grad_ys, std::vector<at::Tensor> params,
+                                 std::vector<int64_t> user_shape, bool joint) {
+  if (!tape) throw py::value_error("fastdiffeq: no checkpoint tape");
+  PyVectorField field(std::move(func), std::move(user_shape), joint);
+  fde::solver::CheckpointGradients g = fde::solver::rk_checkpoint_backward(field, *tape, grad_ys, params);
+  return py::make_tuple(g.grad_y0, g.grad_params, g.nfe);
 }
 
 py::dict tableau_py(const std::string& name) {
@@ -145,7 +171,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("method"), py::arg("rtol"), py::arg("atol"), py::arg("segment_ends"), py::arg("safety"),
         py::arg("ifactor"), py::arg("dfactor"), py::arg("min_step"), py::arg("max_step"), py::arg("first_step"),
         py::arg("max_num_steps"), py::arg("step_t"), py::arg("jump_t"), py::arg("norm"), py::arg("user_shape"),
-        py::arg("joint"), py::arg("check_every"));
+        py::arg("joint"), py::arg("check_every"), py::arg("mode") = "masked");
+  py::class_<fde::solver::RkTape, std::shared_ptr<fde::solver::RkTape>>(m, "RkTape")
+      .def_property_readonly("n_steps", [](const fde::solver::RkTape& t) { return t.steps.size(); });
+  m.def("rk_checkpoint_backward", &checkpoint_backward_py, py::arg("func"), py::arg("tape"), py::arg("grad_ys"),
+        py::arg("params"), py::arg("user_shape"), py::arg("joint"));
   m.def("tableau", &tableau_py, py::arg("name"));
   std::vector<std::string> methods;
   for (const auto* t : fde::core::kAllTableaus) methods.emplace_back(t->name);

@@ -40,6 +40,16 @@ void rk_commit_meta(at::Tensor& y0, at::Tensor& k0, at::Tensor& t0, at::Tensor& 
                     const at::Tensor& h_next, const at::Tensor& accept, const at::Tensor& ratio,
                     const at::Tensor& t_out, int64_t max_num_steps) {}
 
+at::Tensor rk_dense_eval_meta(const at::Tensor& y0, const at::Tensor& y1, at::TensorList ks, const at::Tensor& h,
+                              const at::Tensor& t0, const at::Tensor& t_eval, at::ArrayRef<double> mid_coeffs) {
+  return at::empty({t_eval.size(0), y0.size(0), y0.size(1)}, y0.options());
+}
+
+at::Tensor rk_dense_weights_meta(const at::Tensor& h, const at::Tensor& t0, const at::Tensor& t_eval,
+                                 at::ArrayRef<double> mid_coeffs) {
+  return at::empty({t_eval.size(0), h.size(0), static_cast<int64_t>(mid_coeffs.size()) + 2}, h.options());
+}
+
 }  // namespace fde::ops
 
 FDE_REGISTER_DEVICE_KERNELS(Meta, meta)

@@ -63,6 +63,16 @@ void rk_commit_cpu(at::Tensor& y0, at::Tensor& k0, at::Tensor& t0, at::Tensor& h
                    const at::Tensor& k_last, const at::Tensor& h_next, const at::Tensor& accept,
                    const at::Tensor& ratio, const at::Tensor& t_out, int64_t max_num_steps);
 
+// Differentiable dense output (graph mode and checkpoint replay): the interpolant of one step at
+// times t_eval (float64 [R], shared by all samples), returned as a new [R, B, D] tensor. Linear in
+// (y0, y1, ks); its autograd formula uses rk_dense_weights.
+at::Tensor rk_dense_eval_cpu(const at::Tensor& y0, const at::Tensor& y1, at::TensorList ks, const at::Tensor& h,
+                             const at::Tensor& t0, const at::Tensor& t_eval, at::ArrayRef<double> mid_coeffs);
+
+// The interpolant's weights, float64 [R, B, 2 + S]: on y0, y1 and each of the S stages.
+at::Tensor rk_dense_weights_cpu(const at::Tensor& h, const at::Tensor& t0, const at::Tensor& t_eval,
+                                at::ArrayRef<double> mid_coeffs);
+
 #ifdef FDE_WITH_CUDA
 at::Tensor rk_stage_cuda(const at::Tensor& y, at::TensorList ks, const at::Tensor& h,
                          at::ArrayRef<double> coeffs);
@@ -82,6 +92,10 @@ void rk_commit_cuda(at::Tensor& y0, at::Tensor& k0, at::Tensor& t0, at::Tensor& 
                     at::Tensor& counters, at::Tensor& out_index, const at::Tensor& y1,
                     const at::Tensor& k_last, const at::Tensor& h_next, const at::Tensor& accept,
                     const at::Tensor& ratio, const at::Tensor& t_out, int64_t max_num_steps);
+at::Tensor rk_dense_eval_cuda(const at::Tensor& y0, const at::Tensor& y1, at::TensorList ks, const at::Tensor& h,
+                              const at::Tensor& t0, const at::Tensor& t_eval, at::ArrayRef<double> mid_coeffs);
+at::Tensor rk_dense_weights_cuda(const at::Tensor& h, const at::Tensor& t0, const at::Tensor& t_eval,
+                                 at::ArrayRef<double> mid_coeffs);
 #endif
 
 }  // namespace fde::ops

@@ -22,6 +22,10 @@ TORCH_LIBRARY(fastdiffeq, m) {
       "rk_commit(Tensor(a!) y0, Tensor(b!) k0, Tensor(c!) t0, Tensor(d!) h, Tensor(e!) status, "
       "Tensor(f!) counters, Tensor(g!) out_index, Tensor y1, Tensor k_last, Tensor h_next, Tensor accept, "
       "Tensor ratio, Tensor t_out, int max_num_steps) -> ()");
+  m.def(
+      "rk_dense_eval(Tensor y0, Tensor y1, Tensor[] ks, Tensor h, Tensor t0, Tensor t_eval, float[] mid_coeffs) "
+      "-> Tensor");
+  m.def("rk_dense_weights(Tensor h, Tensor t0, Tensor t_eval, float[] mid_coeffs) -> Tensor");
 }
 
 FDE_REGISTER_DEVICE_KERNELS(CPU, cpu)

@@ -31,4 +31,6 @@
     m.impl("step_size_control", &step_size_control_##dev##_adapter);                                            \
     m.impl("rk_dense_output", &fde::ops::rk_dense_output_##dev);                                                \
     m.impl("rk_commit", &fde::ops::rk_commit_##dev);                                                            \
+    m.impl("rk_dense_eval", &fde::ops::rk_dense_eval_##dev);                                                    \
+    m.impl("rk_dense_weights", &fde::ops::rk_dense_weights_##dev);                                              \
   }

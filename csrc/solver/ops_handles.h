@@ -73,4 +73,13 @@ inline void rk_commit(at::Tensor& y0, at::Tensor& k0, at::Tensor& t0, at::Tensor
   handle.call(y0, k0, t0, h, status, counters, out_index, y1, k_last, h_next, accept, ratio, t_out, max_num_steps);
 }
 
+inline at::Tensor rk_dense_eval(const at::Tensor& y0, const at::Tensor& y1, at::TensorList ks, const at::Tensor& h,
+                                const at::Tensor& t0, const at::Tensor& t_eval, at::ArrayRef<double> mid) {
+  static auto handle = c10::Dispatcher::singleton()
+                           .findSchemaOrThrow("fastdiffeq::rk_dense_eval", "")
+                           .typed<at::Tensor(const at::Tensor&, const at::Tensor&, at::TensorList, const at::Tensor&,
+                                             const at::Tensor&, const at::Tensor&, at::ArrayRef<double>)>();
+  return handle.call(y0, y1, ks, h, t0, t_eval, mid);
+}
+
 }  // namespace fde::solver::op

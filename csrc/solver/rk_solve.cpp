@@ -6,9 +6,11 @@
 
 #include "core/error_norm.h"
 #include "core/step_commit.h"
+#include "solver/grid_clip.h"
 #include "solver/initial_step.h"
 #include "solver/norms.h"
 #include "solver/ops_handles.h"
+#include "solver/rk_step.h"
 
 namespace fde::solver {
 namespace {
@@ -23,181 +25,243 @@ bool all_done(const at::Tensor& status) {
   return status.ne(core::kRunning).all().item<bool>();
 }
 
-// Host-side handling of step_t / jump_t (joint mode only): clip the step so it ends exactly on the
-// next grid point. Reads t0 and h from the device, so it synchronises once per step; only solves that
-// ask for step_t/jump_t pay for it.
-struct GridClip {
-  const std::vector<double>& step_t;
-  const std::vector<double>& jump_t;
-  size_t next_step = 0, next_jump = 0;
-  bool on_step = false, on_jump = false;
+std::vector<at::Tensor> detached(const std::vector<at::Tensor>& ks) {
+  std::vector<at::Tensor> out;
+  out.reserve(ks.size());
+  for (const auto& k : ks) out.push_back(k.detach());
+  return out;
+}
 
-  // Returns the step to take from t0 with proposed h (same sign convention).
-  double clip(double t0, double h) {
-    const double dir = h > 0 ? 1.0 : -1.0;
-    double t1 = t0 + h;
-    on_step = on_jump = false;
-    if (next_step < step_t.size()) {
-      const double g = step_t[next_step];
-      if (dir * (g - t0) > 0 && dir * (t1 - g) > 0) {
-        on_step = true;
-        t1 = g;
-      }
+// What both loops share: the problem, its tolerances, the first derivative and the first step.
+class RkProblem {
+ public:
+  RkProblem(VectorField& field, ErrorNorm* norm, const at::Tensor& y0, const at::Tensor& t_out, const RkOptions& opt)
+      : field_(field), norm_(norm), opt_(opt), tab_(*opt.tableau) {
+    TORCH_CHECK(y0.dim() == 2, "fastdiffeq: y0 must be [B, D]");
+    TORCH_CHECK(t_out.scalar_type() == at::kDouble, "fastdiffeq: t_out must be float64");
+    B_ = y0.size(0);
+    D_ = y0.size(1);
+    T_ = t_out.size(-1);
+    TORCH_CHECK(T_ >= 1, "fastdiffeq: need at least one output time");
+    TORCH_CHECK(opt.step_t.empty() && opt.jump_t.empty() || B_ == 1,
+                "fastdiffeq: step_t and jump_t are supported in joint mode only");
+    dtype_ = y0.scalar_type();
+    t_out_ = t_out.to(y0.device()).contiguous();
+    segments_ = opt.segment_ends;
+    if (segments_.empty()) segments_.push_back(D_);
+    rtol_seg_ = at::tensor(opt.rtol, at::kDouble).to(y0.device());
+    atol_seg_ = at::tensor(opt.atol, at::kDouble).to(y0.device());
+    ctrl_ = opt.control;
+    ctrl_.exponent = 1.0 / tab_.order;
+    if (T_ > 1) {
+      auto first_two = (t_out_.dim() == 1 ? t_out_.slice(0, 0, 2) : t_out_.select(0, 0).slice(0, 0, 2)).cpu();
+      direction_ = first_two[1].item<double>() >= first_two[0].item<double>() ? 1.0 : -1.0;
     }
-    if (next_jump < jump_t.size()) {
-      const double g = jump_t[next_jump];
-      if (dir * (g - t0) > 0 && dir * (t1 - g) > 0) {
-        on_jump = true;
-        on_step = false;
-        t1 = g;
-      }
+    if (norm_ != nullptr) {
+      rtol_el_ = expand_segments(opt.rtol, segments_, y0).to(dtype_);
+      atol_el_ = expand_segments(opt.atol, segments_, y0).to(dtype_);
     }
-    return t1 - t0;
   }
 
-  void accepted() {
-    // torchdiffeq keeps pointing at the last grid point once it has passed it.
-    if (on_step && next_step + 1 < step_t.size()) ++next_step;
-    if (on_jump && next_jump + 1 < jump_t.size()) ++next_jump;
+  // t0 [B] from the output grid.
+  at::Tensor initial_time() const {
+    return (t_out_.dim() == 1 ? t_out_.slice(0, 0, 1).expand({B_}) : t_out_.select(1, 0)).contiguous().clone();
   }
+
+  // f(t0, y0); false when it is not finite (nothing to shrink at the initial point).
+  bool first_derivative(const at::Tensor& t0, const at::Tensor& y, at::Tensor& k0, int64_t& nfe) {
+    k0 = field_.eval(t0.to(dtype_), y);
+    ++nfe;
+    at::NoGradGuard no_grad;
+    return at::isfinite(k0).all().item<bool>();
+  }
+
+  // The signed first step [B]; step sizes are constants of the solve, never differentiated.
+  at::Tensor first_step(const at::Tensor& t0, const at::Tensor& y, const at::Tensor& k0, int64_t& nfe) {
+    at::NoGradGuard no_grad;
+    at::Tensor h_abs;
+    if (opt_.first_step > 0) {
+      h_abs = at::full({B_}, opt_.first_step, t0.options());
+    } else {
+      const auto rtol_el = expand_segments(opt_.rtol, segments_, y);
+      const auto atol_el = expand_segments(opt_.atol, segments_, y);
+      h_abs = select_initial_step(
+          field_, norm_, {y.detach(), k0.detach(), t0, direction_, rtol_el, atol_el, segments_, tab_.order - 1});
+      ++nfe;
+    }
+    return (h_abs.clamp(ctrl_.min_step, ctrl_.max_step) * direction_).contiguous();
+  }
+
+  // Error ratio, accept and next step size of one attempt; never part of the graph.
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> control(const at::Tensor& y, const at::Tensor& y1,
+                                                         const std::vector<at::Tensor>& ks, const at::Tensor& h) {
+    at::NoGradGuard no_grad;
+    const at::ArrayRef<double> e(tab_.e, tab_.stages);
+    if (norm_ == nullptr) {
+      return op::rk_error_control(y, y1, ks, h, e, rtol_seg_, atol_seg_, segments_, ctrl_.safety, ctrl_.ifactor,
+                                  ctrl_.dfactor, ctrl_.exponent, ctrl_.min_step, ctrl_.max_step);
+    }
+    const auto err = op::rk_stage(at::zeros_like(y), ks, h, e);
+    const auto tol = atol_el_ + rtol_el_ * at::maximum(y.abs(), y1.abs());
+    at::Tensor ratio = group_norm(err / tol, segments_, norm_).abs().contiguous();
+    auto [accept, h_next] = op::step_size_control(ratio, h, ctrl_.safety, ctrl_.ifactor, ctrl_.dfactor,
+                                                  ctrl_.exponent, ctrl_.min_step, ctrl_.max_step);
+    return {ratio, accept, h_next};
+  }
+
+  VectorField& field_;
+  ErrorNorm* norm_;
+  const RkOptions& opt_;
+  const core::Tableau& tab_;
+  int64_t B_ = 0, D_ = 0, T_ = 0;
+  at::ScalarType dtype_;
+  at::Tensor t_out_, rtol_seg_, atol_seg_, rtol_el_, atol_el_;
+  std::vector<int64_t> segments_;
+  core::ControllerParams ctrl_;
+  double direction_ = 1.0;
 };
 
-}  // namespace
-
-RkResult rk_solve(VectorField& field, ErrorNorm* norm, const at::Tensor& y0_in, const at::Tensor& t_out,
-                  const RkOptions& opt) {
-  const core::Tableau& tab = *opt.tableau;
-  TORCH_CHECK(y0_in.dim() == 2, "fastdiffeq: y0 must be [B, D]");
-  const int64_t B = y0_in.size(0), D = y0_in.size(1);
-  const int64_t T = t_out.size(-1);
-  TORCH_CHECK(T >= 1, "fastdiffeq: need at least one output time");
-  TORCH_CHECK(t_out.scalar_type() == at::kDouble, "fastdiffeq: t_out must be float64");
-  const bool has_grid = !opt.step_t.empty() || !opt.jump_t.empty();
-  TORCH_CHECK(!has_grid || B == 1, "fastdiffeq: step_t and jump_t are supported in joint mode only");
-  const auto dtype = y0_in.scalar_type();
-  const auto dev = y0_in.device();
-  auto t_out_c = t_out.to(dev).contiguous();
-
-  std::vector<int64_t> segments = opt.segment_ends;
-  if (segments.empty()) segments.push_back(D);
-  auto rtol_seg = at::tensor(opt.rtol, at::kDouble).to(dev);
-  auto atol_seg = at::tensor(opt.atol, at::kDouble).to(dev);
-  core::ControllerParams ctrl = opt.control;
-  ctrl.exponent = 1.0 / tab.order;
-
+// Results of a solve that ends before its first step (T == 1, or a non-finite f(t0, y0)).
+RkResult early_result(const RkProblem& p, const at::Tensor& y0, const at::Tensor& t0, const at::Tensor& h,
+                      core::Status status, int64_t nfe) {
   RkResult res;
-  res.ys = at::empty({T, B, D}, y0_in.options());
+  res.ys = y0.unsqueeze(0);
+  res.status = at::full({p.B_}, static_cast<int>(status), y0.options().dtype(at::kInt));
+  res.counters = at::zeros({p.B_, core::kNumCounters}, y0.options().dtype(at::kLong));
+  res.t = t0;
+  res.h = h.defined() ? h : at::zeros_like(t0);
+  res.nfe = nfe;
+  return res;
+}
+
+RkResult run_masked(RkProblem& p, const at::Tensor& y0_in) {
+  const core::Tableau& tab = p.tab_;
+  at::NoGradGuard no_grad;
+  RkResult res;
+  at::Tensor t0 = p.initial_time();
+  at::Tensor y = y0_in.clone();  // the loop's own buffer: rk_commit writes into it
+  at::Tensor k0;
+  if (!p.first_derivative(t0, y.clone(), k0, res.nfe)) return early_result(p, y0_in, t0, {}, core::kNonFinite, res.nfe);
+  k0 = k0.clone();  // rk_commit writes into it; never into a tensor the field returned
+  at::Tensor h = p.first_step(t0, y, k0, res.nfe);
+  if (p.T_ == 1) return early_result(p, y0_in, t0, h, core::kSuccess, res.nfe);
+
+  res.ys = at::empty({p.T_, p.B_, p.D_}, y0_in.options());
   res.ys.select(0, 0).copy_(y0_in);
-  at::Tensor t0 = (t_out_c.dim() == 1 ? t_out_c.slice(0, 0, 1).expand({B}) : t_out_c.select(1, 0)).contiguous().clone();
-  at::Tensor y = y0_in.clone();  // the solver's own buffer: commit writes into it
-  res.status = at::zeros({B}, y0_in.options().dtype(at::kInt));
-  res.counters = at::zeros({B, core::kNumCounters}, y0_in.options().dtype(at::kLong));
-  at::Tensor out_index = at::ones({B}, y0_in.options().dtype(at::kLong));
+  res.status = at::zeros({p.B_}, y0_in.options().dtype(at::kInt));
+  res.counters = at::zeros({p.B_, core::kNumCounters}, y0_in.options().dtype(at::kLong));
+  at::Tensor out_index = at::ones({p.B_}, y0_in.options().dtype(at::kLong));
+  const at::ArrayRef<double> mid(tab.mid, tab.stages);
 
-  // Direction of integration per the output grid (monotone, validated by the caller).
-  double direction = 1.0;
-  if (T > 1) {
-    auto second = (t_out_c.dim() == 1 ? t_out_c.slice(0, 0, 2) : t_out_c.select(0, 0).slice(0, 0, 2)).cpu();
-    direction = second[1].item<double>() >= second[0].item<double>() ? 1.0 : -1.0;
-  }
-
-  at::Tensor k0 = field.eval(t0.to(dtype), y.clone()).clone();
-  res.nfe = 1;
-  if (!at::isfinite(k0).all().item<bool>()) {
-    // Nothing to shrink at the initial point: report it at once.
-    res.status.fill_(core::kNonFinite);
-    res.t = t0;
-    res.h = at::zeros({B}, t0.options());
-    return res;
-  }
-
-  at::Tensor h_abs;
-  if (opt.first_step > 0) {
-    h_abs = at::full({B}, opt.first_step, t0.options());
-  } else {
-    const auto rtol_el = expand_segments(opt.rtol, segments, y);
-    const auto atol_el = expand_segments(opt.atol, segments, y);
-    h_abs = select_initial_step(field, norm, {y, k0, t0, direction, rtol_el, atol_el, segments, tab.order - 1});
-    res.nfe += 1;
-  }
-  at::Tensor h = (h_abs.clamp(ctrl.min_step, ctrl.max_step) * direction).contiguous();
-
-  if (T == 1) {
-    res.status.fill_(core::kSuccess);
-    res.t = t0;
-    res.h = h;
-    return res;
-  }
-
-  // Error weights, stage rows and dense-output weights as ArrayRefs into the tableau.
-  const int S = tab.stages;
-  const at::ArrayRef<double> c(tab.c, S);
-  const at::ArrayRef<double> e(tab.e, S);
-  const at::ArrayRef<double> mid(tab.mid, S);
-
-  // A user norm: the error ratio is computed here with unfused ops, then the fused controller.
-  at::Tensor rtol_el, atol_el;
-  if (norm != nullptr) {
-    rtol_el = expand_segments(opt.rtol, segments, y).to(dtype);
-    atol_el = expand_segments(opt.atol, segments, y).to(dtype);
-  }
-  auto zeros_like_y = norm != nullptr ? at::zeros_like(y) : at::Tensor();
-
-  GridClip grid{opt.step_t, opt.jump_t};
-  std::vector<at::Tensor> ks(S);
-  const int64_t check_every = std::max<int64_t>(1, opt.check_every);
+  GridClip grid{p.opt_.step_t, p.opt_.jump_t};
+  const int64_t check_every = std::max<int64_t>(1, p.opt_.check_every);
   for (int64_t iter = 0;; ++iter) {
     at::Tensor h_step = h;
-    if (has_grid) {
-      const double hs = grid.clip(t0.item<double>(), h.item<double>());
-      h_step = at::full({1}, hs, h.options());
-    }
-    const at::Tensor ts = op::rk_stage_times(t0, h_step, c, dtype);
-    ks[0] = k0;
-    at::Tensor yi;
-    for (int i = 1; i < S; ++i) {
-      yi = op::rk_stage(y, at::TensorList(ks.data(), i), h_step, at::ArrayRef<double>(tab.a[i], i));
-      ks[i] = field.eval(ts.select(0, i), yi);
+    if (grid.active()) h_step = at::full({1}, grid.clip(t0.item<double>(), h.item<double>()), h.options());
+    StepStages st = rk_stages(p.field_, tab, y, k0, t0, h_step, res.nfe);
+    auto [ratio, accept, h_next] = p.control(y, st.y1, st.ks, h_step);
+    op::rk_dense_output(res.ys, y, st.y1, st.ks, h_step, t0, accept, p.t_out_, out_index, mid);
+
+    at::Tensor k_last = st.ks.back();
+    const bool accepted_on_grid = grid.active() && accept.item<bool>();
+    if (accepted_on_grid && grid.on_jump) {
+      // Past a discontinuity f is re-evaluated on the new side; FSAL is broken for this step.
+      const double t1 = t0.item<double>() + h_step.item<double>();
+      k_last = p.field_.eval(after_jump_time(t1, p.direction_, p.dtype_, y.device()), st.y1);
       ++res.nfe;
     }
-    const at::Tensor& y1 = yi;  // FSAL: the last stage is evaluated at the propagated solution
-
-    at::Tensor ratio, accept, h_next;
-    if (norm == nullptr) {
-      std::tie(ratio, accept, h_next) =
-          op::rk_error_control(y, y1, ks, h_step, e, rtol_seg, atol_seg, segments, ctrl.safety, ctrl.ifactor,
-                               ctrl.dfactor, ctrl.exponent, ctrl.min_step, ctrl.max_step);
-    } else {
-      const auto err = op::rk_stage(zeros_like_y, ks, h_step, e);
-      const auto tol = atol_el + rtol_el * at::maximum(y.abs(), y1.abs());
-      ratio = group_norm(err / tol, segments, norm).abs().contiguous();
-      std::tie(accept, h_next) = op::step_size_control(ratio, h_step, ctrl.safety, ctrl.ifactor, ctrl.dfactor,
-                                                       ctrl.exponent, ctrl.min_step, ctrl.max_step);
-    }
-
-    op::rk_dense_output(res.ys, y, y1, ks, h_step, t0, accept, t_out_c, out_index, mid);
-
-    at::Tensor k_last = ks[S - 1];
-    if (has_grid && grid.on_jump && accept.item<bool>()) {
-      // Past a discontinuity: f is re-evaluated on the new side (one ulp past the jump), FSAL is broken.
-      const double t_jump = t0.item<double>() + h_step.item<double>();
-      auto tj = at::full({1}, t_jump, t0.options()).to(dtype);
-      tj = at::nextafter(tj, tj + direction);
-      k_last = field.eval(tj, y1);
-      ++res.nfe;
-    }
-    const bool accepted_on_grid = has_grid && accept.item<bool>();
-    op::rk_commit(y, k0, t0, h_step, res.status, res.counters, out_index, y1, k_last, h_next, accept, ratio,
-                  t_out_c, opt.max_num_steps);
+    op::rk_commit(y, k0, t0, h_step, res.status, res.counters, out_index, st.y1, k_last, h_next, accept, ratio,
+                  p.t_out_, p.opt_.max_num_steps);
     h = h_step;  // rk_commit wrote the next step size into it
     if (accepted_on_grid) grid.accepted();
     ++res.n_steps;
-
     if ((iter + 1) % check_every == 0 && all_done(res.status)) break;
   }
   res.t = t0;
   res.h = h;
   return res;
+}
+
+// Host-driven loop (B == 1): differentiable (kGraph) or recording a checkpoint tape (kRecord).
+RkResult run_host(RkProblem& p, const at::Tensor& y0_in, LoopMode mode) {
+  TORCH_CHECK(p.B_ == 1, "fastdiffeq: the differentiable and recording loops need B == 1 (joint mode)");
+  const core::Tableau& tab = p.tab_;
+  std::optional<at::NoGradGuard> no_grad;
+  if (mode == LoopMode::kRecord) no_grad.emplace();
+  RkResult res;
+  const auto dev = y0_in.device();
+  const auto time_opts = at::TensorOptions().dtype(at::kDouble).device(dev);
+  at::Tensor t0_t = p.initial_time();
+  at::Tensor y = y0_in;
+  at::Tensor k0;
+  if (!p.first_derivative(t0_t, y, k0, res.nfe)) return early_result(p, y0_in, t0_t, {}, core::kNonFinite, res.nfe);
+  at::Tensor h_t = p.first_step(t0_t, y, k0, res.nfe);
+  if (mode == LoopMode::kRecord) {
+    res.tape = std::make_shared<RkTape>();
+    res.tape->tableau = &tab;
+    res.tape->t_out = p.t_out_;
+    res.tape->y0 = y0_in;
+    res.tape->direction = p.direction_;
+  }
+  if (p.T_ == 1) return early_result(p, y0_in, t0_t, h_t, core::kSuccess, res.nfe);
+
+  const at::Tensor t_host_tensor = p.t_out_.cpu();
+  const double* t_host = t_host_tensor.data_ptr<double>();
+  double t0 = t_host[0];
+  double h = h_t.item<double>();
+  if (res.tape) res.tape->t0 = t0;
+  int32_t status = core::kRunning;
+  int64_t counters[core::kNumCounters] = {0, 0, 0, 0};
+  int64_t out_index = 1;
+  std::vector<at::Tensor> rows{y0_in.unsqueeze(0)};
+  const at::ArrayRef<double> mid(tab.mid, tab.stages);
+
+  GridClip grid{p.opt_.step_t, p.opt_.jump_t};
+  while (status == core::kRunning) {
+    const double h_step = grid.active() ? grid.clip(t0, h) : h;
+    t0_t = at::full({1}, t0, time_opts);
+    h_t = at::full({1}, h_step, time_opts);
+    StepStages st = rk_stages(p.field_, tab, y, k0, t0_t, h_t, res.nfe);
+    auto [ratio, accept, h_next] = p.control(y.detach(), st.y1.detach(), detached(st.ks), h_t);
+    const auto decision = at::stack({ratio, accept.to(at::kDouble), h_next}).cpu();
+    const double* dp = decision.data_ptr<double>();
+    const bool accepted = dp[1] != 0.0;
+    if (accepted) {
+      const double t1 = t0 + h_step;
+      int64_t last = out_index;
+      while (last < p.T_ && p.direction_ * (t_host[last] - t1) <= 0.0) ++last;
+      if (last > out_index)
+        rows.push_back(op::rk_dense_eval(y, st.y1, st.ks, h_t, t0_t, p.t_out_.slice(0, out_index, last), mid));
+      at::Tensor k_last = st.ks.back();
+      if (grid.on_jump) {
+        k_last = p.field_.eval(after_jump_time(t1, p.direction_, p.dtype_, dev), st.y1);
+        ++res.nfe;
+      }
+      if (res.tape) res.tape->steps.push_back({t0, h_step, y, k0, grid.on_jump, out_index, last});
+      y = st.y1;
+      k0 = k_last;
+      grid.accepted();
+    }
+    double h_commit = h_step;
+    core::commit_sample(t0, h_commit, status, counters, out_index, accepted, dp[0], dp[2], t_host, p.T_,
+                        p.opt_.max_num_steps);
+    h = h_commit;
+    ++res.n_steps;
+  }
+  res.ys = status == core::kSuccess ? at::cat(rows, 0) : at::Tensor();
+  res.status = at::full({1}, status, at::TensorOptions().dtype(at::kInt));
+  res.counters = at::tensor(std::vector<int64_t>(counters, counters + core::kNumCounters)).reshape({1, -1});
+  res.t = at::full({1}, t0, time_opts);
+  res.h = at::full({1}, h, time_opts);
+  return res;
+}
+
+}  // namespace
+
+RkResult rk_solve(VectorField& field, ErrorNorm* norm, const at::Tensor& y0, const at::Tensor& t_out,
+                  const RkOptions& options, LoopMode mode) {
+  RkProblem problem(field, norm, y0, t_out, options);
+  return mode == LoopMode::kMasked ? run_masked(problem, y0) : run_host(problem, y0, mode);
 }
 
 }  // namespace fde::solver

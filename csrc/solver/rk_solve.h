@@ -1,9 +1,11 @@
-// The adaptive explicit Runge-Kutta loop (embedded pair, FSAL, dense output at the output times).
+// The adaptive explicit Runge-Kutta loops (embedded pair, FSAL, dense output at the output times), and
+// the checkpoint tape they can record.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "core/controller.h"
@@ -24,9 +26,34 @@ struct RkOptions {
   // Times to step exactly onto (step_t) and onto with a re-evaluation of f just after (jump_t), sorted in
   // the direction of integration and strictly after t0. Joint mode (B == 1) only.
   std::vector<double> step_t, jump_t;
-  // The host reads "all samples done" once every check_every steps (1 on CPU; larger on CUDA so no
-  // step waits for the device).
+  // Masked loop: the host reads "all samples done" once every check_every steps (1 on CPU; larger on
+  // CUDA so no step waits for the device).
   int64_t check_every = 1;
+};
+
+enum class LoopMode {
+  // Sync-free: accept/t/h/status live in device tensors, the state is updated in place (no autograd).
+  kMasked,
+  // Host-driven (B == 1): the host reads accept each step and the state moves by reassignment, so the
+  // solve is differentiable end to end (direct backprop; step sizes are constants).
+  kGraph,
+  // Host-driven without a graph, recording (t0, h, y, k0) of every accepted step for checkpoint replay.
+  kRecord,
+};
+
+struct RecordedStep {
+  double t0, h;
+  at::Tensor y, k0;  // the state and FSAL derivative at the start of the step
+  bool jump;         // the step ended on a jump_t point (f re-evaluated after it)
+  int64_t out_first, out_last;  // output rows interpolated inside this step
+};
+
+struct RkTape {
+  const core::Tableau* tableau = nullptr;
+  std::vector<RecordedStep> steps;
+  at::Tensor t_out;  // float64 [T] on the state's device
+  at::Tensor y0;     // [1, D]
+  double t0 = 0.0, direction = 1.0;
 };
 
 struct RkResult {
@@ -37,11 +64,24 @@ struct RkResult {
   at::Tensor h;         // float64 [B], the next step size each sample would take
   int64_t nfe = 0;      // vector-field evaluations (each evaluates every sample)
   int64_t n_steps = 0;  // loop iterations (step attempts of the batch)
+  std::shared_ptr<RkTape> tape;  // kRecord only
 };
 
 // y0: [B, D] float32/float64 contiguous; t_out: float64 [T] (shared) or [B, T], monotone per sample,
 // t_out[..., 0] the initial time. `norm` may be null (the fused segmented RMS norm is used).
 RkResult rk_solve(VectorField& field, ErrorNorm* norm, const at::Tensor& y0, const at::Tensor& t_out,
-                  const RkOptions& options);
+                  const RkOptions& options, LoopMode mode = LoopMode::kMasked);
+
+struct CheckpointGradients {
+  at::Tensor grad_y0;                   // [1, D]
+  std::vector<at::Tensor> grad_params;  // one per parameter (zeros when unused)
+  int64_t nfe = 0;
+};
+
+// Exact gradients of the discrete solve recorded in `tape`: each accepted step is replayed under
+// autograd in reverse order and back-propagated through, one step's graph at a time.
+// grad_ys: [T, 1, D] cotangents of the outputs.
+CheckpointGradients rk_checkpoint_backward(VectorField& field, const RkTape& tape, const at::Tensor& grad_ys,
+                                           const std::vector<at::Tensor>& params);
 
 }  // namespace fde::solver

@@ -1,8 +1,9 @@
 """fastdiffeq: fused, compiled ODE solvers for PyTorch.
 
 Public API:
-    odeint(func, y0, t, *, rtol, atol, method, options)  -- drop-in for torchdiffeq.odeint
-    last_stats() -> SolveStats                           -- NFE, accepted/rejected steps of the last solve
+    odeint(func, y0, t, *, rtol, atol, method, options, gradient)  -- drop-in for torchdiffeq.odeint
+    odeint_adjoint(func, y0, t, *, ..., adjoint_options, adjoint_params) -- drop-in for torchdiffeq's
+    last_stats(), last_backward_stats() -> SolveStats  -- NFE, accepted/rejected steps
     SolverError, MaxStepsError, StepSizeUnderflowError, NonFiniteStateError
 """
 
@@ -10,14 +11,17 @@ import torch  # noqa: F401  (loads libtorch before the extension, which has no R
 
 from . import _C  # noqa: F401
 from ._errors import MaxStepsError, NonFiniteStateError, SolverError, StepSizeUnderflowError
+from ._adjoint import odeint_adjoint
 from ._odeint import METHODS, odeint
-from ._stats import SolveStats, last_stats
+from ._stats import SolveStats, last_backward_stats, last_stats
 
 __version__ = "0.1.0"
 
 __all__ = [
     "odeint",
+    "odeint_adjoint",
     "last_stats",
+    "last_backward_stats",
     "SolveStats",
     "SolverError",
     "MaxStepsError",

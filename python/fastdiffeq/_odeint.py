@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable, Dict, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from . import _C
 from ._errors import MaxStepsError, NonFiniteStateError, SolverError, StepSizeUnderflowError
-from ._stats import SolveStats, _record
+from ._stats import SolveStats, _record, _record_backward
 from ._validate import (TensorOrTuple, check_func, check_state_tensor, check_time_grid, check_tolerance,
                         positive_float, time_points)
 
@@ -34,7 +36,7 @@ def _needs_grad(func: Any, y0s: Tuple[torch.Tensor, ...], t: torch.Tensor) -> bo
         return True
     if isinstance(func, torch.nn.Module):
         return any(p.requires_grad for p in func.parameters())
-    return False
+    return True  # a closure may capture tensors that require grad: keep the graph
 
 
 def _parse_options(options: Optional[Dict[str, Any]], n_parts: int) -> Dict[str, Any]:
@@ -88,6 +90,236 @@ def _grid_after(points: list, t0: float, direction: float) -> list:
     return ahead if direction > 0 else ahead[::-1]
 
 
+@dataclass
+class _Problem:
+    """A validated odeint call, flattened to the solver's [1, D] layout."""
+
+    func: Callable
+    method: str
+    is_tuple: bool
+    shapes: List[torch.Size]
+    sizes: List[int]
+    segment_ends: List[int]
+    rtols: List[float]
+    atols: List[float]
+    opts: Dict[str, Any]
+    parts: Tuple[torch.Tensor, ...]
+    t: torch.Tensor              # the caller's t (may require grad)
+    t64: torch.Tensor            # float64 copy on the CPU
+    field: Callable              # what the C++ loop calls: field(t, y) with y in user_shape
+    user_shape: List[int]
+    user_norm: Optional[Callable]
+    step_t: List[float]
+    jump_t: List[float]
+    device: torch.device
+    dtype: torch.dtype
+
+    def flat_y0(self) -> torch.Tensor:
+        """y0 as [1, D], keeping its autograd graph."""
+        flat = torch.cat([p.reshape(-1) for p in self.parts]) if self.is_tuple else self.parts[0].reshape(-1)
+        return flat.contiguous().reshape(1, -1)
+
+    def flat_field(self, t_scalar: torch.Tensor, y_flat: torch.Tensor) -> torch.Tensor:
+        """f(t, y) on the flat [D] layout (t a 0-dim float64 or state-dtype tensor)."""
+        out = self.field(t_scalar.to(self.dtype).reshape(()), y_flat.reshape(self.user_shape))
+        return out.reshape(-1)
+
+    def unflatten(self, ys: torch.Tensor) -> TensorOrTuple:
+        n = ys.shape[0]
+        ys = ys.reshape(n, -1)
+        if not self.is_tuple:
+            return ys.reshape(n, *self.shapes[0])
+        return tuple(ys[:, s - k:s].reshape(n, *shape)
+                     for s, k, shape in zip(self.segment_ends, self.sizes, self.shapes))
+
+
+def _prepare(func: Callable, y0: TensorOrTuple, t: torch.Tensor, rtol: Any, atol: Any, method: Optional[str],
+             options: Optional[Dict[str, Any]], event_fn: Optional[Callable]) -> _Problem:
+    check_func(func)
+    if event_fn is not None:
+        raise NotImplementedError("fastdiffeq: `event_fn` (event handling) is not supported yet")
+    if method is None:
+        method = "dopri5"
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"`method` must be one of {list(METHODS)}, got {method!r}")
+
+    is_tuple = not isinstance(y0, torch.Tensor)
+    if is_tuple:
+        if not isinstance(y0, tuple):
+            raise TypeError(f"`y0` must be a torch.Tensor or a tuple of tensors, got {type(y0).__name__}")
+        if len(y0) == 0:
+            raise ValueError("`y0` is an empty tuple")
+        parts = tuple(check_state_tensor(y, f"y0[{i}]") for i, y in enumerate(y0))
+        if len({p.dtype for p in parts}) > 1:
+            raise TypeError(f"all tensors in `y0` must share one dtype, got {[p.dtype for p in parts]}")
+        if len({p.device for p in parts}) > 1:
+            raise ValueError(f"all tensors in `y0` must be on one device, got {[str(p.device) for p in parts]}")
+    else:
+        parts = (check_state_tensor(y0, "y0"),)
+    t64 = check_time_grid(t)
+    rtols = check_tolerance(rtol, "rtol", len(parts))
+    atols = check_tolerance(atol, "atol", len(parts))
+    opts = _parse_options(options, len(parts))
+
+    device, dtype = parts[0].device, parts[0].dtype
+    shapes = [p.shape for p in parts]
+    sizes = [p.numel() for p in parts]
+    segment_ends = torch.tensor(sizes).cumsum(0).tolist()
+
+    if is_tuple:
+        def field(tt: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            out = func(tt, tuple(y[s - n:s].view(shape) for s, n, shape in zip(segment_ends, sizes, shapes)))
+            if not isinstance(out, (tuple, list)) or len(out) != len(shapes):
+                raise TypeError(
+                    f"func must return a tuple of {len(shapes)} tensors for a tuple y0, got {type(out).__name__}"
+                )
+            for i, (o, shape) in enumerate(zip(out, shapes)):
+                if not isinstance(o, torch.Tensor):
+                    raise TypeError(f"func's output [{i}] must be a torch.Tensor, got {type(o).__name__}")
+                if o.shape != shape:
+                    raise ValueError(f"func's output [{i}] has shape {tuple(o.shape)}, expected {tuple(shape)}")
+                if o.dtype != dtype:
+                    raise TypeError(f"func's output [{i}] has dtype {o.dtype}, expected {dtype}")
+            return torch.cat([o.reshape(-1) for o in out])
+
+        user_shape = [sum(sizes)]
+        norm = opts["norm"]
+        if norm is None:
+            user_norm = None  # the fused kernel's segmented norm is torchdiffeq's tuple default
+        else:
+            def user_norm(x: torch.Tensor) -> Any:
+                return norm(tuple(x[s - n:s].view(shape) for s, n, shape in zip(segment_ends, sizes, shapes)))
+    else:
+        field = func
+        user_shape = list(parts[0].shape)
+        user_norm = opts["norm"]
+
+    t0 = float(t64[0])
+    direction = 1.0 if t64.numel() < 2 or float(t64[1]) > t0 else -1.0
+    return _Problem(
+        func=func, method=method, is_tuple=is_tuple, shapes=shapes, sizes=sizes, segment_ends=segment_ends,
+        rtols=rtols, atols=atols, opts=opts, parts=parts, t=t, t64=t64, field=field, user_shape=user_shape,
+        user_norm=user_norm, step_t=_grid_after(opts["step_t"], t0, direction),
+        jump_t=_grid_after(opts["jump_t"], t0, direction), device=device, dtype=dtype,
+    )
+
+
+def _run(p: _Problem, y_flat: torch.Tensor, mode: str, *, who: str = "odeint") -> Dict[str, Any]:
+    """One call of the C++ loop; records the stats and raises the typed error when the solve fails."""
+    o = p.opts
+    res = _C.rk_solve(
+        p.field, y_flat, p.t64.to(p.device),
+        method=p.method, rtol=p.rtols, atol=p.atols, segment_ends=p.segment_ends,
+        safety=o["safety"], ifactor=o["ifactor"], dfactor=o["dfactor"], min_step=o["min_step"],
+        max_step=o["max_step"], first_step=o["first_step"], max_num_steps=o["max_num_steps"],
+        step_t=p.step_t, jump_t=p.jump_t, norm=p.user_norm, user_shape=p.user_shape, joint=True,
+        check_every=1 if p.device.type == "cpu" else 8, mode=mode,
+    )
+    status = int(res["status"][0])
+    counters = res["counters"][0].tolist()
+    t_final = float(res["t"][0])
+    stats = SolveStats(method=p.method, nfe=int(res["nfe"]), n_accepted=int(counters[0]),
+                       n_rejected=int(counters[1]), t_final=t_final, status=_STATUS_NAMES.get(status, "running"))
+    _record(stats)
+    if status != 1:
+        _raise_status(status, t_final, stats, o, who)
+    return res
+
+
+class _InitialTimeLink(torch.autograd.Function):
+    """Identity on y0 whose backward gives dL/dt0 = -f(t0, y0) . dL/dy0 (the flow's dependence on t0)."""
+
+    @staticmethod
+    def forward(ctx, y_flat: torch.Tensor, t: torch.Tensor, problem: _Problem) -> torch.Tensor:
+        ctx.problem = problem
+        ctx.save_for_backward(y_flat, t)
+        return y_flat.view_as(y_flat)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y: torch.Tensor):
+        y_flat, t = ctx.saved_tensors
+        f0 = ctx.problem.flat_field(t[0], y_flat.reshape(-1))
+        grad_t = torch.zeros_like(t)
+        grad_t[0] = -(f0.to(torch.float64) * grad_y.reshape(-1).to(torch.float64)).sum()
+        return grad_y, grad_t, None
+
+
+class _OutputTimeLink(torch.autograd.Function):
+    """Identity on the outputs whose backward gives dL/dt_i = f(t_i, y_i) . dL/dy_i for i >= 1."""
+
+    @staticmethod
+    def forward(ctx, ys: torch.Tensor, t: torch.Tensor, problem: _Problem) -> torch.Tensor:
+        ctx.problem = problem
+        ctx.save_for_backward(ys, t)
+        return ys.view_as(ys)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_ys: torch.Tensor):
+        ys, t = ctx.saved_tensors
+        grad_t = torch.zeros_like(t)
+        for i in range(1, ys.shape[0]):
+            f = ctx.problem.flat_field(t[i], ys[i].reshape(-1))
+            grad_t[i] = (f.to(torch.float64) * grad_ys[i].reshape(-1).to(torch.float64)).sum()
+        return grad_ys, grad_t, None
+
+
+def output_time_gradients(p: _Problem, y_flat: torch.Tensor, solve: Callable[[torch.Tensor], torch.Tensor]):
+    """Wrap a differentiable solve so gradients reach ``t`` (when it requires grad).
+
+    The gradients w.r.t. the times are those of the exact flow: dL/dt_i = f(t_i, y_i) . g_i for the output
+    times and dL/dt_0 = -f(t_0, y_0) . (dL/dy_0 - g_0); each costs one evaluation of f in the backward pass.
+    """
+    if not (p.t.requires_grad and torch.is_grad_enabled()):
+        return solve(y_flat)
+    ys = solve(_InitialTimeLink.apply(y_flat, p.t, p))
+    ys = _OutputTimeLink.apply(ys, p.t, p)
+    # Row 0 is y0 itself and does not move with t0.
+    return torch.cat([y_flat.unsqueeze(0), ys[1:]], 0)
+
+
+class _CheckpointSolve(torch.autograd.Function):
+    """Forward without a graph, recording accepted steps; backward replays them one at a time (C++)."""
+
+    @staticmethod
+    def forward(ctx, y_flat: torch.Tensor, problem: _Problem, *params: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            res = _run(problem, y_flat.detach(), "record")
+        ctx.problem = problem
+        ctx.tape = res["tape"]
+        ctx.save_for_backward(*params)
+        return res["ys"]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_ys: torch.Tensor):
+        p = ctx.problem
+        params = list(ctx.saved_tensors)
+        grad_y0, grad_params, nfe = _C.rk_checkpoint_backward(
+            p.field, ctx.tape, grad_ys.contiguous(), params, p.user_shape, True)
+        ctx.tape = None  # free the recorded states
+        _record_backward(SolveStats(method=p.method, nfe=int(nfe), n_accepted=0, n_rejected=0,
+                                    t_final=float(p.t64[0]), status="success"))
+        return (grad_y0, None, *grad_params)
+
+
+def _gradient_params(func: Callable, gradient_params: Optional[Sequence[torch.Tensor]], who: str,
+                     arg: str) -> Tuple[torch.Tensor, ...]:
+    if gradient_params is None:
+        if not isinstance(func, torch.nn.Module):
+            raise ValueError(
+                f"{who}: func must be an nn.Module so its parameters can be found, or pass them as `{arg}` "
+                f"(`{arg}=()` if it has none)"
+            )
+        gradient_params = list(func.parameters())
+    params = tuple(gradient_params)
+    for i, q in enumerate(params):
+        if not isinstance(q, torch.Tensor):
+            raise TypeError(f"`{arg}` must hold tensors, element {i} is {type(q).__name__}")
+    return tuple(q for q in params if q.requires_grad)
+
+
 def odeint(
     func: Callable,
     y0: TensorOrTuple,
@@ -98,6 +330,8 @@ def odeint(
     method: Optional[str] = None,
     options: Optional[Dict[str, Any]] = None,
     event_fn: Optional[Callable] = None,
+    gradient: str = "direct",
+    gradient_params: Optional[Sequence[torch.Tensor]] = None,
 ) -> TensorOrTuple:
     """Integrate dy/dt = func(t, y) from y(t[0]) = y0 and return y at every time in ``t``.
 
@@ -120,6 +354,14 @@ def odeint(
             norm (callable on the scaled error; the default is the RMS norm, for tuples the max of the
             per-element RMS norms).
         event_fn: not supported yet (raises NotImplementedError).
+        gradient: how gradients are computed when y0, t or the parameters require grad:
+            'direct' (default) back-propagates through the solver's operations (memory grows with the
+            number of steps); 'checkpoint' records (t, h, y) of the accepted steps and replays each step
+            under autograd in the backward pass — the same exact gradients of the discrete solve, with one
+            step's graph in memory at a time. For constant memory use :func:`odeint_adjoint`. Step sizes
+            are constants of the solve in both modes (they are not differentiated).
+        gradient_params: with gradient='checkpoint', the tensors to differentiate inside ``func``
+            (default: ``func.parameters()``; required when ``func`` is not an nn.Module).
 
     Returns:
         A tensor ``[len(t), *y0.shape]`` (a tuple of them for tuple ``y0``). The counters of the solve
@@ -130,7 +372,6 @@ def odeint(
             type, shape, dtype or device.
         MaxStepsError, StepSizeUnderflowError, NonFiniteStateError: the solve could not finish
             (subclasses of :class:`fastdiffeq.SolverError`, carrying ``t`` and ``stats``).
-        NotImplementedError: gradients were requested (they arrive with odeint_adjoint / direct backprop).
 
     Example:
         >>> import torch, fastdiffeq
@@ -139,104 +380,23 @@ def odeint(
         >>> ys.shape
         torch.Size([4, 2])
     """
-    check_func(func)
-    if event_fn is not None:
-        raise NotImplementedError("fastdiffeq.odeint: `event_fn` (event handling) is not supported yet")
-    if method is None:
-        method = "dopri5"
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"`method` must be one of {list(METHODS)}, got {method!r}")
-
-    is_tuple = not isinstance(y0, torch.Tensor)
-    if is_tuple:
-        if not isinstance(y0, tuple):
-            raise TypeError(f"`y0` must be a torch.Tensor or a tuple of tensors, got {type(y0).__name__}")
-        if len(y0) == 0:
-            raise ValueError("`y0` is an empty tuple")
-        parts = tuple(check_state_tensor(y, f"y0[{i}]") for i, y in enumerate(y0))
-        if len({p.dtype for p in parts}) > 1:
-            raise TypeError(f"all tensors in `y0` must share one dtype, got {[p.dtype for p in parts]}")
-        if len({p.device for p in parts}) > 1:
-            raise ValueError(f"all tensors in `y0` must be on one device, got {[str(p.device) for p in parts]}")
+    if gradient not in ("direct", "checkpoint"):
+        raise ValueError(f"`gradient` must be 'direct' or 'checkpoint', got {gradient!r}")
+    p = _prepare(func, y0, t, rtol, atol, method, options, event_fn)
+    y_flat = p.flat_y0()
+    if not _needs_grad(func, p.parts, t):
+        with torch.no_grad():
+            return p.unflatten(_run(p, y_flat.detach(), "masked")["ys"])
+    if gradient == "direct":
+        ys = output_time_gradients(p, y_flat, lambda y: _run(p, y, "graph")["ys"])
     else:
-        parts = (check_state_tensor(y0, "y0"),)
-    t64 = check_time_grid(t)
-    if _needs_grad(func, parts, t):
-        raise NotImplementedError(
-            "fastdiffeq.odeint does not compute gradients yet (direct backprop and odeint_adjoint are the next "
-            "milestone). Call it under torch.no_grad(), or detach y0/t and the parameters of func."
-        )
-
-    rtols = check_tolerance(rtol, "rtol", len(parts))
-    atols = check_tolerance(atol, "atol", len(parts))
-    opts = _parse_options(options, len(parts))
-
-    device, dtype = parts[0].device, parts[0].dtype
-    shapes = [p.shape for p in parts]
-    sizes = [p.numel() for p in parts]
-    segment_ends = torch.tensor(sizes).cumsum(0).tolist()
-    flat = torch.cat([p.detach().reshape(-1) for p in parts]) if is_tuple else parts[0].detach().reshape(-1)
-    y_flat = flat.to(dtype).contiguous().reshape(1, -1)
-
-    if is_tuple:
-        def field(tt: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            out = func(tt, tuple(y[s - n:s].view(shape) for s, n, shape in zip(segment_ends, sizes, shapes)))
-            if not isinstance(out, (tuple, list)) or len(out) != len(shapes):
-                raise TypeError(
-                    f"func must return a tuple of {len(shapes)} tensors for a tuple y0, got {type(out).__name__}"
-                )
-            for i, (o, shape) in enumerate(zip(out, shapes)):
-                if not isinstance(o, torch.Tensor):
-                    raise TypeError(f"func's output [{i}] must be a torch.Tensor, got {type(o).__name__}")
-                if o.shape != shape:
-                    raise ValueError(f"func's output [{i}] has shape {tuple(o.shape)}, expected {tuple(shape)}")
-                if o.dtype != dtype:
-                    raise TypeError(f"func's output [{i}] has dtype {o.dtype}, expected {dtype}")
-            return torch.cat([o.reshape(-1) for o in out])
-
-        user_shape = [y_flat.shape[1]]
-        norm = opts["norm"]
-        if norm is None:
-            user_norm = None  # the fused kernel's segmented norm is torchdiffeq's tuple default
-        else:
-            def user_norm(x: torch.Tensor) -> Any:
-                return norm(tuple(x[s - n:s].view(shape) for s, n, shape in zip(segment_ends, sizes, shapes)))
-    else:
-        field = func
-        user_shape = list(parts[0].shape)
-        user_norm = opts["norm"]
-
-    t0 = float(t64[0])
-    direction = 1.0 if t64.numel() < 2 or float(t64[1]) > t0 else -1.0
-    step_t = _grid_after(opts["step_t"], t0, direction)
-    jump_t = _grid_after(opts["jump_t"], t0, direction)
-
-    with torch.no_grad():
-        res = _C.rk_solve(
-            field, y_flat, t64.to(device),
-            method=method, rtol=rtols, atol=atols, segment_ends=segment_ends,
-            safety=opts["safety"], ifactor=opts["ifactor"], dfactor=opts["dfactor"],
-            min_step=opts["min_step"], max_step=opts["max_step"], first_step=opts["first_step"],
-            max_num_steps=opts["max_num_steps"], step_t=step_t, jump_t=jump_t, norm=user_norm,
-            user_shape=user_shape, joint=True, check_every=1 if device.type == "cpu" else 8,
-        )
-
-    status = int(res["status"][0])
-    counters = res["counters"][0].tolist()
-    t_final = float(res["t"][0])
-    stats = SolveStats(method=method, nfe=int(res["nfe"]), n_accepted=int(counters[0]),
-                       n_rejected=int(counters[1]), t_final=t_final, status=_STATUS_NAMES.get(status, "running"))
-    _record(stats)
-    if status != 1:
-        _raise_status(status, t_final, stats, opts)
-
-    ys = res["ys"].reshape(t64.numel(), -1)
-    if not is_tuple:
-        return ys.reshape(t64.numel(), *shapes[0])
-    return tuple(ys[:, s - n:s].reshape(t64.numel(), *shape) for s, n, shape in zip(segment_ends, sizes, shapes))
+        params = _gradient_params(func, gradient_params, "fastdiffeq.odeint(gradient='checkpoint')",
+                                  "gradient_params")
+        ys = output_time_gradients(p, y_flat, lambda y: _CheckpointSolve.apply(y, p, *params))
+    return p.unflatten(ys)
 
 
-def _raise_status(status: int, t_final: float, stats: SolveStats, opts: Dict[str, Any]) -> None:
+def _raise_status(status: int, t_final: float, stats: SolveStats, opts: Dict[str, Any], who: str) -> None:
     if status == 2:
         msg = (f"max_num_steps={opts['max_num_steps']} step attempts were made at t={t_final:.6g} without reaching "
                f"the next output time ({stats.n_accepted} accepted, {stats.n_rejected} rejected in total); "
@@ -250,4 +410,4 @@ def _raise_status(status: int, t_final: float, stats: SolveStats, opts: Dict[str
                "repeatedly: the solution may blow up there")
     else:
         msg = f"solver stopped at t={t_final:.6g} with status {status}"
-    raise _STATUS_ERRORS.get(status, SolverError)(f"fastdiffeq.odeint: {msg}", t=t_final, stats=stats)
+    raise _STATUS_ERRORS.get(status, SolverError)(f"fastdiffeq.{who}: {msg}", t=t_final, stats=stats)

@@ -6,7 +6,7 @@ import threading
 from dataclasses import dataclass
 from typing import Optional
 
-__all__ = ["SolveStats", "last_stats"]
+__all__ = ["SolveStats", "last_stats", "last_backward_stats"]
 
 
 @dataclass(frozen=True)
@@ -51,3 +51,19 @@ def last_stats() -> Optional[SolveStats]:
         62
     """
     return getattr(_local, "stats", None)
+
+
+def _record_backward(stats: SolveStats) -> None:
+    _local.backward_stats = stats
+
+
+def last_backward_stats() -> Optional[SolveStats]:
+    """Counters of the last backward pass run by this thread that solved something (odeint_adjoint's
+    reverse-time solves, summed over output intervals; the step replays of gradient='checkpoint').
+
+    Example:
+        >>> loss = fastdiffeq.odeint_adjoint(func, y0, t).square().sum(); loss.backward()
+        >>> fastdiffeq.last_backward_stats().nfe
+        131
+    """
+    return getattr(_local, "backward_stats", None)

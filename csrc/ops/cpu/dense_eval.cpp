@@ -1,0 +1,79 @@
+// Differentiable dense output: the interpolant as weights on (y0, y1, k), evaluated out of place.
+#include <ATen/Dispatch.h>
+
+#include "core/dense_output.h"
+#include "ops/checks.h"
+#include "ops/cpu/row_chunks.h"
+#include "ops/ops.h"
+
+namespace fde::ops {
+namespace {
+
+void check_dense_times(const at::Tensor& h, const at::Tensor& t0, const at::Tensor& t_eval, size_t n_mid) {
+  TORCH_CHECK(h.dim() == 1, "fastdiffeq: h must be 1-D, got ", h.sizes());
+  check_time_vector(h, h.size(0), h, "h");
+  check_time_vector(t0, h.size(0), h, "t0");
+  TORCH_CHECK(t_eval.dim() == 1, "fastdiffeq: t_eval must be 1-D, got ", t_eval.sizes());
+  check_time_vector(t_eval, t_eval.size(0), h, "t_eval");
+  TORCH_CHECK(n_mid >= 2 && n_mid <= static_cast<size_t>(core::kMaxStages),
+              "fastdiffeq: mid_coeffs must have between 2 and ", core::kMaxStages, " entries");
+}
+
+}  // namespace
+
+at::Tensor rk_dense_weights_cpu(const at::Tensor& h, const at::Tensor& t0, const at::Tensor& t_eval,
+                                at::ArrayRef<double> mid_coeffs) {
+  check_dense_times(h, t0, t_eval, mid_coeffs.size());
+  const int64_t R = t_eval.size(0), B = h.size(0);
+  const int S = static_cast<int>(mid_coeffs.size());
+  auto w = at::empty({R, B, S + 2}, h.options());
+  double* wp = w.data_ptr<double>();
+  const double* hp = h.data_ptr<double>();
+  const double* tp = t0.data_ptr<double>();
+  const double* ep = t_eval.data_ptr<double>();
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t b = 0; b < B; ++b) {
+      const core::DenseWeights dw = core::dense_weights((ep[r] - tp[b]) / hp[b], hp[b], mid_coeffs.data(), S);
+      double* row = wp + (r * B + b) * (S + 2);
+      row[0] = dw.y0;
+      row[1] = dw.y1;
+      for (int j = 0; j < S; ++j) row[2 + j] = dw.k[j];
+    }
+  return w;
+}
+
+at::Tensor rk_dense_eval_cpu(const at::Tensor& y0, const at::Tensor& y1, at::TensorList ks, const at::Tensor& h,
+                             const at::Tensor& t0, const at::Tensor& t_eval, at::ArrayRef<double> mid_coeffs) {
+  check_state(y0, "y0");
+  check_like(y1, y0, "y1");
+  check_stages(ks, y0, mid_coeffs.size(), "mid_coeffs");
+  TORCH_CHECK(ks.size() == mid_coeffs.size(), "fastdiffeq: rk_dense_eval needs one mid coefficient per stage");
+  check_time_vector(h, y0.size(0), y0, "h");
+  const at::Tensor w = rk_dense_weights_cpu(h, t0, t_eval, mid_coeffs);
+  const int64_t R = t_eval.size(0), B = y0.size(0), D = y0.size(1);
+  const int S = static_cast<int>(ks.size());
+  auto out = at::empty({R, B, D}, y0.options());
+  const double* wp = w.data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES(y0.scalar_type(), "rk_dense_eval_cpu", [&] {
+    const scalar_t* y0p = y0.data_ptr<scalar_t>();
+    const scalar_t* y1p = y1.data_ptr<scalar_t>();
+    const scalar_t* k[core::kMaxStages];
+    for (int j = 0; j < S; ++j) k[j] = ks[j].data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    for (int64_t r = 0; r < R; ++r) {
+      cpu::for_each_row_chunk(B, D, [&](int64_t b, int64_t d0, int64_t d1) {
+        const double* row = wp + (r * B + b) * (S + 2);
+        scalar_t* o = op + (r * B + b) * D;
+        const int64_t off = b * D;
+        for (int64_t d = d0; d < d1; ++d) {
+          double acc = row[0] * static_cast<double>(y0p[off + d]) + row[1] * static_cast<double>(y1p[off + d]);
+          for (int j = 0; j < S; ++j) acc += row[2 + j] * static_cast<double>(k[j][off + d]);
+          o[d] = static_cast<scalar_t>(acc);
+        }
+      });
+    }
+  });
+  return out;
+}
+
+}  // namespace fde::ops

@@ -1,0 +1,93 @@
+// Checkpoint gradients: replay each recorded accepted step under autograd, in reverse, and
+// back-propagate through it alone. Exact gradients of the discrete solve (step sizes are constants),
+// memory O(steps x state) for the tape plus one step's graph.
+#include <torch/autograd.h>
+
+#include "solver/grid_clip.h"
+#include "solver/ops_handles.h"
+#include "solver/rk_solve.h"
+#include "solver/rk_step.h"
+
+namespace fde::solver {
+namespace {
+
+// torch::autograd::grad over the outputs that are part of a graph; zeros for inputs they do not reach.
+std::vector<at::Tensor> vjp(VectorField& field, const std::vector<at::Tensor>& outputs,
+                            const std::vector<at::Tensor>& cotangents, const std::vector<at::Tensor>& inputs) {
+  std::vector<at::Tensor> outs, cots;
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    if (outputs[i].defined() && outputs[i].requires_grad() && cotangents[i].defined()) {
+      outs.push_back(outputs[i]);
+      cots.push_back(cotangents[i]);
+    }
+  }
+  std::vector<at::Tensor> grads(inputs.size());
+  if (!outs.empty()) {
+    auto unlock = field.unlock();  // the autograd engine must not run under the GIL
+    grads = torch::autograd::grad(outs, inputs, cots, /*retain_graph=*/false, /*create_graph=*/false,
+                                  /*allow_unused=*/true);
+  }
+  for (size_t i = 0; i < inputs.size(); ++i)
+    if (!grads[i].defined()) grads[i] = at::zeros_like(inputs[i]);
+  return grads;
+}
+
+}  // namespace
+
+CheckpointGradients rk_checkpoint_backward(VectorField& field, const RkTape& tape, const at::Tensor& grad_ys,
+                                           const std::vector<at::Tensor>& params) {
+  TORCH_CHECK(tape.tableau != nullptr, "fastdiffeq: empty checkpoint tape");
+  const core::Tableau& tab = *tape.tableau;
+  const auto dtype = tape.y0.scalar_type();
+  const auto dev = tape.y0.device();
+  const auto time_opts = at::TensorOptions().dtype(at::kDouble).device(dev);
+  const at::ArrayRef<double> mid(tab.mid, tab.stages);
+  CheckpointGradients out;
+  out.grad_params.reserve(params.size());
+  for (const auto& p : params) out.grad_params.push_back(at::zeros_like(p));
+  auto accumulate = [&](const std::vector<at::Tensor>& grads, size_t first) {
+    for (size_t i = 0; i < params.size(); ++i) out.grad_params[i].add_(grads[first + i]);
+  };
+
+  // Cotangents of the state and of the FSAL derivative at the end of the step being replayed.
+  at::Tensor a_y = at::zeros_like(tape.y0);
+  at::Tensor a_k = at::zeros_like(tape.y0);
+  at::AutoGradMode grad_mode(true);
+  for (auto it = tape.steps.rbegin(); it != tape.steps.rend(); ++it) {
+    const RecordedStep& s = *it;
+    const at::Tensor y = s.y.detach().requires_grad_(true);
+    const at::Tensor k0 = s.k0.detach().requires_grad_(true);
+    const at::Tensor t0 = at::full({1}, s.t0, time_opts);
+    const at::Tensor h = at::full({1}, s.h, time_opts);
+    StepStages st = rk_stages(field, tab, y, k0, t0, h, out.nfe);
+    at::Tensor k_last = st.ks.back();
+    if (s.jump) {
+      k_last = field.eval(after_jump_time(s.t0 + s.h, tape.direction, dtype, dev), st.y1);
+      ++out.nfe;
+    }
+    std::vector<at::Tensor> outputs{st.y1, k_last};
+    std::vector<at::Tensor> cotangents{a_y, a_k};
+    if (s.out_last > s.out_first) {
+      outputs.push_back(op::rk_dense_eval(y, st.y1, st.ks, h, t0, tape.t_out.slice(0, s.out_first, s.out_last), mid));
+      cotangents.push_back(grad_ys.slice(0, s.out_first, s.out_last));
+    }
+    std::vector<at::Tensor> inputs{y, k0};
+    inputs.insert(inputs.end(), params.begin(), params.end());
+    const auto grads = vjp(field, outputs, cotangents, inputs);
+    a_y = grads[0];
+    a_k = grads[1];
+    accumulate(grads, 2);
+  }
+  // The first derivative f(t0, y0) fed the first step's k0.
+  const at::Tensor y0 = tape.y0.detach().requires_grad_(true);
+  const at::Tensor k0 = field.eval(at::full({1}, tape.t0, time_opts).to(dtype), y0);
+  ++out.nfe;
+  std::vector<at::Tensor> inputs{y0};
+  inputs.insert(inputs.end(), params.begin(), params.end());
+  const auto grads = vjp(field, {k0}, {a_k}, inputs);
+  accumulate(grads, 1);
+  out.grad_y0 = a_y + grads[0] + grad_ys.select(0, 0);
+  return out;
+}
+
+}  // namespace fde::solver
