@@ -1,5 +1,6 @@
 // pybind11 bindings: the only file that knows Python. Wraps Python callables into the solver's
 // VectorField / ErrorNorm interfaces and exposes the solver loop and the tableaus.
+#include <ATen/ops/view_native.h>
 #include <torch/extension.h>
 
 #include <sstream>
@@ -19,6 +20,12 @@ std::string shape_str(at::IntArrayRef s) {
   return os.str();
 }
 
+// A view without the dispatcher for tensors outside any graph: the field is called several times per step
+// and dispatched views (with autograd view tracking) were a measurable part of the loop's cost.
+at::Tensor cheap_view(const at::Tensor& x, at::IntArrayRef shape) {
+  return x.requires_grad() ? x.view(shape) : at::native::view(x, shape);
+}
+
 std::string py_type_name(const py::handle& obj) { return py::str(py::type::of(obj).attr("__name__")); }
 
 // func(t, y) -> dy/dt. `joint`: t is passed as a 0-dim tensor (torchdiffeq's convention), else as [B].
@@ -29,8 +36,8 @@ class PyVectorField final : public fde::solver::VectorField {
 
   at::Tensor eval(const at::Tensor& t, const at::Tensor& y) override {
     // An explicit IntArrayRef: a bare {} would pick the view(ScalarType) overload (a byte reinterpretation).
-    const at::Tensor t_arg = joint_ ? t.view(at::IntArrayRef()) : t;
-    const at::Tensor y_arg = y.view(user_shape_);
+    const at::Tensor t_arg = joint_ ? cheap_view(t, at::IntArrayRef()) : t;
+    const at::Tensor y_arg = cheap_view(y, user_shape_);
     py::object r = func_(t_arg, y_arg);
     if (!THPVariable_Check(r.ptr()))
       throw py::type_error("fastdiffeq: func must return a torch.Tensor, got " + py_type_name(r));
@@ -44,7 +51,8 @@ class PyVectorField final : public fde::solver::VectorField {
     if (out.device() != y.device())
       throw py::value_error("fastdiffeq: func returned a tensor on " + out.device().str() +
                             " but the state is on " + y.device().str());
-    return out.reshape(y.sizes()).contiguous();
+    if (!out.is_contiguous()) out = out.contiguous();
+    return cheap_view(out, y.sizes());
   }
 
   std::unique_ptr<fde::solver::ScopedUnlock> unlock() override { return std::make_unique<GilRelease>(); }

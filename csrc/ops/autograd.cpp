@@ -104,13 +104,32 @@ class RkDenseEvalFunction : public torch::autograd::Function<RkDenseEvalFunction
   }
 };
 
+// Without a graph to record, skip the autograd Function's bookkeeping (the solver's no-grad loop calls
+// these ops several times per step).
+bool any_requires_grad(std::initializer_list<const at::Tensor*> ts, at::TensorList ks) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const at::Tensor* t : ts)
+    if (t->requires_grad()) return true;
+  for (const at::Tensor& k : ks)
+    if (k.requires_grad()) return true;
+  return false;
+}
+
 at::Tensor rk_stage_autograd(const at::Tensor& y, at::TensorList ks, const at::Tensor& h,
                              at::ArrayRef<double> coeffs) {
+  if (!any_requires_grad({&y}, ks)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return call_rk_stage(y, ks, h, coeffs);
+  }
   return RkStageFunction::apply(y, ks, h, coeffs);
 }
 
 at::Tensor rk_dense_eval_autograd(const at::Tensor& y0, const at::Tensor& y1, at::TensorList ks, const at::Tensor& h,
                                   const at::Tensor& t0, const at::Tensor& t_eval, at::ArrayRef<double> mid) {
+  if (!any_requires_grad({&y0, &y1}, ks)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return call_rk_dense_eval(y0, y1, ks, h, t0, t_eval, mid);
+  }
   return RkDenseEvalFunction::apply(y0, y1, ks, h, t0, t_eval, mid);
 }
 

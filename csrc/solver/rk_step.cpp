@@ -1,8 +1,25 @@
 #include "solver/rk_step.h"
 
+
 #include "solver/ops_handles.h"
 
 namespace fde::solver {
+namespace {
+
+// Row i of the [S, B] stage-time tensor as a [B] tensor. The times are constants (never in a graph), and
+// select() through the dispatcher cost more than a whole fused op at the sizes the loop sees; this builds
+// the same strided view directly.
+at::Tensor stage_time_row(const at::Tensor& ts, int64_t i) {
+  const int64_t B = ts.size(1);
+  auto row = at::detail::make_tensor<c10::TensorImpl>(c10::TensorImpl::VIEW, c10::Storage(ts.storage()),
+                                                      ts.key_set(), ts.dtype());
+  row.unsafeGetTensorImpl()->set_storage_offset(ts.storage_offset() + i * ts.stride(0));
+  const int64_t size[1] = {B}, stride[1] = {ts.stride(1)};
+  row.unsafeGetTensorImpl()->set_sizes_and_strides(at::IntArrayRef(size), at::IntArrayRef(stride));
+  return row;
+}
+
+}  // namespace
 
 StepStages rk_stages(VectorField& field, const core::Tableau& tab, const at::Tensor& y, const at::Tensor& k0,
                      const at::Tensor& t0, const at::Tensor& h, int64_t& nfe) {
@@ -13,7 +30,7 @@ StepStages rk_stages(VectorField& field, const core::Tableau& tab, const at::Ten
   const at::Tensor ts = op::rk_stage_times(t0, h, at::ArrayRef<double>(tab.c, S), y.scalar_type());
   for (int i = 1; i < S; ++i) {
     st.y1 = op::rk_stage(y, at::TensorList(st.ks.data(), i), h, at::ArrayRef<double>(tab.a[i], i));
-    st.ks[i] = field.eval(ts.select(0, i), st.y1);
+    st.ks[i] = field.eval(stage_time_row(ts, i), st.y1);
     ++nfe;
   }
   return st;

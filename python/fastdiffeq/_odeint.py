@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import numbers
 from dataclasses import dataclass
@@ -207,14 +208,23 @@ def _prepare(func: Callable, y0: TensorOrTuple, t: torch.Tensor, rtol: Any, atol
 def _run(p: _Problem, y_flat: torch.Tensor, mode: str, *, who: str = "odeint") -> Dict[str, Any]:
     """One call of the C++ loop; records the stats and raises the typed error when the solve fails."""
     o = p.opts
-    res = _C.rk_solve(
-        p.field, y_flat, p.t64.to(p.device),
-        method=p.method, rtol=p.rtols, atol=p.atols, segment_ends=p.segment_ends,
-        safety=o["safety"], ifactor=o["ifactor"], dfactor=o["dfactor"], min_step=o["min_step"],
-        max_step=o["max_step"], first_step=o["first_step"], max_num_steps=o["max_num_steps"],
-        step_t=p.step_t, jump_t=p.jump_t, norm=p.user_norm, user_shape=p.user_shape, joint=True,
-        check_every=1 if p.device.type == "cpu" else 8, mode=mode,
-    )
+    # Every call of the field creates Python tensor objects, which triggers the cyclic garbage collector
+    # every few steps (a fifth of the loop's time in profiles). Tensors are freed by reference counting
+    # anyway; collection is paused for the solve and restored after.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        res = _C.rk_solve(
+            p.field, y_flat, p.t64.to(p.device),
+            method=p.method, rtol=p.rtols, atol=p.atols, segment_ends=p.segment_ends,
+            safety=o["safety"], ifactor=o["ifactor"], dfactor=o["dfactor"], min_step=o["min_step"],
+            max_step=o["max_step"], first_step=o["first_step"], max_num_steps=o["max_num_steps"],
+            step_t=p.step_t, jump_t=p.jump_t, norm=p.user_norm, user_shape=p.user_shape, joint=True,
+            check_every=1 if p.device.type == "cpu" else 8, mode=mode,
+        )
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     status = int(res["status"][0])
     counters = res["counters"][0].tolist()
     t_final = float(res["t"][0])
