@@ -37,7 +37,8 @@ FDE_INLINE void commit_sample(double& t0, double& h, int32_t& status, int64_t* c
   } else if (counters[kNonFiniteStreak] >= kMaxNonFiniteRetries) {
     status = kNonFinite;
   } else if (t0 + h == t0) {
-    status = kStepUnderflow;
+    // Shrinking on non-finite stages until h underflows is a non-finite failure, not a stiffness one.
+    status = counters[kNonFiniteStreak] > 0 ? kNonFinite : kStepUnderflow;
   } else if (counters[kAttemptsSinceOutput] >= max_num_steps) {
     status = kMaxSteps;
   }

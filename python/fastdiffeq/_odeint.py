@@ -160,6 +160,10 @@ def _prepare(func: Callable, y0: TensorOrTuple, t: torch.Tensor, rtol: Any, atol
     t64 = check_time_grid(t)
     rtols = check_tolerance(rtol, "rtol", len(parts))
     atols = check_tolerance(atol, "atol", len(parts))
+    for i, (r, a) in enumerate(zip(rtols, atols)):
+        if r == 0 and a == 0:
+            where = f" for y0[{i}]" if is_tuple else ""
+            raise ValueError(f"`rtol` and `atol` cannot both be 0{where}: no error would ever be accepted")
     opts = _parse_options(options, len(parts))
 
     device, dtype = parts[0].device, parts[0].dtype

@@ -1,0 +1,430 @@
+"""Bad input is a test case: each raises the documented exception, naming the argument; solver failures
+raise typed SolverErrors that carry where they happened; nothing crashes or hangs."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+
+import pytest
+import torch
+
+import fastdiffeq
+from fastdiffeq import MaxStepsError, NonFiniteStateError, SolverError, StepSizeUnderflowError
+
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+F64 = torch.float64
+
+
+@contextlib.contextmanager
+def watchdog(seconds: float):
+    """Fail (instead of hanging forever) if the body runs longer than `seconds`.
+
+    Uses SIGALRM, so it only interrupts while Python code runs (e.g. inside the user's vector field),
+    which is where every solver loop calls back into Python. Not a timing assertion: the limit is far
+    above the expected run time and only guards against a hang.
+    """
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _handler(signum, frame):  # pragma: no cover - only on a hang
+        raise TimeoutError(f"solver did not finish within {seconds} s (hang?)")
+
+    old = signal.signal(signal.SIGALRM, _handler)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def decay(t, y):
+    return -y
+
+
+def vdp(t, y):
+    return torch.stack([y[1], (1 - y[0] ** 2) * y[1] - y[0]])
+
+
+Y0 = torch.tensor([1.0, 2.0], dtype=F64)
+T = torch.linspace(0.0, 1.0, 5, dtype=F64)
+
+
+def call(func=decay, y0=Y0, t=T, **kwargs):
+    return fastdiffeq.odeint(func, y0, t, **kwargs)
+
+
+def test_valid_call_works():
+    # Sanity: the baseline arguments used below are accepted.
+    y = call()
+    torch.testing.assert_close(y, Y0 * torch.exp(-T)[:, None], rtol=1e-6, atol=1e-8)
+
+
+# ---------------------------------------------------------------------------------------------------
+# t
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("t, exc, pattern", [
+    ([0.0, 1.0], TypeError, r"`t`"),                                                # not a tensor
+    (0.5, TypeError, r"`t`"),                                                       # a number
+    (torch.zeros(2, 3, dtype=F64), ValueError, r"`t`.*one-dimensional"),            # 2-D
+    (torch.tensor(1.0, dtype=F64), ValueError, r"`t`.*one-dimensional"),           # 0-D
+    (torch.tensor([0, 1, 2]), TypeError, r"`t`.*floating"),                         # integer
+    (torch.tensor([], dtype=F64), ValueError, r"`t`"),                              # empty
+    (torch.tensor([0.0, 2.0, 1.0], dtype=F64), ValueError, r"`t`.*strictly"),     # non-monotonic
+    (torch.tensor([0.0, 1.0, 1.0, 2.0], dtype=F64), ValueError, r"`t`.*strictly"),  # repeated
+    (torch.tensor([1.0, 1.0], dtype=F64), ValueError, r"`t`.*strictly"),           # repeated, 2 points
+    (torch.tensor([0.0, float("nan"), 1.0], dtype=F64), ValueError, r"`t`.*NaN"),   # NaN
+    (torch.tensor([0.0, float("inf")], dtype=F64), ValueError, r"`t`.*inf"),        # inf
+    (torch.tensor([0.0, 1.0], dtype=torch.complex128), TypeError, r"`t`"),         # complex
+])
+def test_bad_t(t, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        call(t=t)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tolerances
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, exc, pattern", [
+    (dict(rtol=-1e-3), ValueError, r"`rtol`"),
+    (dict(atol=-1e-9), ValueError, r"`atol`"),
+    (dict(rtol=float("nan")), ValueError, r"`rtol`"),
+    (dict(atol=float("nan")), ValueError, r"`atol`"),
+    (dict(rtol=float("inf")), ValueError, r"`rtol`"),
+    (dict(rtol="1e-3"), TypeError, r"`rtol`"),
+    (dict(atol=None), TypeError, r"`atol`"),
+    (dict(rtol=torch.tensor([1e-3, 1e-4])), ValueError, r"`rtol`"),  # per-element tensors: not for a tensor y0
+    (dict(rtol=[1e-3, 1e-4]), ValueError, r"`rtol`"),                # a sequence for a single-tensor y0
+])
+def test_bad_tolerance(kwargs, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        call(**kwargs)
+
+
+def test_bad_tolerance_sequence_for_tuple():
+    y0 = (Y0, Y0[:1])
+
+    def f(t, s):
+        return -s[0], -s[1]
+
+    call(f, y0, rtol=[1e-6, 1e-5], atol=(1e-8, 1e-7))  # sanity: one per element is fine
+    with pytest.raises(ValueError, match=r"`rtol`"):
+        call(f, y0, rtol=[1e-6, 1e-5, 1e-4])
+    with pytest.raises(ValueError, match=r"`atol`"):
+        call(f, y0, atol=[1e-8])
+    with pytest.raises(ValueError, match=r"`rtol\[1\]`"):
+        call(f, y0, rtol=[1e-6, -1.0])
+    with pytest.raises(ValueError, match=r"`atol\[0\]`"):
+        call(f, y0, atol=[float("nan"), 1e-8])
+
+
+# ---------------------------------------------------------------------------------------------------
+# method and options
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["rk45", "DOPRI5", "euler", 5])
+def test_unknown_method(method):
+    with pytest.raises(ValueError, match=r"`method`"):
+        call(method=method)
+
+
+@pytest.mark.parametrize("options, exc, pattern", [
+    (dict(step_size=0.1), ValueError, r"options.*step_size"),        # fixed-grid option for an adaptive method
+    (dict(frist_step=0.1), ValueError, r"options.*frist_step"),      # typo
+    (dict(first_step=0.0), ValueError, r"first_step"),
+    (dict(first_step=-0.1), ValueError, r"first_step"),
+    (dict(first_step=float("nan")), ValueError, r"first_step"),
+    (dict(min_step=-1.0), ValueError, r"min_step"),
+    (dict(min_step=0.5, max_step=0.1), ValueError, r"max_step"),
+    (dict(max_step=0.0), ValueError, r"max_step"),
+    (dict(safety=0.0), ValueError, r"safety"),
+    (dict(dfactor=1.5), ValueError, r"dfactor"),
+    (dict(dfactor=0.0), ValueError, r"dfactor"),
+    (dict(ifactor=0.5), ValueError, r"ifactor"),
+    (dict(max_num_steps=0), ValueError, r"max_num_steps"),
+    (dict(max_num_steps=-3), ValueError, r"max_num_steps"),
+    (dict(max_num_steps=2.5), ValueError, r"max_num_steps"),
+    (dict(dtype=torch.float32), ValueError, r"dtype"),
+    (dict(norm="rms"), TypeError, r"norm"),
+    (dict(norm=3.0), TypeError, r"norm"),
+    (dict(step_t=torch.tensor([0.5, float("nan")], dtype=F64)), ValueError, r"step_t"),
+    (dict(jump_t=torch.zeros(2, 2, dtype=F64)), ValueError, r"jump_t"),
+    (dict(jump_t="0.5"), TypeError, r"jump_t"),
+    (dict(step_t=[0.5], jump_t=[0.5]), ValueError, r"step_t.*jump_t|jump_t.*step_t"),
+    (dict(first_step="0.1"), TypeError, r"first_step"),
+])
+def test_bad_options(options, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        call(options=options)
+
+
+@pytest.mark.parametrize("options", [[("first_step", 0.1)], "first_step=0.1", 0.1])
+def test_options_not_a_dict(options):
+    with pytest.raises(TypeError, match=r"`options`"):
+        call(options=options)
+
+
+def test_valid_options_accepted():
+    y = call(options=dict(first_step=0.01, min_step=0.0, max_step=0.5, safety=0.8, ifactor=5.0, dfactor=0.3,
+                          max_num_steps=1000, dtype=torch.float64, norm=lambda x: x.abs().max(),
+                          step_t=[0.3], jump_t=torch.tensor([0.6], dtype=F64)))
+    torch.testing.assert_close(y, Y0 * torch.exp(-T)[:, None], rtol=1e-6, atol=1e-8)
+    assert call(options=None).shape == (5, 2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# y0
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("y0, exc, pattern", [
+    (torch.tensor([1, 2]), TypeError, r"`y0`"),                                    # integer
+    (torch.tensor([True, False]), TypeError, r"`y0`"),                             # bool
+    (torch.tensor([1.0, 2.0], dtype=torch.float16), TypeError, r"`y0`"),           # float16
+    (torch.tensor([1.0, 2.0], dtype=torch.bfloat16), TypeError, r"`y0`"),          # bfloat16
+    (torch.tensor([1.0, 2.0], dtype=torch.complex64), TypeError, r"`y0`"),         # complex
+    ([1.0, 2.0], TypeError, r"`y0`"),                                              # list
+    (1.0, TypeError, r"`y0`"),                                                     # number
+    (None, TypeError, r"`y0`"),
+    (torch.tensor([1.0, float("nan")], dtype=F64), ValueError, r"`y0`.*NaN"),      # NaN
+    (torch.tensor([float("-inf"), 1.0], dtype=F64), ValueError, r"`y0`.*inf"),     # inf
+])
+def test_bad_y0(y0, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        call(y0=y0)
+
+
+def test_bad_tuple_y0():
+    with pytest.raises(ValueError, match=r"`y0`"):
+        call(lambda t, s: s, ())
+    with pytest.raises(TypeError, match=r"`y0\[1\]`"):
+        call(lambda t, s: s, (Y0, [1.0]))
+    with pytest.raises(TypeError, match=r"`y0\[1\]`"):
+        call(lambda t, s: s, (Y0, torch.tensor([1, 2])))
+    with pytest.raises(ValueError, match=r"`y0\[0\]`.*NaN"):
+        call(lambda t, s: s, (torch.tensor([float("nan")], dtype=F64), Y0))
+    with pytest.raises(TypeError, match=r"`y0`.*dtype"):
+        call(lambda t, s: s, (Y0, Y0.float()))
+
+
+def test_empty_state():
+    # A state with no elements (an empty batch) is not an error: the result is empty and correctly shaped.
+    with watchdog(30):
+        y = call(y0=torch.empty(0, 2, dtype=F64))
+    assert y.shape == (5, 0, 2) and y.dtype == F64
+    assert fastdiffeq.last_stats().status == "success"
+
+
+def test_zero_tolerances_fail_cleanly():
+    # rtol = atol = 0 makes every error ratio infinite: a typed solver error at t0, no hang.
+    with watchdog(30):
+        with pytest.raises((ValueError, SolverError)):
+            call(rtol=0.0, atol=0.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# func
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("func", [None, 3, "decay", torch.zeros(2)])
+def test_func_not_callable(func):
+    with pytest.raises(TypeError, match=r"`func`"):
+        call(func=func)
+
+
+@pytest.mark.parametrize("func, exc, pattern", [
+    (lambda t, y: torch.zeros(3, dtype=F64), ValueError, r"func.*shape"),            # wrong shape
+    (lambda t, y: torch.zeros(2, 1, dtype=F64), ValueError, r"func.*shape"),         # right numel, wrong shape
+    (lambda t, y: -y.float(), TypeError, r"func.*dtype"),                            # wrong dtype
+    (lambda t, y: (-y).tolist(), TypeError, r"func.*Tensor"),                        # not a tensor
+    (lambda t, y: None, TypeError, r"func.*Tensor"),
+    (lambda t, y: (-y,), TypeError, r"func.*Tensor"),                                # a tuple for a tensor y0
+])
+def test_func_bad_output(func, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        call(func=func)
+
+
+def test_func_bad_output_later_in_the_solve():
+    # A wrong output after a few evaluations is caught too (not only at t0).
+    def f(t, y):
+        return -y if float(t) < 0.5 else torch.zeros(5, dtype=F64)
+
+    with pytest.raises(ValueError, match=r"func.*shape"):
+        call(func=f)
+
+
+def test_tuple_func_bad_output():
+    y0 = (Y0, Y0[:1].clone())
+    with pytest.raises(TypeError, match=r"func.*tuple"):
+        call(lambda t, s: -s[0], y0)                                      # a tensor for a tuple y0
+    with pytest.raises(TypeError, match=r"func.*tuple"):
+        call(lambda t, s: (-s[0],), y0)                                   # wrong number of elements
+    with pytest.raises(ValueError, match=r"func.*\[1\].*shape"):
+        call(lambda t, s: (-s[0], -s[0]), y0)                             # element 1 has the wrong shape
+    with pytest.raises(TypeError, match=r"func.*\[0\].*dtype"):
+        call(lambda t, s: (-s[0].float(), -s[1]), y0)                     # element 0 has the wrong dtype
+    with pytest.raises(TypeError, match=r"func.*\[1\].*Tensor"):
+        call(lambda t, s: (-s[0], 1.0), y0)                               # element 1 is not a tensor
+
+
+@pytest.mark.parametrize("norm, exc, pattern", [
+    (lambda x: x.abs(), ValueError, r"norm"),            # one value per element instead of one per group
+    (lambda x: "small", TypeError, r"norm"),             # not a number
+])
+def test_bad_norm_output(norm, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        call(options=dict(norm=norm))
+
+
+def test_exception_in_func_propagates_unchanged():
+    class MyError(Exception):
+        pass
+
+    def f(t, y):
+        if float(t) > 0.3:
+            raise MyError("boom from the vector field")
+        return -y
+
+    with pytest.raises(MyError, match="boom"):
+        call(func=f)
+    # The solver is still usable afterwards.
+    assert call().shape == (5, 2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Not implemented yet / gradients
+# ---------------------------------------------------------------------------------------------------
+
+def test_event_fn_not_implemented():
+    with pytest.raises(NotImplementedError, match=r"event_fn"):
+        call(event_fn=lambda t, y: y[0] - 0.5)
+
+
+def test_y0_requiring_grad():
+    # Gradients are supported now (the brief's NotImplementedError predates them): a y0 that requires grad
+    # gives a differentiable result equal to the no-grad solve, with the analytic d y(t)/d y0 = exp(-t).
+    y0 = Y0.clone().requires_grad_(True)
+    y = call(y0=y0)
+    assert y.requires_grad
+    with torch.no_grad():
+        y_ng = call(y0=y0)
+    assert not y_ng.requires_grad
+    torch.testing.assert_close(y.detach(), y_ng, rtol=1e-12, atol=1e-14)
+    (g,) = torch.autograd.grad(y[-1].sum(), y0)
+    torch.testing.assert_close(g, torch.full_like(Y0, math.exp(-1.0)), rtol=1e-6, atol=1e-8)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Solver failures: typed errors with .t and .stats, never a hang
+# ---------------------------------------------------------------------------------------------------
+
+def _check_solver_error(err, status):
+    assert isinstance(err, SolverError) and isinstance(err, RuntimeError)
+    assert isinstance(err.t, float) and math.isfinite(err.t)
+    s = err.stats
+    assert s is not None and s.status == status
+    assert s.t_final == err.t
+    assert err.n_steps == s.n_accepted + s.n_rejected
+    assert fastdiffeq.last_stats() == s
+    assert "fastdiffeq" in str(err)
+
+
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3"])
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad_enabled"])
+def test_max_steps_error(method, grad):
+    with watchdog(60), torch.set_grad_enabled(grad):
+        with pytest.raises(MaxStepsError, match=r"max_num_steps") as info:
+            call(vdp, torch.tensor([2.0, 0.0], dtype=F64), torch.tensor([0.0, 10.0], dtype=F64), method=method,
+                 options=dict(max_num_steps=3))
+    err = info.value
+    _check_solver_error(err, "max_steps")
+    assert err.n_steps == 3
+    assert 0.0 < err.t < 1.0  # three small steps from t0 = 0
+
+
+def test_max_num_steps_counts_per_output_interval():
+    # torchdiffeq semantics: the limit applies between two consecutive output times.
+    t = torch.linspace(0.0, 10.0, 1001, dtype=F64)
+    y = call(vdp, torch.tensor([2.0, 0.0], dtype=F64), t, options=dict(max_num_steps=3))
+    assert y.shape == (1001, 2)
+    assert fastdiffeq.last_stats().n_steps > 3
+
+
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad_enabled"])
+def test_blow_up(method, dtype, grad):
+    # y' = y^2, y(0) = 1: y = 1/(1 - t) blows up at t = 1; asked to integrate to t = 2.
+    with watchdog(120), torch.set_grad_enabled(grad):
+        with pytest.raises((StepSizeUnderflowError, NonFiniteStateError)) as info:
+            call(lambda t, y: y * y, torch.tensor([1.0], dtype=dtype), torch.tensor([0.0, 2.0], dtype=F64),
+                 method=method)
+    err = info.value
+    _check_solver_error(err, "step_underflow" if isinstance(err, StepSizeUnderflowError) else "non_finite")
+    assert abs(err.t - 1.0) < 1e-4, err.t
+
+
+def _nan_after_half(t, y):
+    return -y if float(t) <= 0.5 else torch.full_like(y, float("nan"))
+
+
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_non_finite_field(method, reverse):
+    if reverse:
+        f = lambda t, y: -y if float(t) >= 0.5 else torch.full_like(y, float("nan"))  # noqa: E731
+        t = torch.tensor([1.0, 0.0], dtype=F64)
+    else:
+        f, t = _nan_after_half, torch.tensor([0.0, 1.0], dtype=F64)
+    with watchdog(60):
+        with pytest.raises(NonFiniteStateError, match=r"NaN|non-finite") as info:
+            call(f, Y0, t, method=method)
+    err = info.value
+    _check_solver_error(err, "non_finite")
+    assert abs(err.t - 0.5) < 1e-3, err.t
+
+
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3"])
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad_enabled"])
+def test_non_finite_field_fails_cleanly_near_the_bad_time(method, grad):
+    # Whatever the error class, the solve stops with a SolverError at (not after) t = 0.5, quickly.
+    with watchdog(60), torch.set_grad_enabled(grad):
+        with pytest.raises(SolverError) as info:
+            call(_nan_after_half, Y0, torch.tensor([0.0, 1.0], dtype=F64), method=method)
+    err = info.value
+    assert isinstance(err, (NonFiniteStateError, StepSizeUnderflowError))
+    assert 0.45 <= err.t <= 0.5 + 1e-12, err.t
+
+
+def test_non_finite_at_t0():
+    with watchdog(30):
+        with pytest.raises(NonFiniteStateError) as info:
+            call(lambda t, y: y * float("inf"), Y0, T)
+    err = info.value
+    _check_solver_error(err, "non_finite")
+    assert err.t == 0.0 and err.stats.nfe == 1
+
+
+def test_underflow_with_tight_tolerances():
+    # The same blow-up at rtol = atol = 1e-12 must also end in a typed error (here through underflow).
+    with watchdog(120):
+        with pytest.raises((StepSizeUnderflowError, NonFiniteStateError)) as info:
+            call(lambda t, y: y * y, torch.tensor([1.0], dtype=F64), torch.tensor([0.0, 2.0], dtype=F64),
+                 rtol=1e-12, atol=1e-12)
+    assert abs(info.value.t - 1.0) < 1e-4
+
+
+def test_reverse_blow_up():
+    # y' = -y^2 from t = 0 backwards: y = 1/(1 + t) blows up at t = -1.
+    with watchdog(120):
+        with pytest.raises((StepSizeUnderflowError, NonFiniteStateError)) as info:
+            call(lambda t, y: -y * y, torch.tensor([1.0], dtype=F64), torch.tensor([0.0, -2.0], dtype=F64))
+    assert abs(info.value.t + 1.0) < 1e-4, info.value.t
