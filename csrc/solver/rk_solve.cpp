@@ -202,14 +202,18 @@ RkResult run_host(RkProblem& p, const at::Tensor& y0_in, LoopMode mode) {
     res.tape->t_out = p.t_out_;
     res.tape->y0 = y0_in;
     res.tape->direction = p.direction_;
+    res.tape->t0 = t0_t.cpu()[0].item<double>();
   }
-  if (p.T_ == 1) return early_result(p, y0_in, t0_t, h_t, core::kSuccess, res.nfe);
+  if (p.T_ == 1) {
+    RkResult done = early_result(p, y0_in, t0_t, h_t, core::kSuccess, res.nfe);
+    done.tape = std::move(res.tape);  // an empty tape: the backward pass has no step to replay
+    return done;
+  }
 
   const at::Tensor t_host_tensor = p.t_out_.cpu();
   const double* t_host = t_host_tensor.data_ptr<double>();
   double t0 = t_host[0];
   double h = h_t.item<double>();
-  if (res.tape) res.tape->t0 = t0;
   int32_t status = core::kRunning;
   int64_t counters[core::kNumCounters] = {0, 0, 0, 0};
   int64_t out_index = 1;

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ._odeint import (METHODS, _gradient_params, _needs_grad, _parse_options, _prepare, _Problem, _run,
+from ._odeint import (METHODS, _gradient_params, _grid_after, _parse_options, _prepare, _Problem, _run,
                       output_time_gradients)
 from ._stats import SolveStats, _record_backward
 from ._validate import TensorOrTuple, positive_float
@@ -105,13 +105,17 @@ class _AdjointConfig:
             device=p.device, dtype=p.dtype,
         )
         T = ys.shape[0]
+        direction = 1.0 if T < 2 or float(p.t64[1]) > float(p.t64[0]) else -1.0
         a = grad_ys[-1].reshape(-1).clone()
         g = torch.zeros(P, dtype=ys.dtype, device=ys.device)
         nfe = n_acc = n_rej = 0
         for i in range(T - 1, 0, -1):
             aug.t64 = p.t64[i - 1:i + 1].flip(0).contiguous()
             state = torch.cat([ys[i].reshape(-1), a, g]).reshape(1, -1)
-            res = _run(aug, state, "masked", who="odeint_adjoint (backward)")
+            # The backward solve steps onto step_t / jump_t points inside this interval too (torchdiffeq).
+            aug.step_t = _grid_after(self.options["step_t"], float(p.t64[i]), -direction)
+            aug.jump_t = _grid_after(self.options["jump_t"], float(p.t64[i]), -direction)
+            res = _run(aug, state, "masked", who="odeint_adjoint (backward)", record=False)
             end = res["ys"][1, 0]
             a = end[D:2 * D] + grad_ys[i - 1].reshape(-1)
             g = end[2 * D:]
@@ -196,9 +200,6 @@ def odeint_adjoint(
         raise ValueError(f"adjoint_options['norm'] must be 'seminorm' or a callable, got {norm!r}")
     if norm is not None and not seminorm and not callable(norm):
         raise TypeError(f"adjoint_options['norm'] must be 'seminorm' or a callable, got {type(norm).__name__}")
-    for key in ("step_t", "jump_t"):
-        if adjoint_options.get(key) is not None:
-            raise ValueError(f"adjoint_options['{key}'] is not supported by the adjoint solve")
     adj_opts = _parse_options(adjoint_options, 1)
     if adj_method not in METHODS:
         raise ValueError(f"`adjoint_method` must be one of {list(METHODS)}, got {adj_method!r}")

@@ -209,8 +209,9 @@ def _prepare(func: Callable, y0: TensorOrTuple, t: torch.Tensor, rtol: Any, atol
     )
 
 
-def _run(p: _Problem, y_flat: torch.Tensor, mode: str, *, who: str = "odeint") -> Dict[str, Any]:
-    """One call of the C++ loop; records the stats and raises the typed error when the solve fails."""
+def _run(p: _Problem, y_flat: torch.Tensor, mode: str, *, who: str = "odeint", record: bool = True) -> Dict[str, Any]:
+    """One call of the C++ loop; records the stats (unless ``record`` is False: the adjoint's backward
+    solves keep last_stats() describing the forward) and raises the typed error when the solve fails."""
     o = p.opts
     # Every call of the field creates Python tensor objects, which triggers the cyclic garbage collector
     # every few steps (a fifth of the loop's time in profiles). Tensors are freed by reference counting
@@ -234,7 +235,8 @@ def _run(p: _Problem, y_flat: torch.Tensor, mode: str, *, who: str = "odeint") -
     t_final = float(res["t"][0])
     stats = SolveStats(method=p.method, nfe=int(res["nfe"]), n_accepted=int(counters[0]),
                        n_rejected=int(counters[1]), t_final=t_final, status=_STATUS_NAMES.get(status, "running"))
-    _record(stats)
+    if record:
+        _record(stats)
     if status != 1:
         _raise_status(status, t_final, stats, o, who)
     return res
@@ -312,8 +314,8 @@ class _CheckpointSolve(torch.autograd.Function):
         params = list(ctx.saved_tensors)
         grad_y0, grad_params, nfe = _C.rk_checkpoint_backward(
             p.field, ctx.tape, grad_ys.contiguous(), params, p.user_shape, True)
-        ctx.tape = None  # free the recorded states
-        _record_backward(SolveStats(method=p.method, nfe=int(nfe), n_accepted=0, n_rejected=0,
+        # The tape stays with ctx (freed with the graph), so a retain_graph=True backward can run again.
+        _record_backward(SolveStats(method=p.method, nfe=int(nfe), n_accepted=ctx.tape.n_steps, n_rejected=0,
                                     t_final=float(p.t64[0]), status="success"))
         return (grad_y0, None, *grad_params)
 
