@@ -7,19 +7,6 @@
 #include "ops/ops.h"
 
 namespace fde::ops {
-namespace {
-
-void check_dense_times(const at::Tensor& h, const at::Tensor& t0, const at::Tensor& t_eval, size_t n_mid) {
-  TORCH_CHECK(h.dim() == 1, "fastdiffeq: h must be 1-D, got ", h.sizes());
-  check_time_vector(h, h.size(0), h, "h");
-  check_time_vector(t0, h.size(0), h, "t0");
-  TORCH_CHECK(t_eval.dim() == 1, "fastdiffeq: t_eval must be 1-D, got ", t_eval.sizes());
-  check_time_vector(t_eval, t_eval.size(0), h, "t_eval");
-  TORCH_CHECK(n_mid >= 2 && n_mid <= static_cast<size_t>(core::kMaxStages),
-              "fastdiffeq: mid_coeffs must have between 2 and ", core::kMaxStages, " entries");
-}
-
-}  // namespace
 
 at::Tensor rk_dense_weights_cpu(const at::Tensor& h, const at::Tensor& t0, const at::Tensor& t_eval,
                                 at::ArrayRef<double> mid_coeffs) {

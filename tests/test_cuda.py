@@ -1,0 +1,104 @@
+"""CUDA kernels against the CPU kernels, and odeint on CUDA against odeint on CPU. Skipped without a GPU."""
+
+import pytest
+import torch
+
+import fastdiffeq
+from fastdiffeq import _C
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not (torch.cuda.is_available() and _C.built_with_cuda),
+                       reason="needs a CUDA device and a CUDA build of fastdiffeq"),
+]
+
+ops = torch.ops.fastdiffeq
+TAB = _C.tableau("dopri5") if hasattr(_C, "tableau") else None
+
+
+def _stages(B, D, dtype, n=7, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, D, generator=g, dtype=dtype).to(device) for _ in range(n)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("B,D", [(1, 1000), (3, 17), (64, 300), (1, 0)])
+def test_ops_match_cpu_without_host_sync(dtype, B, D):
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    y, y1, *ks = _stages(B, D, dtype, 9)
+    h = torch.linspace(0.1, 0.3, B, dtype=torch.float64) * torch.where(torch.arange(B) % 2 == 0, 1.0, -1.0)
+    t0 = torch.linspace(0.0, 1.0, B, dtype=torch.float64)
+    rtol = torch.tensor([1e-3, 1e-4], dtype=torch.float64)
+    atol = torch.tensor([1e-4, 1e-5], dtype=torch.float64)
+    segs = [D // 2, D]
+    t_out = torch.tensor([0.0, 0.05, 0.5, 2.0], dtype=torch.float64)
+    cu = lambda x: x.cuda() if isinstance(x, torch.Tensor) else [v.cuda() for v in x]  # noqa: E731
+    cpu_args = dict(
+        stage=(y, ks, h, TAB["a"][6]),
+        times=(t0, h, TAB["c"], dtype),
+        ctrl=(y, y1, ks, h, TAB["e"], rtol, atol, segs, 0.9, 10.0, 0.2, 0.2, 0.0, float("inf")),
+        weights=(h, t0, t_out, TAB["mid"]),
+        dense=(y, y1, ks, h, t0, t_out, TAB["mid"]),
+    )
+    expected = {
+        "stage": ops.rk_stage(*cpu_args["stage"]),
+        "times": ops.rk_stage_times(*cpu_args["times"]),
+        "ctrl": ops.rk_error_control(*cpu_args["ctrl"]),
+        "weights": ops.rk_dense_weights(*cpu_args["weights"]),
+        "dense": ops.rk_dense_eval(*cpu_args["dense"]),
+    }
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any device->host sync inside an op raises
+    try:
+        got = {
+            "stage": ops.rk_stage(cu(y), cu(ks), cu(h), TAB["a"][6]),
+            "times": ops.rk_stage_times(cu(t0), cu(h), TAB["c"], dtype),
+            "ctrl": ops.rk_error_control(cu(y), cu(y1), cu(ks), cu(h), TAB["e"], cu(rtol), cu(atol), segs,
+                                         0.9, 10.0, 0.2, 0.2, 0.0, float("inf")),
+            "weights": ops.rk_dense_weights(cu(h), cu(t0), cu(t_out), TAB["mid"]),
+            "dense": ops.rk_dense_eval(cu(y), cu(y1), cu(ks), cu(h), cu(t0), cu(t_out), TAB["mid"]),
+        }
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.testing.assert_close(got["stage"].cpu(), expected["stage"], **tol)
+    torch.testing.assert_close(got["times"].cpu(), expected["times"], rtol=0, atol=0)
+    ratio, accept, h_next = (x.cpu() for x in got["ctrl"])
+    torch.testing.assert_close(ratio, expected["ctrl"][0], rtol=1e-6 if dtype == torch.float32 else 1e-10, atol=0)
+    torch.testing.assert_close(h_next, expected["ctrl"][2], rtol=1e-6, atol=0)
+    torch.testing.assert_close(got["weights"].cpu(), expected["weights"], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got["dense"].cpu(), expected["dense"], **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_odeint_on_cuda_matches_cpu(dtype):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 32), torch.nn.Tanh(), torch.nn.Linear(32, 2)).to(dtype)
+    y0 = torch.randn(64, 2, dtype=dtype)
+    t = torch.linspace(0, 3, 7, dtype=dtype)
+    with torch.no_grad():
+        ref = fastdiffeq.odeint(lambda s, y: net(y) * torch.cos(s), y0, t, rtol=1e-6, atol=1e-6)
+        net_cu = net.cuda()
+        got = fastdiffeq.odeint(lambda s, y: net_cu(y) * torch.cos(s), y0.cuda(), t.cuda(), rtol=1e-6, atol=1e-6)
+    tol = 1e-4 if dtype == torch.float32 else 1e-8
+    torch.testing.assert_close(got.cpu(), ref, rtol=tol, atol=tol)
+
+
+def test_gradients_on_cuda_match_cpu():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)).double()
+    y0 = torch.randn(8, 2, dtype=torch.float64)
+    t = torch.linspace(0, 1, 4, dtype=torch.float64)
+
+    def grads(device, **kw):
+        m = net.to(device)
+        for p in m.parameters():
+            p.grad = None
+        ys = fastdiffeq.odeint_adjoint(lambda s, y: m(y), y0.to(device), t.to(device), rtol=1e-9, atol=1e-11,
+                                       adjoint_params=tuple(m.parameters()), **kw)
+        ys.square().sum().backward()
+        return [p.grad.cpu().clone() for p in m.parameters()]
+
+    ref = grads("cpu")
+    got = grads("cuda")
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
