@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 
+#include "core/step_commit.h"
 #include "core/tableau.h"
 
 namespace fde::ops {
@@ -79,6 +80,69 @@ inline void check_control(double safety, double ifactor, double dfactor, double 
   TORCH_CHECK(exponent > 0, "fastdiffeq: exponent must be > 0, got ", exponent);
   TORCH_CHECK(min_step >= 0 && max_step >= min_step, "fastdiffeq: need 0 <= min_step <= max_step, got ",
               min_step, " and ", max_step);
+}
+
+// The whole argument list of each op, shared by its CPU and CUDA implementations.
+
+// rk_dense_output; returns T.
+inline int64_t check_dense_output_args(const at::Tensor& out, const at::Tensor& y0, const at::Tensor& y1,
+                                       at::TensorList ks, const at::Tensor& h, const at::Tensor& t0,
+                                       const at::Tensor& accept, const at::Tensor& t_out,
+                                       const at::Tensor& out_index, at::ArrayRef<double> mid_coeffs) {
+  check_state(y0, "y0");
+  check_like(y1, y0, "y1");
+  check_stages(ks, y0, mid_coeffs.size(), "mid_coeffs");
+  TORCH_CHECK(ks.size() >= 2, "fastdiffeq: dense output needs the first and last stage derivatives");
+  const int64_t B = y0.size(0), D = y0.size(1);
+  check_time_vector(h, B, y0, "h");
+  check_time_vector(t0, B, y0, "t0");
+  check_flag_vector(accept, B, at::kBool, y0, "accept");
+  check_flag_vector(out_index, B, at::kLong, y0, "out_index");
+  const int64_t T = check_output_times(t_out, B, y0);
+  TORCH_CHECK(out.dim() == 3 && out.size(0) == T && out.size(1) == B && out.size(2) == D,
+              "fastdiffeq: out must have shape [", T, ", ", B, ", ", D, "], got ", out.sizes());
+  TORCH_CHECK(out.scalar_type() == y0.scalar_type() && out.device() == y0.device() && out.is_contiguous(),
+              "fastdiffeq: out must be a contiguous ", y0.scalar_type(), " tensor on ", y0.device());
+  return T;
+}
+
+// rk_commit; returns T.
+inline int64_t check_commit_args(const at::Tensor& y0, const at::Tensor& k0, const at::Tensor& t0,
+                                 const at::Tensor& h, const at::Tensor& status, const at::Tensor& counters,
+                                 const at::Tensor& out_index, const at::Tensor& y1, const at::Tensor& k_last,
+                                 const at::Tensor& h_next, const at::Tensor& accept, const at::Tensor& ratio,
+                                 const at::Tensor& t_out, int64_t max_num_steps) {
+  check_state(y0, "y0");
+  check_like(k0, y0, "k0");
+  check_like(y1, y0, "y1");
+  check_like(k_last, y0, "k_last");
+  const int64_t B = y0.size(0);
+  check_time_vector(t0, B, y0, "t0");
+  check_time_vector(h, B, y0, "h");
+  check_time_vector(h_next, B, y0, "h_next");
+  check_time_vector(ratio, B, y0, "ratio");
+  check_flag_vector(accept, B, at::kBool, y0, "accept");
+  check_flag_vector(status, B, at::kInt, y0, "status");
+  check_flag_vector(out_index, B, at::kLong, y0, "out_index");
+  TORCH_CHECK(counters.dim() == 2 && counters.size(0) == B && counters.size(1) == core::kNumCounters &&
+                  counters.scalar_type() == at::kLong && counters.is_contiguous() &&
+                  counters.device() == y0.device(),
+              "fastdiffeq: counters must be a contiguous int64 [", B, ", ", core::kNumCounters, "] tensor");
+  const int64_t T = check_output_times(t_out, B, y0);
+  TORCH_CHECK(max_num_steps > 0, "fastdiffeq: max_num_steps must be positive, got ", max_num_steps);
+  return T;
+}
+
+// rk_dense_eval.
+inline void check_dense_eval_args(const at::Tensor& y0, const at::Tensor& y1, at::TensorList ks,
+                                  const at::Tensor& h, const at::Tensor& t0, const at::Tensor& t_eval,
+                                  at::ArrayRef<double> mid_coeffs) {
+  check_state(y0, "y0");
+  check_like(y1, y0, "y1");
+  check_stages(ks, y0, mid_coeffs.size(), "mid_coeffs");
+  TORCH_CHECK(ks.size() == mid_coeffs.size(), "fastdiffeq: rk_dense_eval needs one mid coefficient per stage");
+  check_time_vector(h, y0.size(0), y0, "h");
+  check_dense_times(h, t0, t_eval, mid_coeffs.size());
 }
 
 }  // namespace fde::ops

@@ -31,11 +31,7 @@ at::Tensor rk_dense_weights_cpu(const at::Tensor& h, const at::Tensor& t0, const
 
 at::Tensor rk_dense_eval_cpu(const at::Tensor& y0, const at::Tensor& y1, at::TensorList ks, const at::Tensor& h,
                              const at::Tensor& t0, const at::Tensor& t_eval, at::ArrayRef<double> mid_coeffs) {
-  check_state(y0, "y0");
-  check_like(y1, y0, "y1");
-  check_stages(ks, y0, mid_coeffs.size(), "mid_coeffs");
-  TORCH_CHECK(ks.size() == mid_coeffs.size(), "fastdiffeq: rk_dense_eval needs one mid coefficient per stage");
-  check_time_vector(h, y0.size(0), y0, "h");
+  check_dense_eval_args(y0, y1, ks, h, t0, t_eval, mid_coeffs);
   const at::Tensor w = rk_dense_weights_cpu(h, t0, t_eval, mid_coeffs);
   const int64_t R = t_eval.size(0), B = y0.size(0), D = y0.size(1);
   const int S = static_cast<int>(ks.size());

@@ -14,20 +14,8 @@ void rk_dense_output_cpu(at::Tensor& out, const at::Tensor& y0, const at::Tensor
                          const at::Tensor& h, const at::Tensor& t0, const at::Tensor& accept,
                          const at::Tensor& t_out, const at::Tensor& out_index,
                          at::ArrayRef<double> mid_coeffs) {
-  check_state(y0, "y0");
-  check_like(y1, y0, "y1");
-  check_stages(ks, y0, mid_coeffs.size(), "mid_coeffs");
-  TORCH_CHECK(ks.size() >= 2, "fastdiffeq: dense output needs the first and last stage derivatives");
+  const int64_t T = check_dense_output_args(out, y0, y1, ks, h, t0, accept, t_out, out_index, mid_coeffs);
   const int64_t B = y0.size(0), D = y0.size(1);
-  check_time_vector(h, B, y0, "h");
-  check_time_vector(t0, B, y0, "t0");
-  check_flag_vector(accept, B, at::kBool, y0, "accept");
-  check_flag_vector(out_index, B, at::kLong, y0, "out_index");
-  const int64_t T = check_output_times(t_out, B, y0);
-  TORCH_CHECK(out.dim() == 3 && out.size(0) == T && out.size(1) == B && out.size(2) == D,
-              "fastdiffeq: out must have shape [", T, ", ", B, ", ", D, "], got ", out.sizes());
-  TORCH_CHECK(out.scalar_type() == y0.scalar_type() && out.device() == y0.device() && out.is_contiguous(),
-              "fastdiffeq: out must be a contiguous ", y0.scalar_type(), " tensor on ", y0.device());
 
   // Which output rows each sample fills in this step: [first[b], last[b]).
   const double* hp = h.data_ptr<double>();

@@ -52,24 +52,9 @@ void rk_commit_cuda(at::Tensor& y0, at::Tensor& k0, at::Tensor& t0, at::Tensor& 
                     at::Tensor& counters, at::Tensor& out_index, const at::Tensor& y1,
                     const at::Tensor& k_last, const at::Tensor& h_next, const at::Tensor& accept,
                     const at::Tensor& ratio, const at::Tensor& t_out, int64_t max_num_steps) {
-  check_state(y0, "y0");
-  check_like(k0, y0, "k0");
-  check_like(y1, y0, "y1");
-  check_like(k_last, y0, "k_last");
+  const int64_t T = check_commit_args(y0, k0, t0, h, status, counters, out_index, y1, k_last, h_next, accept, ratio,
+                                      t_out, max_num_steps);
   const int64_t B = y0.size(0), D = y0.size(1);
-  check_time_vector(t0, B, y0, "t0");
-  check_time_vector(h, B, y0, "h");
-  check_time_vector(h_next, B, y0, "h_next");
-  check_time_vector(ratio, B, y0, "ratio");
-  check_flag_vector(accept, B, at::kBool, y0, "accept");
-  check_flag_vector(status, B, at::kInt, y0, "status");
-  check_flag_vector(out_index, B, at::kLong, y0, "out_index");
-  TORCH_CHECK(counters.dim() == 2 && counters.size(0) == B && counters.size(1) == core::kNumCounters &&
-                  counters.scalar_type() == at::kLong && counters.is_contiguous() &&
-                  counters.device() == y0.device(),
-              "fastdiffeq: counters must be a contiguous int64 [", B, ", ", core::kNumCounters, "] tensor");
-  const int64_t T = check_output_times(t_out, B, y0);
-  TORCH_CHECK(max_num_steps > 0, "fastdiffeq: max_num_steps must be positive, got ", max_num_steps);
   const c10::cuda::CUDAGuard guard(y0.device());
   if (B == 0) return;
 
