@@ -109,13 +109,22 @@ class _AdjointConfig:
         a = grad_ys[-1].reshape(-1).clone()
         g = torch.zeros(P, dtype=ys.dtype, device=ys.device)
         nfe = n_acc = n_rej = 0
+        # Each output interval is its own solve (the adjoint jumps by dL/dy(t_i) there). The step size is
+        # carried from one interval to the next instead of re-selected by Hairer's rule, which saves the
+        # probe evaluation and the small first steps of every interval (torchdiffeq restarts each time).
+        base_opts = self.options
+        carried_h = 0.0
         for i in range(T - 1, 0, -1):
+            if carried_h > 0 and base_opts["first_step"] == 0.0:
+                aug.opts = dict(base_opts, first_step=min(max(carried_h, base_opts["min_step"]),
+                                                          base_opts["max_step"]))
             aug.t64 = p.t64[i - 1:i + 1].flip(0).contiguous()
             state = torch.cat([ys[i].reshape(-1), a, g]).reshape(1, -1)
             # The backward solve steps onto step_t / jump_t points inside this interval too (torchdiffeq).
             aug.step_t = _grid_after(self.options["step_t"], float(p.t64[i]), -direction)
             aug.jump_t = _grid_after(self.options["jump_t"], float(p.t64[i]), -direction)
             res = _run(aug, state, "masked", who="odeint_adjoint (backward)", record=False)
+            carried_h = abs(float(res["h"][0]))
             end = res["ys"][1, 0]
             a = end[D:2 * D] + grad_ys[i - 1].reshape(-1)
             g = end[2 * D:]
