@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import math
 import numbers
 from dataclasses import dataclass
@@ -169,7 +170,7 @@ def _prepare(func: Callable, y0: TensorOrTuple, t: torch.Tensor, rtol: Any, atol
     device, dtype = parts[0].device, parts[0].dtype
     shapes = [p.shape for p in parts]
     sizes = [p.numel() for p in parts]
-    segment_ends = torch.tensor(sizes).cumsum(0).tolist()
+    segment_ends = list(itertools.accumulate(sizes))
 
     if is_tuple:
         def field(tt: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -52,11 +52,20 @@ def check_time_grid(t: Any, name: str = "t") -> torch.Tensor:
     if t.numel() == 0:
         raise ValueError(f"`{name}` must hold at least one time")
     t64 = t.detach().to(device="cpu", dtype=torch.float64)
-    if not bool(torch.isfinite(t64).all()):
+    if t64.numel() <= 64:
+        # Short grids (the common case) are checked in Python: a handful of tensor ops cost more here.
+        values = t64.tolist()
+        finite = all(math.isfinite(v) for v in values)
+        pairs = list(zip(values, values[1:]))
+        monotone = all(b > a for a, b in pairs) or all(b < a for a, b in pairs)
+    else:
+        finite = bool(torch.isfinite(t64).all())
+        d = t64[1:] - t64[:-1]
+        monotone = bool((d > 0).all()) or bool((d < 0).all())
+    if not finite:
         raise ValueError(f"`{name}` contains NaN or inf")
     if t64.numel() > 1:
-        d = t64[1:] - t64[:-1]
-        if not (bool((d > 0).all()) or bool((d < 0).all())):
+        if not monotone:
             raise ValueError(
                 f"`{name}` must be strictly increasing or strictly decreasing (no repeated times), got {t64.tolist()}"
                 if t64.numel() <= 10 else
