@@ -4,6 +4,7 @@
 #include "core/dense_output.h"
 #include "ops/checks.h"
 #include "ops/cpu/row_chunks.h"
+#include "ops/cpu/weighted_sum.h"
 #include "ops/ops.h"
 
 namespace fde::ops {
@@ -45,14 +46,11 @@ at::Tensor rk_dense_eval_cpu(const at::Tensor& y0, const at::Tensor& y1, at::Ten
     scalar_t* op = out.data_ptr<scalar_t>();
     for (int64_t r = 0; r < R; ++r) {
       cpu::for_each_row_chunk(B, D, [&](int64_t b, int64_t d0, int64_t d1) {
-        const double* row = wp + (r * B + b) * (S + 2);
-        scalar_t* o = op + (r * B + b) * D;
-        const int64_t off = b * D;
-        for (int64_t d = d0; d < d1; ++d) {
-          double acc = row[0] * static_cast<double>(y0p[off + d]) + row[1] * static_cast<double>(y1p[off + d]);
-          for (int j = 0; j < S; ++j) acc += row[2 + j] * static_cast<double>(k[j][off + d]);
-          o[d] = static_cast<scalar_t>(acc);
-        }
+        const int64_t off = b * D + d0;
+        const scalar_t* kb[core::kMaxStages];
+        for (int j = 0; j < S; ++j) kb[j] = k[j] + off;
+        cpu::weighted_sum(op + (r * B + b) * D + d0, y0p + off, y1p + off, kb, wp + (r * B + b) * (S + 2), S,
+                          d1 - d0);
       });
     }
   });

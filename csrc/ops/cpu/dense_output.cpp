@@ -6,6 +6,7 @@
 #include "core/dense_output.h"
 #include "ops/checks.h"
 #include "ops/cpu/row_chunks.h"
+#include "ops/cpu/weighted_sum.h"
 #include "ops/ops.h"
 
 namespace fde::ops {
@@ -37,30 +38,35 @@ void rk_dense_output_cpu(at::Tensor& out, const at::Tensor& y0, const at::Tensor
   }
   if (!any) return;
 
-  const int64_t n_mid = static_cast<int64_t>(mid_coeffs.size());
+  // The interpolant as weights on (y0, y1, k) per written row, then one vectorised pass per row.
+  const int S = static_cast<int>(ks.size());
+  double mid[core::kMaxStages] = {};  // mid_coeffs may be shorter than ks: the rest weigh 0
+  std::copy(mid_coeffs.begin(), mid_coeffs.end(), mid);
+  std::vector<double> weights;
+  std::vector<int64_t> w_first(B);
+  for (int64_t b = 0; b < B; ++b) {
+    w_first[b] = static_cast<int64_t>(weights.size());
+    const double* tb = top + b * t_stride;
+    for (int64_t r = first[b]; r < last[b]; ++r) {
+      const core::DenseWeights dw = core::dense_weights((tb[r] - tp[b]) / hp[b], hp[b], mid, S);
+      weights.push_back(dw.y0);
+      weights.push_back(dw.y1);
+      weights.insert(weights.end(), dw.k, dw.k + S);
+    }
+  }
   AT_DISPATCH_FLOATING_TYPES(y0.scalar_type(), "rk_dense_output_cpu", [&] {
     const scalar_t* y0p = y0.data_ptr<scalar_t>();
     const scalar_t* y1p = y1.data_ptr<scalar_t>();
     const scalar_t* k[core::kMaxStages];
-    for (size_t j = 0; j < ks.size(); ++j) k[j] = ks[j].data_ptr<scalar_t>();
-    const scalar_t* k_last = k[ks.size() - 1];
+    for (int j = 0; j < S; ++j) k[j] = ks[j].data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
     cpu::for_each_row_chunk(B, D, [&](int64_t b, int64_t d0, int64_t d1) {
-      if (last[b] == first[b]) return;
-      const double hb = hp[b];
-      const double* tb = top + b * t_stride;
-      for (int64_t d = d0; d < d1; ++d) {
-        const int64_t i = b * D + d;
-        double mid = 0.0;
-        for (int64_t j = 0; j < n_mid; ++j) mid += mid_coeffs[j] * static_cast<double>(k[j][i]);
-        const double ya = y0p[i], yb = y1p[i];
-        const double y_mid = ya + hb * mid;
-        const double hf0 = hb * static_cast<double>(k[0][i]);
-        const double hf1 = hb * static_cast<double>(k_last[i]);
-        for (int64_t r = first[b]; r < last[b]; ++r) {
-          const double x = (tb[r] - tp[b]) / hb;
-          op[(r * B + b) * D + d] = static_cast<scalar_t>(core::dense_quartic(ya, yb, y_mid, hf0, hf1, x));
-        }
+      const int64_t off = b * D + d0;
+      const scalar_t* kb[core::kMaxStages];
+      for (int j = 0; j < S; ++j) kb[j] = k[j] + off;
+      for (int64_t r = first[b]; r < last[b]; ++r) {
+        const double* w = weights.data() + w_first[b] + (r - first[b]) * (S + 2);
+        cpu::weighted_sum(op + (r * B + b) * D + d0, y0p + off, y1p + off, kb, w, S, d1 - d0);
       }
     });
   });
