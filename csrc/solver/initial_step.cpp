@@ -11,20 +11,25 @@ at::Tensor select_initial_step(VectorField& field, ErrorNorm* norm, const Initia
   // torchdiffeq does this in the state's dtype; float32 states get float32-rounded step sizes.
   auto round_to_state = [&](double v) { return dtype == at::kFloat ? static_cast<double>(static_cast<float>(v)) : v; };
   auto scale = (in.atol + in.y0.abs() * in.rtol).to(dtype);
-  auto d0 = group_norm(in.y0 / scale, in.segment_ends, norm).cpu();
-  auto d1 = group_norm(in.f0 / scale, in.segment_ends, norm).cpu();
+  // d0, d1, d2 and h0 are per-group scalars: read and written on the host through data pointers (element
+  // indexing would be one dispatched op each).
+  const auto d0 = group_norm(in.y0 / scale, in.segment_ends, norm).cpu().contiguous();
+  const auto d1 = group_norm(in.f0 / scale, in.segment_ends, norm).cpu().contiguous();
   auto h0 = at::empty({B}, at::kDouble);
-  for (int64_t b = 0; b < B; ++b)
-    h0[b] = round_to_state(core::initial_step_guess(d0[b].item<double>(), d1[b].item<double>()));
-  auto h0_dev = h0.to(in.y0.device());
-  auto signed_h0 = (h0_dev * in.direction).unsqueeze(1);
-  auto y1 = in.y0 + signed_h0.to(dtype) * in.f0;
-  auto f1 = field.eval((in.t0 + h0_dev * in.direction).to(dtype), y1);
-  auto d2 = (group_norm((f1 - in.f0) / scale, in.segment_ends, norm).cpu() / h0).contiguous();
+  double* h0p = h0.data_ptr<double>();
+  const double* d0p = d0.data_ptr<double>();
+  const double* d1p = d1.data_ptr<double>();
+  for (int64_t b = 0; b < B; ++b) h0p[b] = round_to_state(core::initial_step_guess(d0p[b], d1p[b]));
+  const auto h0_dev = h0.to(in.y0.device());
+  const auto signed_h0 = (h0_dev * in.direction).unsqueeze(1);
+  const auto y1 = in.y0 + signed_h0.to(dtype) * in.f0;
+  const auto f1 = field.eval((in.t0 + h0_dev * in.direction).to(dtype), y1);
+  const auto d2 = group_norm((f1 - in.f0) / scale, in.segment_ends, norm).cpu().contiguous();
+  const double* d2p = d2.data_ptr<double>();
   auto h = at::empty({B}, at::kDouble);
+  double* hp = h.data_ptr<double>();
   for (int64_t b = 0; b < B; ++b)
-    h[b] = round_to_state(core::initial_step_final(h0[b].item<double>(), d1[b].item<double>(),
-                                                   d2[b].item<double>(), in.order));
+    hp[b] = round_to_state(core::initial_step_final(h0p[b], d1p[b], d2p[b] / h0p[b], in.order));
   return h.to(in.y0.device());
 }
 

@@ -231,9 +231,9 @@ def _run(p: _Problem, y_flat: torch.Tensor, mode: str, *, who: str = "odeint", r
     finally:
         if gc_was_enabled:
             gc.enable()
-    status = int(res["status"][0])
-    counters = res["counters"][0].tolist()
-    t_final = float(res["t"][0])
+    status = res["status"].tolist()[0]
+    counters = res["counters"].tolist()[0]
+    t_final = res["t"].tolist()[0]
     stats = SolveStats(method=p.method, nfe=int(res["nfe"]), n_accepted=int(counters[0]),
                        n_rejected=int(counters[1]), t_final=t_final, status=_STATUS_NAMES.get(status, "running"))
     if record:
