@@ -10,14 +10,17 @@
 // Bytes: what the op must read and write. Only stages with a non-zero coefficient are read:
 //   rk_stage:         (y + 5 k's) read + out written      = 7 N sizeof(T)
 //   rk_error_control: (y0 + y1 + 6 k's) read, [B] outputs = 8 N sizeof(T)  (+ 17 B per row, ignored)
-// The copy baseline right after each op copies bytes/2 from a source to a destination buffer
-// (std::memcpy, glibc), so its bytes read + written equal the op's bytes. It splits the work with
-// at::parallel_for over the same element range and grain as the kernels (fde::ops::cpu::kGrain), so
-// both run serially or on the same number of threads at the same sizes.
+// Each op has a copy baseline (copy_for_<op>/<same case>) that copies bytes/2 from a source to a
+// destination buffer (std::memcpy, glibc), so its bytes read + written equal the op's bytes. It
+// splits the work with at::parallel_for over the same element range and grain as the kernels
+// (fde::ops::cpu::kGrain), so both run serially or on the same number of threads at the same sizes.
 //
 // Times are wall-clock (UseRealTime); Google Benchmark's bytes_per_second is bytes / real time.
 // The op's time includes everything the call does: argument checks and allocating its outputs
-// (rk_stage allocates a fresh [B, D] tensor per call). The copy writes into a preallocated buffer.
+// (rk_stage allocates a fresh [B, D] tensor per call; above glibc's 32 MB mmap threshold that is a
+// fresh mapping each call, paid for in first-touch page faults). The copy writes into a preallocated
+// buffer. run_microbench.sh runs the benchmarks with repetitions in random interleaved order and
+// reports medians.
 #include <benchmark/benchmark.h>
 
 #include <ATen/ATen.h>
@@ -29,9 +32,11 @@
 #include <cstdio>
 #include <cstdint>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "core/tableau.h"
@@ -81,51 +86,41 @@ int64_t arrays_moved(Op op) {
 
 int64_t bytes_per_element(const Case& c) { return arrays_moved(c.op) * c.itemsize(); }
 
-// Inputs are built once per (B, D, dtype) and reused by consecutive benchmarks (benchmarks run in
-// registration order; Google Benchmark calls each function several times while sizing the run).
+// Inputs are built once per (B, D, dtype) and kept for the whole run (about 1 GB in all), so the
+// benchmarks can run in any order (--benchmark_enable_random_interleaving) without rebuilding them.
 struct Inputs {
-  int64_t rows = -1, cols = -1;
-  at::ScalarType dtype = at::kFloat;
   at::Tensor y0, y1, h, rtol, atol;
   std::vector<at::Tensor> ks;
 };
 
 Inputs& inputs(int64_t rows, int64_t cols, at::ScalarType dtype) {
-  static std::unique_ptr<Inputs> in;
-  if (in && in->rows == rows && in->cols == cols && in->dtype == dtype) return *in;
-  in.reset();  // free the previous set first
+  static std::map<std::tuple<int64_t, int64_t, int>, Inputs> cache;
+  const auto key = std::make_tuple(rows, cols, static_cast<int>(dtype));
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
   auto gen = at::make_generator<at::CPUGeneratorImpl>(1234);
   auto opts = at::TensorOptions().dtype(dtype);
-  auto next = std::make_unique<Inputs>();
-  next->rows = rows;
-  next->cols = cols;
-  next->dtype = dtype;
-  next->y0 = at::randn({rows, cols}, gen, opts);
-  for (int j = 0; j < kDopri5.stages; ++j) next->ks.push_back(at::randn({rows, cols}, gen, opts));
-  next->h = at::full({rows}, 0.01, at::kDouble);
-  next->y1 = next->y0 + 0.01 * next->ks[0];
-  next->rtol = at::full({1}, 1e-3, at::kDouble);
-  next->atol = at::full({1}, 1e-6, at::kDouble);
-  in = std::move(next);
-  return *in;
+  Inputs in;
+  in.y0 = at::randn({rows, cols}, gen, opts);
+  for (int j = 0; j < kDopri5.stages; ++j) in.ks.push_back(at::randn({rows, cols}, gen, opts));
+  in.h = at::full({rows}, 0.01, at::kDouble);
+  in.y1 = in.y0 + 0.01 * in.ks[0];
+  in.rtol = at::full({1}, 1e-3, at::kDouble);
+  in.atol = at::full({1}, 1e-6, at::kDouble);
+  return cache.emplace(key, std::move(in)).first->second;
 }
 
-// Copy buffers, kept while the byte count stays the same; pages touched once before timing.
+// One source and one destination buffer for every copy baseline, sized for the largest; a baseline
+// copies a prefix. Pages are touched once, before any timing.
 struct CopyBuffers {
-  int64_t bytes = -1;
   at::Tensor src, dst;
 };
 
-CopyBuffers& copy_buffers(int64_t half_bytes) {
-  static std::unique_ptr<CopyBuffers> buf;
-  if (buf && buf->bytes == half_bytes) return *buf;
-  buf.reset();
-  auto next = std::make_unique<CopyBuffers>();
-  next->bytes = half_bytes;
-  next->src = at::full({half_bytes}, 1, at::kByte);
-  next->dst = at::zeros({half_bytes}, at::kByte);
-  buf = std::move(next);
-  return *buf;
+int64_t g_max_copy_bytes = 0;  // set while registering
+
+CopyBuffers& copy_buffers() {
+  static CopyBuffers buf{at::full({g_max_copy_bytes}, 1, at::kByte), at::zeros({g_max_copy_bytes}, at::kByte)};
+  return buf;
 }
 
 std::string dtype_name(at::ScalarType t) { return t == at::kDouble ? "f64" : "f32"; }
@@ -178,7 +173,7 @@ void run_copy(benchmark::State& state, Case c) {
   at::set_num_threads(c.threads);
   const int64_t bytes = c.elements() * bytes_per_element(c);
   const int64_t per_elem = bytes_per_element(c) / 2;  // an integer: 7 or 8 arrays, even itemsize
-  CopyBuffers& buf = copy_buffers(bytes / 2);
+  CopyBuffers& buf = copy_buffers();
   const uint8_t* src = buf.src.data_ptr<uint8_t>();
   uint8_t* dst = buf.dst.data_ptr<uint8_t>();
   for (auto _ : state) {
@@ -213,6 +208,7 @@ std::string read_cpu_model() {
 
 void register_case(const Case& c) {
   const std::string suffix = case_suffix(c);
+  g_max_copy_bytes = std::max(g_max_copy_bytes, c.elements() * bytes_per_element(c) / 2);
   benchmark::RegisterBenchmark((op_name(c.op) + suffix).c_str(), run_op, c)
       ->UseRealTime()
       ->Unit(benchmark::kMicrosecond);
@@ -230,7 +226,7 @@ const int kRegistered = [] {
   benchmark::AddCustomContext("torch_version", TORCH_VERSION);
   benchmark::AddCustomContext("grain_elements", std::to_string(fde::ops::cpu::kGrain));
 
-  // Grouped by input shape so each shape's inputs are built once (both ops read the same tensors).
+  // Grouped by input shape; both ops read the same tensors.
   struct Shape {
     Layout layout;
     at::ScalarType dtype;

@@ -3,8 +3,9 @@
 # Usage: bash benchmarks/cpp/run_microbench.sh PYTHON [extra Google Benchmark flags...]
 #   PYTHON: the interpreter whose torch the kernels are built against (the venv's; cmake and ninja are
 #   taken from the same bin directory).
-# Writes benchmarks/out/microbench.txt (console), benchmarks/out/microbench.json (Google Benchmark
-# JSON), benchmarks/out/microbench_machine.txt (lscpu) and benchmarks/out/microbench_table.md.
+# Writes under benchmarks/out/: microbench.txt and microbench.json (console and Google Benchmark JSON),
+# microbench_thp.{txt,json} (the N = 1e7 rows again with THP_MEM_ALLOC_ENABLE=1), microbench_machine.txt
+# (lscpu) and microbench_table.md (the tables for benchmarks/RESULTS.md).
 set -euo pipefail
 
 if [[ $# -lt 1 ]]; then
@@ -47,44 +48,83 @@ mkdir -p "$OUT_DIR"
 lscpu > "$OUT_DIR/microbench_machine.txt"
 echo "microbench: $(grep -m1 'Model name' "$OUT_DIR/microbench_machine.txt" | sed 's/  */ /g'), $(nproc) CPUs" >&2
 
-# Repetitions (median reported) steady the numbers on a shared machine; extra flags override.
+# Memory-bandwidth numbers are only meaningful on an otherwise idle machine: warn when the CPUs are busy.
+read -r _ u n s i w x y z _ < /proc/stat; t1=$((u + n + s + i + w + x + y + z)); i1=$i
+sleep 1
+read -r _ u n s i w x y z _ < /proc/stat; t2=$((u + n + s + i + w + x + y + z)); i2=$i
+IDLE=$((100 * (i2 - i1) / (t2 - t1 > 0 ? t2 - t1 : 1)))
+if ((IDLE < 90)); then
+  echo "microbench: WARNING: the CPUs were only ${IDLE}% idle before the run; other processes will distort the numbers" >&2
+fi
+
+# Repetitions, randomly interleaved across benchmarks, with the median reported: a burst of load from
+# elsewhere then hits a few repetitions of many benchmarks instead of every repetition of one.
+# Extra flags given to this script come last and override these.
 "$BUILD_DIR/fde_microbench" \
   --benchmark_min_time=0.05 \
   --benchmark_repetitions=5 \
+  --benchmark_enable_random_interleaving=true \
   --benchmark_report_aggregates_only=true \
   --benchmark_out="$OUT_DIR/microbench.json" \
   --benchmark_out_format=json \
   "$@" | tee "$OUT_DIR/microbench.txt"
 
-# Table: op GB/s (1e9 bytes/s, read + written) beside the copy of the same bytes and threads.
-"$PYTHON" - "$OUT_DIR/microbench.json" > "$OUT_DIR/microbench_table.md" <<'EOF'
+# The 1e7-element rows again with PyTorch's THP_MEM_ALLOC_ENABLE=1 (c10 then advises transparent huge
+# pages for allocations >= 2 MB): rk_stage returns a fresh 40 MB tensor per call, which glibc maps
+# anew each time, and the 4 KB first-touch page faults dominate that op's time by default.
+THP_MEM_ALLOC_ENABLE=1 "$BUILD_DIR/fde_microbench" \
+  --benchmark_filter='/N:10000000/' \
+  --benchmark_min_time=0.05 \
+  --benchmark_repetitions=5 \
+  --benchmark_enable_random_interleaving=true \
+  --benchmark_report_aggregates_only=true \
+  --benchmark_out="$OUT_DIR/microbench_thp.json" \
+  --benchmark_out_format=json \
+  "$@" | tee "$OUT_DIR/microbench_thp.txt"
+
+# Tables: op GB/s (1e9 bytes/s, read + written; medians of the repetitions) beside the copy of the
+# same bytes with the same threads.
+"$PYTHON" - "$OUT_DIR/microbench.json" "$OUT_DIR/microbench_thp.json" > "$OUT_DIR/microbench_table.md" <<'EOF'
 import json, sys
 
-data = json.load(open(sys.argv[1]))
-rows = {}
-for b in data["benchmarks"]:
-    agg = b.get("aggregate_name")
-    if agg not in (None, "median"):
-        continue
-    name = b.get("run_name", b["name"])
-    rows[name] = b
+ORDER = {"rk_stage": 0, "rk_error_control": 1, "joint": 0, "per_sample": 1, "f32": 0, "f64": 1}
 
-ctx = data["context"]
-print(f"Machine: {ctx.get('cpu_model', '?')}, {ctx.get('cores', '?')} cores "
-      f"({ctx.get('num_cpus')} CPUs at {ctx.get('mhz_per_cpu')} MHz as Google Benchmark reports), "
-      f"torch {ctx.get('torch_version', '?')}, library build: {ctx.get('library_build_type')}")
-print()
-print("| op | layout | dtype | N (elements) | threads | GB/s | copy GB/s | % of copy |")
-print("|---|---|---|---:|---:|---:|---:|---:|")
-for name, b in rows.items():
-    if name.startswith("copy_for_"):
-        continue
-    copy = rows.get("copy_for_" + name)
+
+def key(name):
     op, layout, dtype, n, threads = name.split("/")
-    gbs = b["bytes_per_second"] / 1e9
-    cgbs = copy["bytes_per_second"] / 1e9 if copy else float("nan")
-    shape = f"{int(b['elements']):,}" + ("" if layout == "joint" else f" ([{int(b['B'])}, {int(b['elements']) // int(b['B'])}])")
-    print(f"| {op} | {layout} | {dtype} | {shape} | {threads.split(':')[1]} | {gbs:.1f} | {cgbs:.1f} | {100 * gbs / cgbs:.0f} % |")
+    return (int(n.split(":")[1]), ORDER[dtype], ORDER[layout], ORDER[op], int(threads.split(":")[1]))
+
+
+def table(path, title):
+    data = json.load(open(path))
+    rows = {}
+    for b in data["benchmarks"]:
+        if b.get("aggregate_name") not in (None, "median"):
+            continue
+        rows[b.get("run_name", b["name"]).removesuffix("/real_time")] = b
+    ctx = data["context"]
+    load = ", ".join(f"{x:.2f}" for x in ctx.get("load_avg", []))
+    print(f"### {title}")
+    print()
+    print(f"{ctx.get('cpu_model', '?')}, {ctx.get('cores', '?')} cores, torch {ctx.get('torch_version', '?')}, "
+          f"{ctx['date']}, load average at start {load}")
+    print()
+    print("| op | layout | dtype | N (elements) | threads | GB/s | copy GB/s | % of copy |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for name in sorted((n for n in rows if not n.startswith("copy_for_")), key=key):
+        b, copy = rows[name], rows.get("copy_for_" + name)
+        op, layout, dtype, n, threads = name.split("/")
+        gbs = b["bytes_per_second"] / 1e9
+        cgbs = copy["bytes_per_second"] / 1e9 if copy else float("nan")
+        elements, nrows = int(b["elements"]), int(b["B"])
+        shape = f"{elements:,}" + ("" if layout == "joint" else f" ([{nrows}, {elements // nrows}])")
+        print(f"| {op} | {layout} | {dtype} | {shape} | {threads.split(':')[1]} | {gbs:.1f} | {cgbs:.1f} | "
+              f"{100 * gbs / cgbs:.0f} % |")
+    print()
+
+
+table(sys.argv[1], "Default allocator")
+table(sys.argv[2], "N = 1e7 with THP_MEM_ALLOC_ENABLE=1")
 EOF
 echo
 cat "$OUT_DIR/microbench_table.md"
