@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 
+#include "core/controller.h"
 #include "core/step_commit.h"
 #include "core/tableau.h"
 
@@ -131,6 +132,38 @@ inline int64_t check_commit_args(const at::Tensor& y0, const at::Tensor& k0, con
   const int64_t T = check_output_times(t_out, B, y0);
   TORCH_CHECK(max_num_steps > 0, "fastdiffeq: max_num_steps must be positive, got ", max_num_steps);
   return T;
+}
+
+// rk_error_control.
+inline void check_error_control_args(const at::Tensor& y0, const at::Tensor& y1, at::TensorList ks,
+                                     const at::Tensor& h, at::ArrayRef<double> err_coeffs, const at::Tensor& rtol,
+                                     const at::Tensor& atol, at::IntArrayRef segment_ends,
+                                     const core::ControllerParams& ctrl) {
+  check_state(y0, "y0");
+  check_like(y1, y0, "y1");
+  check_stages(ks, y0, err_coeffs.size(), "err_coeffs");
+  const int64_t B = y0.size(0), D = y0.size(1);
+  check_time_vector(h, B, y0, "h");
+  const int64_t S = static_cast<int64_t>(segment_ends.size());
+  TORCH_CHECK(S >= 1, "fastdiffeq: segment_ends must name at least one segment");
+  check_time_vector(rtol, S, y0, "rtol");
+  check_time_vector(atol, S, y0, "atol");
+  for (int64_t s = 0; s < S; ++s) {
+    const int64_t begin = s == 0 ? 0 : segment_ends[s - 1];
+    TORCH_CHECK(segment_ends[s] >= begin && segment_ends[s] <= D,
+                "fastdiffeq: segment_ends must be non-decreasing and end at most at D = ", D);
+  }
+  TORCH_CHECK(segment_ends[S - 1] == D, "fastdiffeq: the last segment must end at D = ", D);
+  check_control(ctrl.safety, ctrl.ifactor, ctrl.dfactor, ctrl.exponent, ctrl.min_step, ctrl.max_step);
+}
+
+// step_size_control.
+inline void check_step_size_control_args(const at::Tensor& ratio, const at::Tensor& h,
+                                         const core::ControllerParams& ctrl) {
+  TORCH_CHECK(h.dim() == 1, "fastdiffeq: h must be 1-D, got ", h.sizes());
+  check_time_vector(h, h.size(0), h, "h");
+  check_time_vector(ratio, h.size(0), h, "ratio");
+  check_control(ctrl.safety, ctrl.ifactor, ctrl.dfactor, ctrl.exponent, ctrl.min_step, ctrl.max_step);
 }
 
 // rk_dense_eval.

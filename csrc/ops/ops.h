@@ -12,13 +12,14 @@
 
 #include <ATen/ATen.h>
 
+#include "core/controller.h"
+
 #include <tuple>
 
 namespace fde::ops {
 
-struct ControlArgs {
-  double safety, ifactor, dfactor, exponent, min_step, max_step;
-};
+// The controller's settings (safety, ifactor, dfactor, exponent, min_step, max_step), as the numerics define them.
+using ControlArgs = core::ControllerParams;
 
 // (1) out[b, :] = y[b, :] + h[b] * sum_j coeffs[j] * ks[j][b, :]    (len(coeffs) <= len(ks))
 at::Tensor rk_stage_cpu(const at::Tensor& y, at::TensorList ks, const at::Tensor& h,

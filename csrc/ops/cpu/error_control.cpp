@@ -111,17 +111,6 @@ RowSumFn<T> row_sum_fn(int s) {
   }
 }
 
-core::ControllerParams to_params(const ControlArgs& c) {
-  core::ControllerParams p;
-  p.safety = c.safety;
-  p.ifactor = c.ifactor;
-  p.dfactor = c.dfactor;
-  p.exponent = c.exponent;
-  p.min_step = c.min_step;
-  p.max_step = c.max_step;
-  return p;
-}
-
 void control_row(double ratio, double h, const core::ControllerParams& p, bool* accept, double* h_next) {
   const double abs_h = std::fabs(h);
   *accept = core::accept_step(abs_h, ratio, p);
@@ -135,22 +124,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rk_error_control_cpu(
     const at::Tensor& y0, const at::Tensor& y1, at::TensorList ks, const at::Tensor& h,
     at::ArrayRef<double> err_coeffs, const at::Tensor& rtol, const at::Tensor& atol,
     at::IntArrayRef segment_ends, const ControlArgs& ctrl) {
-  check_state(y0, "y0");
-  check_like(y1, y0, "y1");
-  check_stages(ks, y0, err_coeffs.size(), "err_coeffs");
+  check_error_control_args(y0, y1, ks, h, err_coeffs, rtol, atol, segment_ends, ctrl);
   const int64_t B = y0.size(0), D = y0.size(1);
-  check_time_vector(h, B, y0, "h");
   const int64_t S = static_cast<int64_t>(segment_ends.size());
-  TORCH_CHECK(S >= 1, "fastdiffeq: segment_ends must name at least one segment");
-  check_time_vector(rtol, S, y0, "rtol");
-  check_time_vector(atol, S, y0, "atol");
-  for (int64_t s = 0; s < S; ++s) {
-    const int64_t begin = s == 0 ? 0 : segment_ends[s - 1];
-    TORCH_CHECK(segment_ends[s] >= begin && segment_ends[s] <= D,
-                "fastdiffeq: segment_ends must be non-decreasing and end at most at D = ", D);
-  }
-  TORCH_CHECK(segment_ends[S - 1] == D, "fastdiffeq: the last segment must end at D = ", D);
-  check_control(ctrl.safety, ctrl.ifactor, ctrl.dfactor, ctrl.exponent, ctrl.min_step, ctrl.max_step);
 
   auto opts = h.options();
   auto ratio = at::empty({B}, opts);
@@ -162,7 +138,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rk_error_control_cpu(
   double* rp = ratio.data_ptr<double>();
   bool* ap = accept.data_ptr<bool>();
   double* hn = h_next.data_ptr<double>();
-  const core::ControllerParams params = to_params(ctrl);
+  const core::ControllerParams& params = ctrl;
 
   int nz[core::kMaxStages];
   double e[core::kMaxStages];
@@ -222,14 +198,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rk_error_control_cpu(
 
 std::tuple<at::Tensor, at::Tensor> step_size_control_cpu(const at::Tensor& ratio, const at::Tensor& h,
                                                           const ControlArgs& ctrl) {
-  TORCH_CHECK(h.dim() == 1, "fastdiffeq: h must be 1-D, got ", h.sizes());
-  check_time_vector(h, h.size(0), h, "h");
-  check_time_vector(ratio, h.size(0), h, "ratio");
-  check_control(ctrl.safety, ctrl.ifactor, ctrl.dfactor, ctrl.exponent, ctrl.min_step, ctrl.max_step);
+  check_step_size_control_args(ratio, h, ctrl);
   const int64_t B = h.size(0);
   auto accept = at::empty({B}, h.options().dtype(at::kBool));
   auto h_next = at::empty({B}, h.options());
-  const core::ControllerParams params = to_params(ctrl);
+  const core::ControllerParams& params = ctrl;
   const double* rp = ratio.data_ptr<double>();
   const double* hp = h.data_ptr<double>();
   for (int64_t b = 0; b < B; ++b)

@@ -114,17 +114,6 @@ struct Stages {
   double coeff[core::kMaxStages];
 };
 
-inline core::ControllerParams to_params(const ControlArgs& c) {
-  core::ControllerParams p;
-  p.safety = c.safety;
-  p.ifactor = c.ifactor;
-  p.dfactor = c.dfactor;
-  p.exponent = c.exponent;
-  p.min_step = c.min_step;
-  p.max_step = c.max_step;
-  return p;
-}
-
 // Controller for one group: accept flag and signed next step, as the CPU kernels do it.
 __device__ __forceinline__ void control_row(double ratio, double h, const core::ControllerParams& p,
                                             bool* accept, double* h_next) {

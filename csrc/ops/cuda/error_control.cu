@@ -192,22 +192,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rk_error_control_cuda(
     const at::Tensor& y0, const at::Tensor& y1, at::TensorList ks, const at::Tensor& h,
     at::ArrayRef<double> err_coeffs, const at::Tensor& rtol, const at::Tensor& atol,
     at::IntArrayRef segment_ends, const ControlArgs& ctrl) {
-  check_state(y0, "y0");
-  check_like(y1, y0, "y1");
-  check_stages(ks, y0, err_coeffs.size(), "err_coeffs");
+  check_error_control_args(y0, y1, ks, h, err_coeffs, rtol, atol, segment_ends, ctrl);
   const int64_t B = y0.size(0), D = y0.size(1);
-  check_time_vector(h, B, y0, "h");
   const int64_t S = static_cast<int64_t>(segment_ends.size());
-  TORCH_CHECK(S >= 1, "fastdiffeq: segment_ends must name at least one segment");
-  check_time_vector(rtol, S, y0, "rtol");
-  check_time_vector(atol, S, y0, "atol");
-  for (int64_t s = 0; s < S; ++s) {
-    const int64_t begin = s == 0 ? 0 : segment_ends[s - 1];
-    TORCH_CHECK(segment_ends[s] >= begin && segment_ends[s] <= D,
-                "fastdiffeq: segment_ends must be non-decreasing and end at most at D = ", D);
-  }
-  TORCH_CHECK(segment_ends[S - 1] == D, "fastdiffeq: the last segment must end at D = ", D);
-  check_control(ctrl.safety, ctrl.ifactor, ctrl.dfactor, ctrl.exponent, ctrl.min_step, ctrl.max_step);
   TORCH_CHECK(S <= std::numeric_limits<int>::max() / 2 - 1, "fastdiffeq: too many tolerance segments: ", S);
 
   const c10::cuda::CUDAGuard guard(y0.device());
@@ -280,7 +267,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rk_error_control_cuda(
     });
   }
 
-  const core::ControllerParams params = cuda::to_params(ctrl);
+  const core::ControllerParams params = ctrl;
   // A warp per row, or the whole block when a row has many partials to add.
   if (NB > 2 * cuda::kWarp) {
     error_finalize_kernel<cuda::kThreads><<<cuda::grid_for(B, 1), cuda::kThreads, 0, stream>>>(
@@ -297,17 +284,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rk_error_control_cuda(
 
 std::tuple<at::Tensor, at::Tensor> step_size_control_cuda(const at::Tensor& ratio, const at::Tensor& h,
                                                            const ControlArgs& ctrl) {
-  TORCH_CHECK(h.dim() == 1, "fastdiffeq: h must be 1-D, got ", h.sizes());
-  check_time_vector(h, h.size(0), h, "h");
-  check_time_vector(ratio, h.size(0), h, "ratio");
-  check_control(ctrl.safety, ctrl.ifactor, ctrl.dfactor, ctrl.exponent, ctrl.min_step, ctrl.max_step);
+  check_step_size_control_args(ratio, h, ctrl);
   const c10::cuda::CUDAGuard guard(h.device());
   const int64_t B = h.size(0);
   auto accept = at::empty({B}, h.options().dtype(at::kBool));
   auto h_next = at::empty({B}, h.options());
   if (B == 0) return {accept, h_next};
   step_size_control_kernel<<<cuda::grid_for(B), cuda::kThreads, 0, cuda::current_stream()>>>(
-      ratio.data_ptr<double>(), h.data_ptr<double>(), B, cuda::to_params(ctrl), accept.data_ptr<bool>(),
+      ratio.data_ptr<double>(), h.data_ptr<double>(), B, ctrl, accept.data_ptr<bool>(),
       h_next.data_ptr<double>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {accept, h_next};
