@@ -48,7 +48,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (cpu_ticks, idle_fraction, machine_info, markdown_table, median, quiet_threshold,  # noqa: E402
+from common import (MLPField, cpu_ticks, idle_fraction, machine_info, markdown_table, median, quiet_threshold,  # noqa: E402
                     time_call2, wait_for_quiet)
 
 import fastdiffeq  # noqa: E402
@@ -69,24 +69,6 @@ PROBLEMS: Dict[str, Dict[str, Any]] = {
 }
 T_END, N_OUT, TOL, TIGHT_TOL = 5.0, 10, 1e-5, 1e-7
 FIELD_CALLS_PER_SOLVE = 4  # field calls timed right before each timed solve
-
-
-class MLPField(torch.nn.Module):
-    def __init__(self, dim: int, width: int, gain: float, seed: int = 0):
-        super().__init__()
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            self.net = torch.nn.Sequential(
-                torch.nn.Linear(dim, width), torch.nn.Tanh(),
-                torch.nn.Linear(width, width), torch.nn.Tanh(),
-                torch.nn.Linear(width, dim),
-            )
-        with torch.no_grad():
-            for p in self.net.parameters():
-                p.mul_(gain)
-
-    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.net(y)
 
 
 class Counter:

@@ -116,7 +116,7 @@ except RuntimeError:
     pass
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine_info, markdown_table, median  # noqa: E402
+from common import MLPField, machine_info, markdown_table, median  # noqa: E402
 
 import fastdiffeq  # noqa: E402
 import torchdiffeq  # noqa: E402
@@ -145,26 +145,6 @@ TORCH_METHODS = ["fd-direct", "fd-checkpoint", "fd-adjoint", "fd-adjoint-semi",
                  "tdq-direct", "tdq-adjoint", "tdq-adjoint-semi"]
 JAX_METHODS = ["dfx-recursive", "dfx-backsolve", "dfx-backsolve-semi"]
 REFERENCE = "tdq-adjoint"
-
-
-class MLPField(torch.nn.Module):
-    """dim -> width -> width -> dim tanh MLP, default torch init with seed 0 times `gain` (as bench_forward.py)."""
-
-    def __init__(self, dim: int, width: int, gain: float = 1.0, seed: int = 0):
-        super().__init__()
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            self.net = torch.nn.Sequential(
-                torch.nn.Linear(dim, width), torch.nn.Tanh(),
-                torch.nn.Linear(width, width), torch.nn.Tanh(),
-                torch.nn.Linear(width, dim),
-            )
-        with torch.no_grad():
-            for p in self.net.parameters():
-                p.mul_(gain)
-
-    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.net(y)
 
 
 class CountingField(torch.nn.Module):

@@ -101,3 +101,24 @@ def quiet_threshold() -> float:
     else does: all CPUs but one idle, with some slack for the 10 ms tick resolution."""
     n = os.cpu_count() or 1
     return 0.8 * (n - 1) / n
+
+
+class MLPField(torch.nn.Module):
+    """dim -> width -> width -> dim tanh MLP field f(t, y): torch's default init with `seed`, times `gain`
+    (the problems of bench_forward.py and bench_gradients.py)."""
+
+    def __init__(self, dim: int, width: int, gain: float = 1.0, seed: int = 0):
+        super().__init__()
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.net = torch.nn.Sequential(
+                torch.nn.Linear(dim, width), torch.nn.Tanh(),
+                torch.nn.Linear(width, width), torch.nn.Tanh(),
+                torch.nn.Linear(width, dim),
+            )
+        with torch.no_grad():
+            for p in self.net.parameters():
+                p.mul_(gain)
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.net(y)

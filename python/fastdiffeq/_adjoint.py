@@ -8,6 +8,7 @@ from torch autograd, one per evaluation of the augmented field.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -72,7 +73,8 @@ class _AdjointConfig:
         # leaves the parameter channels out of the error control (infinite atol makes their terms 0).
         state_ends = p.segment_ends
         ends = list(state_ends) + [D + e for e in state_ends]
-        ends += (2 * D + torch.tensor(n_params, dtype=torch.long).cumsum(0)).tolist() if params else []
+        param_ends = list(itertools.accumulate(n_params))
+        ends += [2 * D + e for e in param_ends]
         n_state_segments = 2 * len(state_ends)
         rtols = [self.rtol] * len(ends)
         atols = [self.atol] * n_state_segments + [math.inf if self.seminorm else self.atol] * len(params)
@@ -135,7 +137,7 @@ class _AdjointConfig:
         _record_backward(SolveStats(method=self.method, nfe=nfe, n_accepted=n_acc, n_rejected=n_rej,
                                     t_final=float(p.t64[0]), status="success"))
         grad_params = [g[e - n:e].view_as(q) for e, n, q in
-                       zip(torch.tensor(n_params, dtype=torch.long).cumsum(0).tolist(), n_params, params)]
+                       zip(param_ends, n_params, params)]
         return a.reshape(1, -1), grad_params
 
 
