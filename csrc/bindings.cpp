@@ -8,6 +8,8 @@
 #include <vector>
 
 #include "core/tableau.h"
+#include "solver/autograd_vjp.h"
+#include "solver/rk_adjoint.h"
 #include "solver/rk_solve.h"
 
 namespace py = pybind11;
@@ -29,10 +31,15 @@ at::Tensor cheap_view(const at::Tensor& x, at::IntArrayRef shape) {
 std::string py_type_name(const py::handle& obj) { return py::str(py::type::of(obj).attr("__name__")); }
 
 // func(t, y) -> dy/dt. `joint`: t is passed as a 0-dim tensor (torchdiffeq's convention), else as [B].
+// `params`: the tensors its vector-Jacobian products differentiate (through torch autograd).
 class PyVectorField final : public fde::solver::VectorField {
  public:
-  PyVectorField(py::function func, std::vector<int64_t> user_shape, bool joint)
-      : func_(std::move(func)), user_shape_(std::move(user_shape)), joint_(joint) {}
+  PyVectorField(py::function func, std::vector<int64_t> user_shape, bool joint, std::vector<at::Tensor> params = {})
+      : func_(std::move(func)),
+        user_shape_(std::move(user_shape)),
+        joint_(joint),
+        params_(std::move(params)),
+        n_params_(fde::solver::count_params(params_)) {}
 
   at::Tensor eval(const at::Tensor& t, const at::Tensor& y) override {
     // An explicit IntArrayRef: a bare {} would pick the view(ScalarType) overload (a byte reinterpretation).
@@ -55,6 +62,13 @@ class PyVectorField final : public fde::solver::VectorField {
     return cheap_view(out, y.sizes());
   }
 
+  int64_t num_params() const override { return n_params_; }
+
+  fde::solver::FieldVjp vjp(const at::Tensor& t, const at::Tensor& y, const at::Tensor& v,
+                            at::Tensor& grad_params) override {
+    return fde::solver::autograd_vjp(*this, params_, t, y, v, grad_params);
+  }
+
   std::unique_ptr<fde::solver::ScopedUnlock> unlock() override { return std::make_unique<GilRelease>(); }
 
  private:
@@ -64,6 +78,8 @@ class PyVectorField final : public fde::solver::VectorField {
   py::function func_;
   std::vector<int64_t> user_shape_;
   bool joint_;
+  std::vector<at::Tensor> params_;
+  int64_t n_params_;
 };
 
 // norm(x) -> a scalar per group: in joint mode a 0-dim tensor or a float for the whole state.
@@ -93,45 +109,25 @@ class PyErrorNorm final : public fde::solver::ErrorNorm {
   std::vector<int64_t> user_shape_;
 };
 
-py::dict rk_solve_py(py::function func, const at::Tensor& y0, const at::Tensor& t_out, const std::string& method,
-                     std::vector<double> rtol, std::vector<double> atol, std::vector<int64_t> segment_ends,
-                     double safety, double ifactor, double dfactor, double min_step, double max_step,
-                     double first_step, int64_t max_num_steps, std::vector<double> step_t,
-                     std::vector<double> jump_t, py::object norm, std::vector<int64_t> user_shape, bool joint,
-                     int64_t check_every, const std::string& mode) {
-  fde::solver::LoopMode loop_mode;
-  if (mode == "masked") {
-    loop_mode = fde::solver::LoopMode::kMasked;
-  } else if (mode == "graph") {
-    loop_mode = fde::solver::LoopMode::kGraph;
-  } else if (mode == "record") {
-    loop_mode = fde::solver::LoopMode::kRecord;
-  } else {
-    throw py::value_error("fastdiffeq: mode must be 'masked', 'graph' or 'record', got '" + mode + "'");
-  }
-  const fde::core::Tableau* tab = fde::core::find_tableau(method);
-  if (tab == nullptr) throw py::value_error("fastdiffeq: unknown method '" + method + "'");
-  fde::solver::RkOptions opt;
-  opt.tableau = tab;
-  opt.rtol = std::move(rtol);
-  opt.atol = std::move(atol);
-  opt.segment_ends = std::move(segment_ends);
-  opt.control.safety = safety;
-  opt.control.ifactor = ifactor;
-  opt.control.dfactor = dfactor;
-  opt.control.min_step = min_step;
-  opt.control.max_step = max_step;
-  opt.first_step = first_step;
-  opt.max_num_steps = max_num_steps;
-  opt.step_t = std::move(step_t);
-  opt.jump_t = std::move(jump_t);
-  opt.check_every = check_every;
+fde::solver::LoopMode parse_mode(const std::string& mode) {
+  if (mode == "masked") return fde::solver::LoopMode::kMasked;
+  if (mode == "graph") return fde::solver::LoopMode::kGraph;
+  if (mode == "record") return fde::solver::LoopMode::kRecord;
+  throw py::value_error("fastdiffeq: mode must be 'masked', 'graph' or 'record', got '" + mode + "'");
+}
 
+std::unique_ptr<PyErrorNorm> make_norm(const py::object& norm, const std::vector<int64_t>& user_shape) {
+  if (norm.is_none()) return nullptr;
+  return std::make_unique<PyErrorNorm>(norm.cast<py::function>(), user_shape);
+}
+
+py::dict rk_solve_py(py::function func, const at::Tensor& y0, const at::Tensor& t_out,
+                     const fde::solver::RkOptions& options, py::object norm, std::vector<int64_t> user_shape,
+                     bool joint, const std::string& mode) {
+  const fde::solver::LoopMode loop_mode = parse_mode(mode);
   PyVectorField field(std::move(func), user_shape, joint);
-  std::unique_ptr<PyErrorNorm> user_norm;
-  if (!norm.is_none()) user_norm = std::make_unique<PyErrorNorm>(norm.cast<py::function>(), user_shape);
-
-  fde::solver::RkResult r = fde::solver::rk_solve(field, user_norm.get(), y0, t_out, opt, loop_mode);
+  std::unique_ptr<PyErrorNorm> user_norm = make_norm(norm, user_shape);
+  fde::solver::RkResult r = fde::solver::rk_solve(field, user_norm.get(), y0, t_out, options, loop_mode);
   py::dict out;
   out["ys"] = r.ys;
   out["status"] = r.status;
@@ -144,11 +140,57 @@ py::dict rk_solve_py(py::function func, const at::Tensor& y0, const at::Tensor& 
   return out;
 }
 
+// The adjoint's backward solve: dL/dy0 and dL/dparams (one tensor per parameter, its shape and dtype).
+py::dict rk_adjoint_py(py::function func, std::vector<at::Tensor> params, const at::Tensor& t_out,
+                       const std::optional<at::Tensor>& ys, std::shared_ptr<fde::solver::RkTape> tape,
+                       const at::Tensor& grad_ys, const fde::solver::RkOptions& options, bool seminorm,
+                       const std::string& trajectory, py::object norm, std::vector<int64_t> user_shape, bool joint) {
+  fde::solver::AdjointOptions opt;
+  opt.solve = options;
+  opt.seminorm = seminorm;
+  if (trajectory == "resolve") {
+    opt.trajectory = fde::solver::AdjointTrajectory::kResolve;
+  } else if (trajectory == "interpolated") {
+    opt.trajectory = fde::solver::AdjointTrajectory::kInterpolated;
+  } else {
+    throw py::value_error("fastdiffeq: trajectory must be 'resolve' or 'interpolated', got '" + trajectory + "'");
+  }
+  int64_t P = 0;
+  for (const auto& q : params) {
+    opt.param_sizes.push_back(q.numel());
+    P += q.numel();
+  }
+  PyVectorField field(std::move(func), user_shape, joint, params);
+  // A user norm sees the flat augmented state [(y,) a, theta_bar].
+  const int64_t D = grad_ys.dim() == 3 ? grad_ys.size(2) : 0;
+  const int64_t N = (opt.trajectory == fde::solver::AdjointTrajectory::kResolve ? 2 * D : D) + P;
+  std::unique_ptr<PyErrorNorm> user_norm = make_norm(norm, {N});
+  fde::solver::AdjointResult r = fde::solver::rk_adjoint(field, user_norm.get(), t_out, ys.value_or(at::Tensor()),
+                                                         tape.get(), grad_ys, opt);
+  py::dict out;
+  out["status"] = r.status;
+  out["t"] = r.t;
+  out["nfe"] = r.nfe;
+  out["n_accepted"] = r.n_accepted;
+  out["n_rejected"] = r.n_rejected;
+  if (r.grad_y0.defined()) {
+    out["grad_y0"] = r.grad_y0;
+    std::vector<at::Tensor> grads;
+    int64_t offset = 0;
+    for (const auto& q : params) {
+      grads.push_back(r.grad_params.narrow(0, offset, q.numel()).view(q.sizes()).to(q.scalar_type()));
+      offset += q.numel();
+    }
+    out["grad_params"] = grads;
+  }
+  return out;
+}
+
 py::tuple checkpoint_backward_py(py::function func, std::shared_ptr<fde::solver::RkTape> tape,
                                  const at::Tensor& grad_ys, std::vector<at::Tensor> params,
                                  std::vector<int64_t> user_shape, bool joint) {
   if (!tape) throw py::value_error("fastdiffeq: no checkpoint tape");
-  PyVectorField field(std::move(func), std::move(user_shape), joint);
+  PyVectorField field(std::move(func), std::move(user_shape), joint, params);
   fde::solver::CheckpointGradients g = fde::solver::rk_checkpoint_backward(field, *tape, grad_ys, params);
   return py::make_tuple(g.grad_y0, g.grad_params, g.nfe);
 }
@@ -175,13 +217,41 @@ py::dict tableau_py(const std::string& name) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastdiffeq compiled core: fused Runge-Kutta ops (torch.ops.fastdiffeq) and solver loops";
-  m.def("rk_solve", &rk_solve_py, py::arg("func"), py::arg("y0"), py::arg("t_out"), py::kw_only(),
-        py::arg("method"), py::arg("rtol"), py::arg("atol"), py::arg("segment_ends"), py::arg("safety"),
-        py::arg("ifactor"), py::arg("dfactor"), py::arg("min_step"), py::arg("max_step"), py::arg("first_step"),
-        py::arg("max_num_steps"), py::arg("step_t"), py::arg("jump_t"), py::arg("norm"), py::arg("user_shape"),
-        py::arg("joint"), py::arg("check_every"), py::arg("mode") = "masked");
+  using fde::core::ControllerParams;
+  using fde::solver::RkOptions;
+  py::class_<ControllerParams>(m, "ControllerParams")
+      .def(py::init<>())
+      .def_readwrite("safety", &ControllerParams::safety)
+      .def_readwrite("ifactor", &ControllerParams::ifactor)
+      .def_readwrite("dfactor", &ControllerParams::dfactor)
+      .def_readwrite("min_step", &ControllerParams::min_step)
+      .def_readwrite("max_step", &ControllerParams::max_step);
+  py::class_<RkOptions>(m, "RkOptions", "The settings of one solve (fastdiffeq.solver::RkOptions).")
+      .def(py::init<>())
+      .def_property(
+          "method", [](const RkOptions& o) { return std::string(o.tableau->name); },
+          [](RkOptions& o, const std::string& name) {
+            const fde::core::Tableau* t = fde::core::find_tableau(name);
+            if (t == nullptr) throw py::value_error("fastdiffeq: unknown method '" + name + "'");
+            o.tableau = t;
+          })
+      .def_readwrite("rtol", &RkOptions::rtol)
+      .def_readwrite("atol", &RkOptions::atol)
+      .def_readwrite("segment_ends", &RkOptions::segment_ends)
+      .def_readwrite("control", &RkOptions::control)
+      .def_readwrite("first_step", &RkOptions::first_step)
+      .def_readwrite("max_num_steps", &RkOptions::max_num_steps)
+      .def_readwrite("step_t", &RkOptions::step_t)
+      .def_readwrite("jump_t", &RkOptions::jump_t)
+      .def_readwrite("check_every", &RkOptions::check_every)
+      .def_readwrite("record_dense", &RkOptions::record_dense);
+  m.def("rk_solve", &rk_solve_py, py::arg("func"), py::arg("y0"), py::arg("t_out"), py::arg("options"),
+        py::kw_only(), py::arg("norm"), py::arg("user_shape"), py::arg("joint"), py::arg("mode") = "masked");
   py::class_<fde::solver::RkTape, std::shared_ptr<fde::solver::RkTape>>(m, "RkTape")
       .def_property_readonly("n_steps", [](const fde::solver::RkTape& t) { return t.steps.size(); });
+  m.def("rk_adjoint", &rk_adjoint_py, py::arg("func"), py::arg("params"), py::arg("t_out"), py::arg("ys"),
+        py::arg("tape"), py::arg("grad_ys"), py::arg("options"), py::kw_only(), py::arg("seminorm"),
+        py::arg("trajectory"), py::arg("norm"), py::arg("user_shape"), py::arg("joint"));
   m.def("rk_checkpoint_backward", &checkpoint_backward_py, py::arg("func"), py::arg("tape"), py::arg("grad_ys"),
         py::arg("params"), py::arg("user_shape"), py::arg("joint"));
   m.def("tableau", &tableau_py, py::arg("name"));

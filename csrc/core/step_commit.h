@@ -12,16 +12,22 @@ namespace fde::core {
 enum Counter : int { kAccepted = 0, kRejected = 1, kAttemptsSinceOutput = 2, kNonFiniteStreak = 3 };
 inline constexpr int kNumCounters = 4;
 
+// The output rows [first, last) that a step ending at t1 passes (dir = +1 forward in time, -1 backward):
+// those with dir * (t_out_b[i] - t1) <= 0, starting at row `first`.
+FDE_INLINE int64_t outputs_through(const double* t_out_b, int64_t n_out, int64_t first, double t1, double dir) {
+  int64_t i = first;
+  while (i < n_out && dir * (t_out_b[i] - t1) <= 0.0) ++i;
+  return i;
+}
+
 // t_out_b: this sample's output times (stride 1), T of them. Only called for samples still running.
-FDE_INLINE void commit_sample(double& t0, double& h, int32_t& status, int64_t* counters, int64_t& out_index,
-                              bool accept, double ratio, double h_next, const double* t_out_b, int64_t n_out,
-                              int64_t max_num_steps) {
+// t1: where the attempted step ends (t0 + h, or exactly the grid point a clipped step was cut to).
+FDE_INLINE void commit_sample_to(double& t0, double t1, double& h, int32_t& status, int64_t* counters,
+                                 int64_t& out_index, bool accept, double ratio, double h_next,
+                                 const double* t_out_b, int64_t n_out, int64_t max_num_steps) {
   counters[kAttemptsSinceOutput] += 1;
   if (accept) {
-    const double t1 = t0 + h;
-    const double dir = h > 0 ? 1.0 : -1.0;
-    int64_t i = out_index;
-    while (i < n_out && dir * (t_out_b[i] - t1) <= 0.0) ++i;
+    const int64_t i = outputs_through(t_out_b, n_out, out_index, t1, h > 0 ? 1.0 : -1.0);
     if (i != out_index) counters[kAttemptsSinceOutput] = 0;
     out_index = i;
     t0 = t1;
@@ -42,6 +48,13 @@ FDE_INLINE void commit_sample(double& t0, double& h, int32_t& status, int64_t* c
   } else if (counters[kAttemptsSinceOutput] >= max_num_steps) {
     status = kMaxSteps;
   }
+}
+
+FDE_INLINE void commit_sample(double& t0, double& h, int32_t& status, int64_t* counters, int64_t& out_index,
+                              bool accept, double ratio, double h_next, const double* t_out_b, int64_t n_out,
+                              int64_t max_num_steps) {
+  commit_sample_to(t0, t0 + h, h, status, counters, out_index, accept, ratio, h_next, t_out_b, n_out,
+                   max_num_steps);
 }
 
 }  // namespace fde::core

@@ -10,6 +10,17 @@
 
 namespace fde::solver {
 
+// A step [t0, t1] of signed size h. When a step is cut to end on a given time t1, h = t1 - t0, never
+// larger in magnitude than the step that was proposed (the subtraction may round up).
+struct ClippedStep {
+  double t1, h;
+};
+
+inline ClippedStep cut_to(double t0, double t1, double h_proposed) {
+  const double h = t1 - t0;
+  return {t1, std::fabs(h) <= std::fabs(h_proposed) ? h : h_proposed};
+}
+
 struct GridClip {
   const std::vector<double>& step_t;  // sorted in the direction of integration, strictly after t0
   const std::vector<double>& jump_t;
@@ -18,8 +29,9 @@ struct GridClip {
 
   bool active() const { return !step_t.empty() || !jump_t.empty(); }
 
-  // The step to take from t0 when the controller proposes h (same sign convention).
-  double clip(double t0, double h) {
+  // The step from t0 when the controller proposes h: unchanged when no grid point comes first (end
+  // t0 + h), else cut to end exactly on the next grid point (on_step / on_jump say which kind).
+  ClippedStep clip(double t0, double h) {
     const double dir = h > 0 ? 1.0 : -1.0;
     double t1 = t0 + h;
     on_step = on_jump = false;
@@ -38,7 +50,7 @@ struct GridClip {
         t1 = g;
       }
     }
-    return t1 - t0;
+    return (on_step || on_jump) ? cut_to(t0, t1, h) : ClippedStep{t0 + h, h};
   }
 
   // After an accepted step; torchdiffeq keeps pointing at the last grid point once it has passed it.

@@ -3,36 +3,13 @@
 // memory O(steps x state) for the tape plus one step's graph.
 #include <torch/autograd.h>
 
+#include "solver/autograd_vjp.h"
 #include "solver/grid_clip.h"
 #include "solver/ops_handles.h"
 #include "solver/rk_solve.h"
 #include "solver/rk_step.h"
 
 namespace fde::solver {
-namespace {
-
-// torch::autograd::grad over the outputs that are part of a graph; zeros for inputs they do not reach.
-std::vector<at::Tensor> vjp(VectorField& field, const std::vector<at::Tensor>& outputs,
-                            const std::vector<at::Tensor>& cotangents, const std::vector<at::Tensor>& inputs) {
-  std::vector<at::Tensor> outs, cots;
-  for (size_t i = 0; i < outputs.size(); ++i) {
-    if (outputs[i].defined() && outputs[i].requires_grad() && cotangents[i].defined()) {
-      outs.push_back(outputs[i]);
-      cots.push_back(cotangents[i]);
-    }
-  }
-  std::vector<at::Tensor> grads(inputs.size());
-  if (!outs.empty()) {
-    auto unlock = field.unlock();  // the autograd engine must not run under the GIL
-    grads = torch::autograd::grad(outs, inputs, cots, /*retain_graph=*/false, /*create_graph=*/false,
-                                  /*allow_unused=*/true);
-  }
-  for (size_t i = 0; i < inputs.size(); ++i)
-    if (!grads[i].defined()) grads[i] = at::zeros_like(inputs[i]);
-  return grads;
-}
-
-}  // namespace
 
 CheckpointGradients rk_checkpoint_backward(VectorField& field, const RkTape& tape, const at::Tensor& grad_ys,
                                            const std::vector<at::Tensor>& params) {
@@ -73,7 +50,7 @@ CheckpointGradients rk_checkpoint_backward(VectorField& field, const RkTape& tap
     }
     std::vector<at::Tensor> inputs{y, k0};
     inputs.insert(inputs.end(), params.begin(), params.end());
-    const auto grads = vjp(field, outputs, cotangents, inputs);
+    const auto grads = engine_grad(field, outputs, cotangents, inputs);
     a_y = grads[0];
     a_k = grads[1];
     accumulate(grads, 2);
@@ -84,7 +61,7 @@ CheckpointGradients rk_checkpoint_backward(VectorField& field, const RkTape& tap
   ++out.nfe;
   std::vector<at::Tensor> inputs{y0};
   inputs.insert(inputs.end(), params.begin(), params.end());
-  const auto grads = vjp(field, {k0}, {a_k}, inputs);
+  const auto grads = engine_grad(field, {k0}, {a_k}, inputs);
   accumulate(grads, 1);
   out.grad_y0 = a_y + grads[0] + grad_ys.select(0, 0);
   return out;

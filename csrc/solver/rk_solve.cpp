@@ -9,6 +9,7 @@
 #include "solver/grid_clip.h"
 #include "solver/initial_step.h"
 #include "solver/norms.h"
+#include "solver/rk_problem.h"
 #include "solver/ops_handles.h"
 #include "solver/rk_step.h"
 
@@ -31,95 +32,6 @@ std::vector<at::Tensor> detached(const std::vector<at::Tensor>& ks) {
   for (const auto& k : ks) out.push_back(k.detach());
   return out;
 }
-
-// What both loops share: the problem, its tolerances, the first derivative and the first step.
-class RkProblem {
- public:
-  RkProblem(VectorField& field, ErrorNorm* norm, const at::Tensor& y0, const at::Tensor& t_out, const RkOptions& opt)
-      : field_(field), norm_(norm), opt_(opt), tab_(*opt.tableau) {
-    TORCH_CHECK(y0.dim() == 2, "fastdiffeq: y0 must be [B, D]");
-    TORCH_CHECK(t_out.scalar_type() == at::kDouble, "fastdiffeq: t_out must be float64");
-    B_ = y0.size(0);
-    D_ = y0.size(1);
-    T_ = t_out.size(-1);
-    TORCH_CHECK(T_ >= 1, "fastdiffeq: need at least one output time");
-    TORCH_CHECK(opt.step_t.empty() && opt.jump_t.empty() || B_ == 1,
-                "fastdiffeq: step_t and jump_t are supported in joint mode only");
-    dtype_ = y0.scalar_type();
-    t_out_ = t_out.to(y0.device()).contiguous();
-    segments_ = opt.segment_ends;
-    if (segments_.empty()) segments_.push_back(D_);
-    rtol_seg_ = at::tensor(opt.rtol, at::kDouble).to(y0.device());
-    atol_seg_ = at::tensor(opt.atol, at::kDouble).to(y0.device());
-    ctrl_ = opt.control;
-    ctrl_.exponent = 1.0 / tab_.order;
-    if (T_ > 1) {
-      auto first_two = (t_out_.dim() == 1 ? t_out_.slice(0, 0, 2) : t_out_.select(0, 0).slice(0, 0, 2)).cpu();
-      direction_ = first_two[1].item<double>() >= first_two[0].item<double>() ? 1.0 : -1.0;
-    }
-    if (norm_ != nullptr) {
-      rtol_el_ = expand_segments(opt.rtol, segments_, y0).to(dtype_);
-      atol_el_ = expand_segments(opt.atol, segments_, y0).to(dtype_);
-    }
-  }
-
-  // t0 [B] from the output grid.
-  at::Tensor initial_time() const {
-    return (t_out_.dim() == 1 ? t_out_.slice(0, 0, 1).expand({B_}) : t_out_.select(1, 0)).contiguous().clone();
-  }
-
-  // f(t0, y0); false when it is not finite (nothing to shrink at the initial point).
-  bool first_derivative(const at::Tensor& t0, const at::Tensor& y, at::Tensor& k0, int64_t& nfe) {
-    k0 = field_.eval(t0.to(dtype_), y);
-    ++nfe;
-    at::NoGradGuard no_grad;
-    return at::isfinite(k0).all().item<bool>();
-  }
-
-  // The signed first step [B]; step sizes are constants of the solve, never differentiated.
-  at::Tensor first_step(const at::Tensor& t0, const at::Tensor& y, const at::Tensor& k0, int64_t& nfe) {
-    at::NoGradGuard no_grad;
-    at::Tensor h_abs;
-    if (opt_.first_step > 0) {
-      h_abs = at::full({B_}, opt_.first_step, t0.options());
-    } else {
-      const auto rtol_el = expand_segments(opt_.rtol, segments_, y);
-      const auto atol_el = expand_segments(opt_.atol, segments_, y);
-      h_abs = select_initial_step(
-          field_, norm_, {y.detach(), k0.detach(), t0, direction_, rtol_el, atol_el, segments_, tab_.order - 1});
-      ++nfe;
-    }
-    return (h_abs.clamp(ctrl_.min_step, ctrl_.max_step) * direction_).contiguous();
-  }
-
-  // Error ratio, accept and next step size of one attempt; never part of the graph.
-  std::tuple<at::Tensor, at::Tensor, at::Tensor> control(const at::Tensor& y, const at::Tensor& y1,
-                                                         const std::vector<at::Tensor>& ks, const at::Tensor& h) {
-    at::NoGradGuard no_grad;
-    const at::ArrayRef<double> e(tab_.e, tab_.stages);
-    if (norm_ == nullptr) {
-      return op::rk_error_control(y, y1, ks, h, e, rtol_seg_, atol_seg_, segments_, ctrl_.safety, ctrl_.ifactor,
-                                  ctrl_.dfactor, ctrl_.exponent, ctrl_.min_step, ctrl_.max_step);
-    }
-    const auto err = op::rk_stage(at::zeros_like(y), ks, h, e);
-    const auto tol = atol_el_ + rtol_el_ * at::maximum(y.abs(), y1.abs());
-    at::Tensor ratio = group_norm(err / tol, segments_, norm_).abs().contiguous();
-    auto [accept, h_next] = op::step_size_control(ratio, h, ctrl_.safety, ctrl_.ifactor, ctrl_.dfactor,
-                                                  ctrl_.exponent, ctrl_.min_step, ctrl_.max_step);
-    return {ratio, accept, h_next};
-  }
-
-  VectorField& field_;
-  ErrorNorm* norm_;
-  const RkOptions& opt_;
-  const core::Tableau& tab_;
-  int64_t B_ = 0, D_ = 0, T_ = 0;
-  at::ScalarType dtype_;
-  at::Tensor t_out_, rtol_seg_, atol_seg_, rtol_el_, atol_el_;
-  std::vector<int64_t> segments_;
-  core::ControllerParams ctrl_;
-  double direction_ = 1.0;
-};
 
 // Results of a solve that ends before its first step (T == 1, or a non-finite f(t0, y0)).
 RkResult early_result(const RkProblem& p, const at::Tensor& y0, const at::Tensor& t0, const at::Tensor& h,
@@ -157,7 +69,9 @@ RkResult run_masked(RkProblem& p, const at::Tensor& y0_in) {
   const int64_t check_every = std::max<int64_t>(1, p.opt_.check_every);
   for (int64_t iter = 0;; ++iter) {
     at::Tensor h_step = h;
-    if (grid.active()) h_step = at::full({1}, grid.clip(t0.item<double>(), h.item<double>()), h.options());
+    if (grid.active()) {
+      h_step = at::full({1}, grid.clip(t0.item<double>(), h.item<double>()).h, h.options());
+    }
     StepStages st = rk_stages(p.field_, tab, y, k0, t0, h_step, res.nfe);
     auto [ratio, accept, h_next] = p.control(y, st.y1, st.ks, h_step);
     op::rk_dense_output(res.ys, y, st.y1, st.ks, h_step, t0, accept, p.t_out_, out_index, mid);
@@ -221,19 +135,21 @@ RkResult run_host(RkProblem& p, const at::Tensor& y0_in, LoopMode mode) {
   const at::ArrayRef<double> mid(tab.mid, tab.stages);
 
   GridClip grid{p.opt_.step_t, p.opt_.jump_t};
+  at::Tensor zero_state, unit_h;  // for the dense record: mid_slope = 0 + 1 * sum_j mid_j k_j
+  if (res.tape && p.opt_.record_dense) {
+    zero_state = at::zeros_like(y0_in);
+    unit_h = at::ones({1}, time_opts);
+  }
   while (status == core::kRunning) {
-    const double h_step = grid.active() ? grid.clip(t0, h) : h;
+    const ClippedStep step = grid.active() ? grid.clip(t0, h) : ClippedStep{t0 + h, h};
+    const double t1 = step.t1, h_step = step.h;
     t0_t = at::full({1}, t0, time_opts);
     h_t = at::full({1}, h_step, time_opts);
     StepStages st = rk_stages(p.field_, tab, y, k0, t0_t, h_t, res.nfe);
     auto [ratio, accept, h_next] = p.control(y.detach(), st.y1.detach(), detached(st.ks), h_t);
-    const auto decision = at::stack({ratio, accept.to(at::kDouble), h_next}).cpu();
-    const double* dp = decision.data_ptr<double>();
-    const bool accepted = dp[1] != 0.0;
-    if (accepted) {
-      const double t1 = t0 + h_step;
-      int64_t last = out_index;
-      while (last < p.T_ && p.direction_ * (t_host[last] - t1) <= 0.0) ++last;
+    const StepDecision d = read_decision(ratio, accept, h_next);
+    if (d.accept) {
+      const int64_t last = core::outputs_through(t_host, p.T_, out_index, t1, p.direction_);
       if (last > out_index)
         rows.push_back(op::rk_dense_eval(y, st.y1, st.ks, h_t, t0_t, p.t_out_.slice(0, out_index, last), mid));
       at::Tensor k_last = st.ks.back();
@@ -241,14 +157,22 @@ RkResult run_host(RkProblem& p, const at::Tensor& y0_in, LoopMode mode) {
         k_last = p.field_.eval(after_jump_time(t1, p.direction_, p.dtype_, dev), st.y1);
         ++res.nfe;
       }
-      if (res.tape) res.tape->steps.push_back({t0, h_step, y, k0, grid.on_jump, out_index, last});
+      if (res.tape) {
+        RecordedStep rec{t0, h_step, y, k0, grid.on_jump, out_index, last};
+        if (p.opt_.record_dense) {
+          rec.y1 = st.y1;
+          rec.k1 = st.ks.back();
+          rec.mid_slope = op::rk_stage(zero_state, st.ks, unit_h, mid);
+        }
+        res.tape->steps.push_back(std::move(rec));
+      }
       y = st.y1;
       k0 = k_last;
       grid.accepted();
     }
     double h_commit = h_step;
-    core::commit_sample(t0, h_commit, status, counters, out_index, accepted, dp[0], dp[2], t_host, p.T_,
-                        p.opt_.max_num_steps);
+    core::commit_sample_to(t0, t1, h_commit, status, counters, out_index, d.accept, d.ratio, d.h_next, t_host,
+                           p.T_, p.opt_.max_num_steps);
     h = h_commit;
     ++res.n_steps;
   }

@@ -29,6 +29,9 @@ struct RkOptions {
   // Masked loop: the host reads "all samples done" once every check_every steps (1 on CPU; larger on
   // CUDA so no step waits for the device).
   int64_t check_every = 1;
+  // Host-driven recording loop: also record each step's dense output (RecordedStep::mid_slope), so the
+  // tape is a dense trajectory (the interpolated adjoint reads y(t) from it).
+  bool record_dense = false;
 };
 
 enum class LoopMode {
@@ -46,7 +49,15 @@ struct RecordedStep {
   at::Tensor y, k0;  // the state and FSAL derivative at the start of the step
   bool jump;         // the step ended on a jump_t point (f re-evaluated after it)
   int64_t out_first, out_last;  // output rows interpolated inside this step
+  // Dense record (RkOptions::record_dense): the state and derivative at the end of the step (the next
+  // step's y and k0, shared, except k1 after a jump: the left limit), and mid_slope = sum_j mid_j k_j, so
+  // y(t0 + h/2) = y + h mid_slope. With these the step's interpolant is evaluated without its stages
+  // (rk_dense_eval with stages {k0, mid_slope, k1} and mid coefficients kSlopeMid).
+  at::Tensor y1, k1, mid_slope;
 };
+
+// The mid coefficients that make rk_dense_eval read (k0, mid_slope, k1) as a step's stages.
+inline constexpr double kSlopeMid[3] = {0.0, 1.0, 0.0};
 
 struct RkTape {
   const core::Tableau* tableau = nullptr;

@@ -1,31 +1,12 @@
-// What the solver loops see of the problem: a vector field and, optionally, a user-supplied error norm.
-// bindings.cpp implements both around Python callables; the loops never see Python.
+// What the solver loops see of the problem: a vector field (values and vector-Jacobian products) and,
+// optionally, a user-supplied error norm. bindings.cpp implements both around Python callables; a native
+// field (evaluated in C++) implements the same interface, and the loops never know which one they run.
 #pragma once
 
 #include <ATen/ATen.h>
 
+#include <cstdint>
 #include <memory>
-
-namespace fde::solver {
-
-class VectorField {
- public:
-  virtual ~VectorField() = default;
-  // t: [B] times (one per error group) in the state's dtype; y: [B, D]. Returns dy/dt as a contiguous
-  // [B, D] tensor of y's dtype and device (the implementation validates what the user returned).
-  virtual at::Tensor eval(const at::Tensor& t, const at::Tensor& y) = 0;
-  // Called around torch::autograd::grad (which must not run under the GIL); null when nothing to release.
-  virtual std::unique_ptr<class ScopedUnlock> unlock() { return nullptr; }
-};
-
-class ErrorNorm {
- public:
-  virtual ~ErrorNorm() = default;
-  // x: [B, D] scaled error (or scaled state); returns the norm of each group as float64 [B].
-  virtual at::Tensor norm(const at::Tensor& x) = 0;
-};
-
-}  // namespace fde::solver
 
 namespace fde::solver {
 
@@ -34,6 +15,40 @@ namespace fde::solver {
 class ScopedUnlock {
  public:
   virtual ~ScopedUnlock() = default;
+};
+
+// f(t, y) and the cotangent of y of one vector-Jacobian product.
+struct FieldVjp {
+  at::Tensor f;       // [B, D], y's dtype
+  at::Tensor grad_y;  // v^T df/dy, [B, D]
+};
+
+class VectorField {
+ public:
+  virtual ~VectorField() = default;
+
+  // t: [B] times (one per error group) in the state's dtype; y: [B, D]. Returns dy/dt as a contiguous
+  // [B, D] tensor of y's dtype and device (the implementation validates what the user returned).
+  virtual at::Tensor eval(const at::Tensor& t, const at::Tensor& y) = 0;
+
+  // The field's parameters theta, flattened and concatenated in a fixed order: num_params() elements.
+  virtual int64_t num_params() const { return 0; }
+
+  // One vector-Jacobian product at (t, y) with cotangent v ([B, D] like y): returns f(t, y) and
+  // v^T df/dy, and ADDS v^T df/dtheta into grad_params (a contiguous [num_params()] tensor of y's dtype
+  // on y's device, preallocated by the caller; untouched when num_params() == 0). Parameters and
+  // components of y that f does not depend on get zero cotangents. Keeps no graph.
+  virtual FieldVjp vjp(const at::Tensor& t, const at::Tensor& y, const at::Tensor& v, at::Tensor& grad_params) = 0;
+
+  // Called around torch::autograd::grad (which must not run under the GIL); null when nothing to release.
+  virtual std::unique_ptr<ScopedUnlock> unlock() { return nullptr; }
+};
+
+class ErrorNorm {
+ public:
+  virtual ~ErrorNorm() = default;
+  // x: [B, D] scaled error (or scaled state); returns the norm of each group as float64 [B].
+  virtual at::Tensor norm(const at::Tensor& x) = 0;
 };
 
 }  // namespace fde::solver

@@ -1,25 +1,29 @@
 """Drop-in ``odeint_adjoint``: constant-memory gradients by solving the adjoint system backwards in time.
 
-The forward solve keeps only the outputs. The backward pass integrates the augmented state
-[y, a, dL/dtheta] from t[i] to t[i-1] for each output interval with the same C++ loop and fused ops, re-anchors
-y to the stored output and adds dL/dy(t[i-1]) to a, as torchdiffeq does. The vector-Jacobian products come
-from torch autograd, one per evaluation of the augmented field.
+The forward solve keeps only the outputs (or, with ``adjoint_options=dict(trajectory="interpolated")``, the
+dense record of its accepted steps). The backward pass is ONE reverse-time solve in C++
+(``_C.rk_adjoint``) of the augmented state [y, a, dL/dtheta] from t[-1] to t[0], stepping onto every output
+time, where y is re-anchored to the stored output and a += dL/dy(t_i). Each evaluation is one
+vector-Jacobian product of the field (torch autograd driven from C++). Python only builds the autograd
+Function.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ._odeint import (METHODS, _gradient_params, _grid_after, _parse_options, _prepare, _Problem, _run,
-                      output_time_gradients)
+from . import _C
+from ._odeint import (METHODS, _gradient_params, _grid_after, _parse_options, _prepare, _Problem, _raise_status,
+                      _run, _STATUS_NAMES, gc_paused, output_time_gradients, solver_options)
 from ._stats import SolveStats, _record_backward
 from ._validate import TensorOrTuple, positive_float
 
 __all__ = ["odeint_adjoint"]
+
+_TRAJECTORIES = ("resolve", "interpolated")
 
 
 def _adjoint_tolerance(value: Any, name: str) -> float:
@@ -35,7 +39,13 @@ class _AdjointSolve(torch.autograd.Function):
     def forward(ctx, y_flat: torch.Tensor, problem: _Problem, adjoint: "_AdjointConfig",
                 *params: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            ys = _run(problem, y_flat.detach(), "masked", who="odeint_adjoint")["ys"]
+            if adjoint.trajectory == "interpolated":
+                res = _run(problem, y_flat.detach(), "record", who="odeint_adjoint", dense=True)
+                ctx.tape = res["tape"]
+            else:
+                res = _run(problem, y_flat.detach(), "masked", who="odeint_adjoint")
+                ctx.tape = None
+        ys = res["ys"]
         ctx.problem = problem
         ctx.adjoint = adjoint
         ctx.save_for_backward(ys, *params)
@@ -50,95 +60,62 @@ class _AdjointSolve(torch.autograd.Function):
                 "derivatives."
             )
         ys, *params = ctx.saved_tensors
-        grad_y0, grad_params = ctx.adjoint.solve_backward(ctx.problem, ys, grad_ys, params)
+        grad_y0, grad_params = ctx.adjoint.solve_backward(ctx.problem, ys, grad_ys, params, ctx.tape)
         return (grad_y0, None, None, *grad_params)
 
 
 class _AdjointConfig:
-    """The adjoint solve's settings and the augmented dynamics."""
+    """The backward solve's settings."""
 
-    def __init__(self, problem: _Problem, rtol: float, atol: float, method: str, options: Dict[str, Any],
-                 seminorm: bool, norm: Optional[Callable]) -> None:
+    def __init__(self, rtol: float, atol: float, method: str, options: Dict[str, Any], seminorm: bool,
+                 norm: Optional[Callable], trajectory: str) -> None:
         self.rtol, self.atol, self.method, self.options = rtol, atol, method, options
         self.seminorm = seminorm
         self.norm = norm
+        self.trajectory = trajectory
 
-    def solve_backward(self, p: _Problem, ys: torch.Tensor, grad_ys: torch.Tensor,
-                       params: List[torch.Tensor]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        D = ys.shape[-1]
-        n_params = [q.numel() for q in params]
-        P = sum(n_params)
-        # Segments of the augmented state: y's and a's per tuple element, then one per parameter tensor
-        # (torchdiffeq's default adjoint norm is the max over these per-tensor RMS norms). The seminorm
-        # leaves the parameter channels out of the error control (infinite atol makes their terms 0).
-        state_ends = p.segment_ends
-        ends = list(state_ends) + [D + e for e in state_ends]
-        param_ends = list(itertools.accumulate(n_params))
-        ends += [2 * D + e for e in param_ends]
-        n_state_segments = 2 * len(state_ends)
-        rtols = [self.rtol] * len(ends)
-        atols = [self.atol] * n_state_segments + [math.inf if self.seminorm else self.atol] * len(params)
-        field_flat = p.flat_field
+    def _flat_norm(self, p: _Problem, params: List[torch.Tensor]) -> Optional[Callable]:
+        """A user norm sees torchdiffeq's adjoint state (t, *y, *a, *param_grads); C++ gives the flat
+        augmented state [(y,) a, theta_bar] (no y in interpolated mode: its parts are passed as zeros)."""
+        if self.norm is None:
+            return None
+        norm, D, with_y = self.norm, p.segment_ends[-1], self.trajectory == "resolve"
 
-        def augmented(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-            y, a = s[:D], s[D:2 * D]
-            with torch.enable_grad():
-                y_ = y.detach().requires_grad_(True)
-                f = field_flat(t, y_)
-                grads = torch.autograd.grad(f, (y_, *params), -a, allow_unused=True) if f.requires_grad else \
-                    (None,) * (1 + len(params))
-            parts = [f.detach(), torch.zeros_like(y) if grads[0] is None else grads[0]]
-            parts += [torch.zeros(n, dtype=s.dtype, device=s.device) if g is None else g.reshape(-1).to(s.dtype)
-                      for g, n in zip(grads[1:], n_params)]
-            return torch.cat(parts)
+        def flat_norm(x: torch.Tensor) -> Any:
+            a0 = D if with_y else 0
+            a_parts = [x[a0 + e - n:a0 + e] for e, n in zip(p.segment_ends, p.sizes)]
+            y_parts = ([x[e - n:e] for e, n in zip(p.segment_ends, p.sizes)] if with_y else
+                       [torch.zeros_like(a) for a in a_parts])
+            offset, param_parts = a0 + D, []
+            for q in params:
+                param_parts.append(x[offset:offset + q.numel()].view_as(q))
+                offset += q.numel()
+            return norm((torch.zeros((), dtype=x.dtype, device=x.device), *y_parts, *a_parts, *param_parts))
 
-        user_norm = None
-        if self.norm is not None:
-            def user_norm(x: torch.Tensor) -> Any:
-                y_parts = [x[e - n:e] for e, n in zip(state_ends, p.sizes)]
-                a_parts = [x[D + e - n:D + e] for e, n in zip(state_ends, p.sizes)]
-                param_parts = [x[e - n:e].view_as(q) for e, n, q in zip(ends[n_state_segments:], n_params, params)]
-                return self.norm((torch.zeros((), dtype=x.dtype), *y_parts, *a_parts, *param_parts))
+        return flat_norm
 
-        aug = _Problem(
-            func=augmented, method=self.method, is_tuple=False, shapes=[torch.Size([2 * D + P])],
-            sizes=[2 * D + P], segment_ends=ends, rtols=rtols, atols=atols, opts=self.options, parts=(),
-            t=p.t, t64=p.t64, field=augmented, user_shape=[2 * D + P], user_norm=user_norm, step_t=[], jump_t=[],
-            device=p.device, dtype=p.dtype,
-        )
+    def solve_backward(self, p: _Problem, ys: torch.Tensor, grad_ys: torch.Tensor, params: List[torch.Tensor],
+                       tape: Any) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         T = ys.shape[0]
         direction = 1.0 if T < 2 or float(p.t64[1]) > float(p.t64[0]) else -1.0
-        a = grad_ys[-1].reshape(-1).clone()
-        g = torch.zeros(P, dtype=ys.dtype, device=ys.device)
-        nfe = n_acc = n_rej = 0
-        # Each output interval is its own solve (the adjoint jumps by dL/dy(t_i) there). The step size is
-        # carried from one interval to the next instead of re-selected by Hairer's rule, which saves the
-        # probe evaluation and the small first steps of every interval (torchdiffeq restarts each time).
-        base_opts = self.options
-        carried_h = 0.0
-        for i in range(T - 1, 0, -1):
-            if carried_h > 0 and base_opts["first_step"] == 0.0:
-                aug.opts = dict(base_opts, first_step=min(max(carried_h, base_opts["min_step"]),
-                                                          base_opts["max_step"]))
-            aug.t64 = p.t64[i - 1:i + 1].flip(0).contiguous()
-            state = torch.cat([ys[i].reshape(-1), a, g]).reshape(1, -1)
-            # The backward solve steps onto step_t / jump_t points inside this interval too (torchdiffeq).
-            aug.step_t = _grid_after(self.options["step_t"], float(p.t64[i]), -direction)
-            aug.jump_t = _grid_after(self.options["jump_t"], float(p.t64[i]), -direction)
-            res = _run(aug, state, "masked", who="odeint_adjoint (backward)", record=False)
-            carried_h = abs(float(res["h"][0]))
-            end = res["ys"][1, 0]
-            a = end[D:2 * D] + grad_ys[i - 1].reshape(-1)
-            g = end[2 * D:]
-            nfe += int(res["nfe"])
-            c = res["counters"][0].tolist()
-            n_acc += int(c[0])
-            n_rej += int(c[1])
-        _record_backward(SolveStats(method=self.method, nfe=nfe, n_accepted=n_acc, n_rejected=n_rej,
-                                    t_final=float(p.t64[0]), status="success"))
-        grad_params = [g[e - n:e].view_as(q) for e, n, q in
-                       zip(param_ends, n_params, params)]
-        return a.reshape(1, -1), grad_params
+        # The backward solve also steps onto step_t / jump_t points (torchdiffeq's backward solves do).
+        t_end = float(p.t64[-1])
+        options = solver_options(self.method, [self.rtol], [self.atol], p.segment_ends, self.options,
+                                 _grid_after(self.options["step_t"], t_end, -direction),
+                                 _grid_after(self.options["jump_t"], t_end, -direction), p.device)
+        with gc_paused():
+            res = _C.rk_adjoint(p.field, list(params), p.t64.to(p.device), ys if tape is None else None, tape,
+                                grad_ys.to(ys.dtype).contiguous(), options, seminorm=self.seminorm,
+                                trajectory=self.trajectory, norm=self._flat_norm(p, params),
+                                user_shape=p.user_shape, joint=True)
+        status = int(res["status"])
+        stats = SolveStats(method=self.method, nfe=int(res["nfe"]), n_accepted=int(res["n_accepted"]),
+                           n_rejected=int(res["n_rejected"]), t_final=float(res["t"]),
+                           status=_STATUS_NAMES.get(status, "running"))
+        _record_backward(stats)
+        if status != 1:
+            _raise_status(status, float(res["t"]), stats, self.options, "odeint_adjoint (backward)")
+        return res["grad_y0"], res["grad_params"]
 
 
 def odeint_adjoint(
@@ -169,10 +146,19 @@ def odeint_adjoint(
         event_fn: not supported yet (raises NotImplementedError).
         adjoint_rtol, adjoint_atol: tolerances of the backward solve (default: rtol, atol; numbers).
         adjoint_method: method of the backward solve (default: method).
-        adjoint_options: options of the backward solve (default: ``options`` without 'norm'); the extra
+        adjoint_options: options of the backward solve (default: ``options`` without 'norm'), plus:
             ``norm='seminorm'`` leaves the parameter-gradient channels out of the error control (Kidger,
-            Chen & Lyons 2021), usually saving many backward steps. A callable norm receives the tuple
+            Chen & Lyons 2021), often saving backward steps. A callable norm receives the tuple
             (t_vjp, *y, *a, *param_grads) with t_vjp a zero scalar (time gradients are computed separately).
+            ``trajectory='resolve'`` (default) integrates y backwards together with the adjoint, re-anchored
+            to the stored output at every output time (torchdiffeq's algorithm): memory stays flat, but
+            re-solving y backwards is unstable when the forward dynamics are dissipative or stiff
+            (eigenvalues with large negative real part grow backwards) and y's error then dominates the
+            step count. ``trajectory='interpolated'`` records the forward solve's accepted steps (state,
+            derivative and midpoint slope: 3 x the state per step) and reads y(t) from their dense output,
+            so y leaves the backward solve and its error control: use it for dissipative / stiff-ish
+            fields or when the backward pass takes many more steps than the forward; memory grows with the
+            number of forward steps. (A callable norm then sees zeros for the y parts.)
         adjoint_params: the tensors to differentiate inside ``func`` (default ``func.parameters()``; required
             when ``func`` is not an nn.Module, ``()`` if there are none). Unused ones get zero gradients.
 
@@ -206,6 +192,9 @@ def odeint_adjoint(
         raise TypeError(f"`adjoint_options` must be a dict or None, got {type(adjoint_options).__name__}")
     adjoint_options = dict(adjoint_options)
     norm = adjoint_options.pop("norm", None)
+    trajectory = adjoint_options.pop("trajectory", "resolve")
+    if trajectory not in _TRAJECTORIES:
+        raise ValueError(f"adjoint_options['trajectory'] must be one of {list(_TRAJECTORIES)}, got {trajectory!r}")
     seminorm = norm == "seminorm"
     if isinstance(norm, str) and not seminorm:
         raise ValueError(f"adjoint_options['norm'] must be 'seminorm' or a callable, got {norm!r}")
@@ -215,10 +204,9 @@ def odeint_adjoint(
     if adj_method not in METHODS:
         raise ValueError(f"`adjoint_method` must be one of {list(METHODS)}, got {adj_method!r}")
     config = _AdjointConfig(
-        p,
         _adjoint_tolerance(rtol if adjoint_rtol is None else adjoint_rtol, "adjoint_rtol"),
         _adjoint_tolerance(atol if adjoint_atol is None else adjoint_atol, "adjoint_atol"),
-        adj_method, adj_opts, seminorm, None if seminorm else norm,
+        adj_method, adj_opts, seminorm, None if seminorm else norm, trajectory,
     )
     params = _gradient_params(func, adjoint_params, "fastdiffeq.odeint_adjoint", "adjoint_params")
     y_flat = p.flat_y0()

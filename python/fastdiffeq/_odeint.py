@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import itertools
 import math
@@ -210,27 +211,51 @@ def _prepare(func: Callable, y0: TensorOrTuple, t: torch.Tensor, rtol: Any, atol
     )
 
 
-def _run(p: _Problem, y_flat: torch.Tensor, mode: str, *, who: str = "odeint", record: bool = True) -> Dict[str, Any]:
-    """One call of the C++ loop; records the stats (unless ``record`` is False: the adjoint's backward
-    solves keep last_stats() describing the forward) and raises the typed error when the solve fails."""
-    o = p.opts
-    # Every call of the field creates Python tensor objects, which triggers the cyclic garbage collector
-    # every few steps (a fifth of the loop's time in profiles). Tensors are freed by reference counting
-    # anyway; collection is paused for the solve and restored after.
-    gc_was_enabled = gc.isenabled()
+def solver_options(method: str, rtols: Sequence[float], atols: Sequence[float], segment_ends: Sequence[int],
+                   opts: Dict[str, Any], step_t: Sequence[float], jump_t: Sequence[float], device: torch.device,
+                   record_dense: bool = False) -> Any:
+    """The C++ loop's settings (``_C.RkOptions``) from validated options."""
+    o = _C.RkOptions()
+    o.method = method
+    o.rtol, o.atol, o.segment_ends = list(rtols), list(atols), list(segment_ends)
+    control = _C.ControllerParams()
+    control.safety, control.ifactor, control.dfactor = opts["safety"], opts["ifactor"], opts["dfactor"]
+    control.min_step, control.max_step = opts["min_step"], opts["max_step"]
+    o.control = control
+    o.first_step, o.max_num_steps = opts["first_step"], opts["max_num_steps"]
+    o.step_t, o.jump_t = list(step_t), list(jump_t)
+    # The masked loop reads "all done" every check_every steps: free on the CPU, a sync on CUDA.
+    o.check_every = 1 if device.type == "cpu" else 8
+    o.record_dense = record_dense
+    return o
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """Pause Python's cyclic garbage collector while a C++ loop calls the field.
+
+    Every call of the field creates Python tensor objects, which triggers the collector every few steps (a
+    fifth of the loop's time in profiles). Tensors are freed by reference counting anyway; collection is
+    restored after.
+    """
+    was_enabled = gc.isenabled()
     gc.disable()
     try:
-        res = _C.rk_solve(
-            p.field, y_flat, p.t64.to(p.device),
-            method=p.method, rtol=p.rtols, atol=p.atols, segment_ends=p.segment_ends,
-            safety=o["safety"], ifactor=o["ifactor"], dfactor=o["dfactor"], min_step=o["min_step"],
-            max_step=o["max_step"], first_step=o["first_step"], max_num_steps=o["max_num_steps"],
-            step_t=p.step_t, jump_t=p.jump_t, norm=p.user_norm, user_shape=p.user_shape, joint=True,
-            check_every=1 if p.device.type == "cpu" else 8, mode=mode,
-        )
+        yield
     finally:
-        if gc_was_enabled:
+        if was_enabled:
             gc.enable()
+
+
+def _run(p: _Problem, y_flat: torch.Tensor, mode: str, *, who: str = "odeint", record: bool = True,
+         dense: bool = False) -> Dict[str, Any]:
+    """One call of the C++ loop; records the stats (unless ``record`` is False) and raises the typed error
+    when the solve fails. ``dense`` (mode 'record'): the tape also holds the dense trajectory."""
+    options = solver_options(p.method, p.rtols, p.atols, p.segment_ends, p.opts, p.step_t, p.jump_t, p.device,
+                             record_dense=dense)
+    with gc_paused():
+        res = _C.rk_solve(p.field, y_flat, p.t64.to(p.device), options, norm=p.user_norm,
+                          user_shape=p.user_shape, joint=True, mode=mode)
     status = res["status"].tolist()[0]
     counters = res["counters"].tolist()[0]
     t_final = res["t"].tolist()[0]
@@ -239,7 +264,7 @@ def _run(p: _Problem, y_flat: torch.Tensor, mode: str, *, who: str = "odeint", r
     if record:
         _record(stats)
     if status != 1:
-        _raise_status(status, t_final, stats, o, who)
+        _raise_status(status, t_final, stats, p.opts, who)
     return res
 
 

@@ -1,0 +1,27 @@
+// Vector-Jacobian products through the autograd engine, for fields whose values are computed by torch
+// operators (a Python callable): the engine runs from C++ with the field's interpreter lock released.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+#include "solver/vector_field.h"
+
+namespace fde::solver {
+
+// torch::autograd::grad of those outputs that are part of a graph (paired with a defined cotangent),
+// w.r.t. inputs, with field.unlock() held; inputs the outputs do not reach get zeros. Keeps no graph.
+std::vector<at::Tensor> engine_grad(VectorField& field, const std::vector<at::Tensor>& outputs,
+                                    const std::vector<at::Tensor>& cotangents, const std::vector<at::Tensor>& inputs);
+
+// VectorField::vjp for a field evaluated by field.eval under autograd: f at a detached copy of y that
+// requires grad, then one engine call w.r.t. y and params; the parameters' cotangents are added into
+// grad_params in the order of params (each flattened).
+FieldVjp autograd_vjp(VectorField& field, const std::vector<at::Tensor>& params, const at::Tensor& t,
+                      const at::Tensor& y, const at::Tensor& v, at::Tensor& grad_params);
+
+// Total number of elements of params (the length of the flat parameter cotangent).
+int64_t count_params(const std::vector<at::Tensor>& params);
+
+}  // namespace fde::solver
