@@ -3,10 +3,13 @@
 #include <ATen/ops/view_native.h>
 #include <torch/extension.h>
 
+#include <iterator>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "core/controller.h"
+#include "core/status.h"
 #include "core/tableau.h"
 #include "solver/rk_solve.h"
 
@@ -95,8 +98,7 @@ class PyErrorNorm final : public fde::solver::ErrorNorm {
 
 py::dict rk_solve_py(py::function func, const at::Tensor& y0, const at::Tensor& t_out, const std::string& method,
                      std::vector<double> rtol, std::vector<double> atol, std::vector<int64_t> segment_ends,
-                     double safety, double ifactor, double dfactor, double min_step, double max_step,
-                     double first_step, int64_t max_num_steps, std::vector<double> step_t,
+                     const fde::core::ControllerParams& control, double first_step, int64_t max_num_steps, std::vector<double> step_t,
                      std::vector<double> jump_t, py::object norm, std::vector<int64_t> user_shape, bool joint,
                      int64_t check_every, const std::string& mode) {
   fde::solver::LoopMode loop_mode;
@@ -116,11 +118,7 @@ py::dict rk_solve_py(py::function func, const at::Tensor& y0, const at::Tensor& 
   opt.rtol = std::move(rtol);
   opt.atol = std::move(atol);
   opt.segment_ends = std::move(segment_ends);
-  opt.control.safety = safety;
-  opt.control.ifactor = ifactor;
-  opt.control.dfactor = dfactor;
-  opt.control.min_step = min_step;
-  opt.control.max_step = max_step;
+  opt.control = control;  // exponent: set from the method's order by the solver
   opt.first_step = first_step;
   opt.max_num_steps = max_num_steps;
   opt.step_t = std::move(step_t);
@@ -153,6 +151,32 @@ py::tuple checkpoint_backward_py(py::function func, std::shared_ptr<fde::solver:
   return py::make_tuple(g.grad_y0, g.grad_params, g.nfe);
 }
 
+// ControllerParams(**fields): the core's struct with its named fields (core::kControllerFields); any
+// field not given keeps the core's default.
+fde::core::ControllerParams controller_from_kwargs(const py::kwargs& kw) {
+  fde::core::ControllerParams p;
+  size_t used = 0;
+  for (const auto& f : fde::core::kControllerFields) {
+    if (kw.contains(f.name)) {
+      p.*f.member = kw[f.name].cast<double>();
+      ++used;
+    }
+  }
+  if (used != kw.size()) {
+    std::string names;
+    for (const auto& f : fde::core::kControllerFields) names += std::string(names.empty() ? "" : ", ") + f.name;
+    throw py::type_error("fastdiffeq: ControllerParams takes the keyword arguments " + names + " only, got " +
+                         std::string(py::str(kw.attr("keys")())));
+  }
+  return p;
+}
+
+py::dict named_codes(const fde::core::NamedCode* codes, size_t n) {
+  py::dict d;
+  for (size_t i = 0; i < n; ++i) d[codes[i].name] = codes[i].value;
+  return d;
+}
+
 py::dict tableau_py(const std::string& name) {
   const fde::core::Tableau* t = fde::core::find_tableau(name);
   if (t == nullptr) throw py::value_error("fastdiffeq: unknown method '" + name + "'");
@@ -175,9 +199,47 @@ py::dict tableau_py(const std::string& name) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastdiffeq compiled core: fused Runge-Kutta ops (torch.ops.fastdiffeq) and solver loops";
+
+  // The controller's parameters: one struct from Python to the kernels (the ops take it packed).
+  auto ctrl = py::class_<fde::core::ControllerParams>(m, "ControllerParams",
+                                                      "Step-size controller parameters (csrc/core/controller.h). "
+                                                      "rk_solve sets exponent from the method's order.");
+  ctrl.def(py::init(&controller_from_kwargs));
+  py::list field_names;
+  for (const auto& f : fde::core::kControllerFields) {
+    ctrl.def_readwrite(f.name, f.member);
+    field_names.append(f.name);
+  }
+  ctrl.attr("fields") = py::tuple(field_names);
+  ctrl.def("pack", [](const fde::core::ControllerParams& p) {
+    const auto v = fde::core::pack(p);
+    return std::vector<double>(v.begin(), v.end());
+  }, "The values in the order the ops' `control` argument takes them.");
+  ctrl.def("problem", [](const fde::core::ControllerParams& p) -> py::object {
+    const auto issue = fde::core::check_controller(p);
+    if (!issue) return py::none();
+    return py::make_tuple(issue->field, issue->requirement, issue->value);
+  }, "None when the parameters satisfy the range rules, else (field, requirement, value) of the first "
+     "violated one.");
+  ctrl.def("__repr__", [](const fde::core::ControllerParams& p) {
+    std::ostringstream os;
+    os << "ControllerParams(";
+    bool first = true;
+    for (const auto& f : fde::core::kControllerFields) {
+      os << (first ? "" : ", ") << f.name << "=" << p.*f.member;
+      first = false;
+    }
+    os << ")";
+    return os.str();
+  });
+
+  // Status codes and counter indices, defined in csrc/core/status.h.
+  m.attr("status_codes") = named_codes(fde::core::kStatusNames, std::size(fde::core::kStatusNames));
+  m.attr("counter_indices") = named_codes(fde::core::kCounterNames, std::size(fde::core::kCounterNames));
+  m.attr("max_non_finite_retries") = fde::core::kMaxNonFiniteRetries;
   m.def("rk_solve", &rk_solve_py, py::arg("func"), py::arg("y0"), py::arg("t_out"), py::kw_only(),
-        py::arg("method"), py::arg("rtol"), py::arg("atol"), py::arg("segment_ends"), py::arg("safety"),
-        py::arg("ifactor"), py::arg("dfactor"), py::arg("min_step"), py::arg("max_step"), py::arg("first_step"),
+        py::arg("method"), py::arg("rtol"), py::arg("atol"), py::arg("segment_ends"), py::arg("control"),
+        py::arg("first_step"),
         py::arg("max_num_steps"), py::arg("step_t"), py::arg("jump_t"), py::arg("norm"), py::arg("user_shape"),
         py::arg("joint"), py::arg("check_every"), py::arg("mode") = "masked");
   py::class_<fde::solver::RkTape, std::shared_ptr<fde::solver::RkTape>>(m, "RkTape")

@@ -21,7 +21,8 @@ import pytest
 import torch
 
 import fastdiffeq
-from fastdiffeq import _C
+from fastdiffeq import Status, _C
+from fastdiffeq._status import MAX_NON_FINITE_RETRIES, Counter
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -34,8 +35,9 @@ METHODS = ["dopri5", "tsit5", "bosh3"]
 CTRL = dict(safety=0.9, ifactor=10.0, dfactor=0.2, exponent=0.2, min_step=0.0, max_step=math.inf)
 
 
-def _ctrl_args(c=CTRL):
-    return (c["safety"], c["ifactor"], c["dfactor"], c["exponent"], c["min_step"], c["max_step"])
+def _control(c=CTRL):
+    """The ops' `control` argument: the controller's fields packed in the core's order."""
+    return _C.ControllerParams(**c).pack()
 
 
 @contextlib.contextmanager
@@ -219,7 +221,7 @@ def test_rk_error_control_values(dtype, B, segments, err_scale):
     S = len(segments)
     rtol = torch.tensor([1e-3, 1e-4, 1e-5][:S], dtype=torch.float64)
     atol = torch.tensor([1e-4, 1e-6, 1e-3][:S], dtype=torch.float64)
-    ratio, accept, h_next = OPS.rk_error_control(y0, y1, ks, h, e, rtol, atol, segments, *_ctrl_args())
+    ratio, accept, h_next = OPS.rk_error_control(y0, y1, ks, h, e, rtol, atol, segments, _control())
     assert ratio.dtype == torch.float64 and h_next.dtype == torch.float64 and accept.dtype == torch.bool
     assert ratio.shape == accept.shape == h_next.shape == (B,)
     expected = ref_ratio(y0, y1, ks, h, e, rtol.tolist(), atol.tolist(), segments)
@@ -242,7 +244,7 @@ def test_rk_error_control_values_large(dtype, B):
     rtol = torch.tensor([1e-3, 1e-4, 1e-5], dtype=torch.float64)
     atol = torch.tensor([1e-4, 1e-6, 1e-3], dtype=torch.float64)
     with _threads(2):
-        ratio, accept, h_next = OPS.rk_error_control(y0, y1, ks, h, e, rtol, atol, segments, *_ctrl_args())
+        ratio, accept, h_next = OPS.rk_error_control(y0, y1, ks, h, e, rtol, atol, segments, _control())
     expected = ref_ratio(y0, y1, ks, h, e, rtol.tolist(), atol.tolist(), segments)
     torch.testing.assert_close(ratio, expected, rtol=1e-10, atol=0)
     for b in range(B):
@@ -257,8 +259,8 @@ def test_rk_error_control_accepts_and_rejects():
     e = _C.tableau("dopri5")["e"]
     rtol = torch.tensor([1e-3], dtype=torch.float64)
     atol = torch.tensor([1e-4], dtype=torch.float64)
-    small = OPS.rk_error_control(y0, y1, ks, h, [1e-6 * x for x in e], rtol, atol, [12], *_ctrl_args())
-    large = OPS.rk_error_control(y0, y1, ks, h, e, rtol, atol, [12], *_ctrl_args())
+    small = OPS.rk_error_control(y0, y1, ks, h, [1e-6 * x for x in e], rtol, atol, [12], _control())
+    large = OPS.rk_error_control(y0, y1, ks, h, e, rtol, atol, [12], _control())
     assert bool(small[1][0]) and float(small[0][0]) < 1
     assert not bool(large[1][0]) and float(large[0][0]) > 1
     assert abs(float(small[2][0])) >= abs(float(h[0]))  # never shrink after an accepted step
@@ -272,7 +274,7 @@ def test_rk_error_control_nan_is_rejected(dtype):
     rtol = torch.tensor([1e-3], dtype=torch.float64)
     atol = torch.tensor([1e-4], dtype=torch.float64)
     ratio, accept, h_next = OPS.rk_error_control(y0, y1, ks, h, _C.tableau("dopri5")["e"], rtol, atol, [12],
-                                                 *_ctrl_args())
+                                                 _control())
     assert math.isnan(float(ratio[1])) or math.isinf(float(ratio[1]))
     assert not bool(accept[1])
     assert float(h_next[1]) == pytest.approx(float(h[1]) * CTRL["dfactor"], rel=1e-12)
@@ -284,7 +286,7 @@ def test_rk_error_control_zero_error_grows_by_ifactor():
     y0, y1, ks, h = _error_control_inputs(torch.float64, 3)
     rtol = torch.tensor([1e-3], dtype=torch.float64)
     atol = torch.tensor([1e-4], dtype=torch.float64)
-    ratio, accept, h_next = OPS.rk_error_control(y0, y1, ks, h, [0.0] * 7, rtol, atol, [12], *_ctrl_args())
+    ratio, accept, h_next = OPS.rk_error_control(y0, y1, ks, h, [0.0] * 7, rtol, atol, [12], _control())
     assert (ratio == 0).all() and accept.all()
     torch.testing.assert_close(h_next, h * CTRL["ifactor"], rtol=1e-15, atol=0)
 
@@ -300,7 +302,7 @@ def test_rk_error_control_min_max_step(dtype):
     c = dict(CTRL, min_step=0.1, max_step=0.5)
     for scale in (1e-6, 1.0):
         ratio, accept, h_next = OPS.rk_error_control(y0, y1, ks, h, [scale * x for x in e], rtol, atol, [12],
-                                                     *_ctrl_args(c))
+                                                     _control(c))
         for b in range(3):
             acc, hn = ref_controller(float(ratio[b]), float(h[b]), c)
             assert bool(accept[b]) == acc
@@ -317,7 +319,7 @@ def test_step_size_control_values(B):
         for r in itertools.combinations(ratios, B):
             ratio = torch.tensor(r, dtype=torch.float64)
             h = torch.tensor([0.5, -0.001, 0.7][:B], dtype=torch.float64)
-            accept, h_next = OPS.step_size_control(ratio, h, *_ctrl_args(c))
+            accept, h_next = OPS.step_size_control(ratio, h, _control(c))
             assert accept.dtype == torch.bool and h_next.dtype == torch.float64
             for b in range(B):
                 acc, hn = ref_controller(float(ratio[b]), float(h[b]), c)
@@ -332,14 +334,14 @@ def test_rk_error_control_opcheck(dtype, B):
     rtol = torch.tensor([1e-3, 1e-4], dtype=torch.float64)
     atol = torch.tensor([1e-4, 1e-6], dtype=torch.float64)
     e = _C.tableau("dopri5")["e"]
-    torch.library.opcheck(OPS.rk_error_control.default, (y0, y1, ks, h, e, rtol, atol, [3, 8], *_ctrl_args()))
+    torch.library.opcheck(OPS.rk_error_control.default, (y0, y1, ks, h, e, rtol, atol, [3, 8], _control()))
 
 
 @pytest.mark.parametrize("B", BATCHES)
 def test_step_size_control_opcheck(B):
     ratio = torch.tensor([0.5, 2.0, 0.0][:B], dtype=torch.float64)
     h = torch.tensor([0.1, -0.2, 0.3][:B], dtype=torch.float64)
-    torch.library.opcheck(OPS.step_size_control.default, (ratio, h, *_ctrl_args()))
+    torch.library.opcheck(OPS.step_size_control.default, (ratio, h, _control()))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -511,25 +513,31 @@ def test_rk_dense_eval_rejects_bad_inputs():
         a[i] = v
         return a
 
-    for args in [
-        with_(1, y1.float()),
-        with_(2, ks[:-1]),                                   # one mid coefficient per stage
-        with_(3, h.float()),
-        with_(4, t0[:1]),
-        with_(5, t_eval.reshape(1, 2)),
-        with_(5, t_eval.float()),
+    for args, pattern in [
+        (with_(1, y1.float()), r"y1 must have dtype"),
+        (with_(2, ks[:-1]), r"mid_coeffs has 7 entries but only 6 stages"),
+        (with_(3, h.float()), r"h must be float64"),
+        (with_(4, t0[:1]), r"t0 must have shape \[2\]"),
+        (with_(5, t_eval.reshape(1, 2)), r"t_eval must be 1-D"),
+        (with_(5, t_eval.float()), r"t_eval must be float64"),
+        (with_(4, torch.tensor(0.0, dtype=torch.float64)), r"t0 must have shape \[2\]"),  # 0-dim
     ]:
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError, match=pattern):
             OPS.rk_dense_eval(*args)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=r"t0 must have shape \[2\]"):
         OPS.rk_dense_weights(h, t0[:1], t_eval, tab["mid"])
+    with pytest.raises(RuntimeError, match=r"h must be 1-D"):
+        OPS.rk_dense_weights(torch.tensor(0.5, dtype=torch.float64), t0, t_eval, tab["mid"])
 
 
 # ---------------------------------------------------------------------------------------------------
 # rk_commit
 # ---------------------------------------------------------------------------------------------------
 
-RUNNING, SUCCESS, MAX_STEPS, UNDERFLOW, NON_FINITE = 0, 1, 2, 3, 4
+RUNNING, SUCCESS, MAX_STEPS, UNDERFLOW, NON_FINITE = (Status.RUNNING, Status.SUCCESS, Status.MAX_STEPS,
+                                                      Status.STEP_UNDERFLOW, Status.NON_FINITE)
+ACC, REJ, SINCE_OUT, NF_STREAK = (Counter.ACCEPTED, Counter.REJECTED, Counter.ATTEMPTS_SINCE_OUTPUT,
+                                  Counter.NON_FINITE_STREAK)
 
 
 def _commit_state(dtype, B, D=6, seed=40):
@@ -562,34 +570,36 @@ def ref_commit(st, ins, t_out, max_num_steps):
             continue
         tb = t_out[b] if t_out.dim() == 2 else t_out
         c = st["counters"][b]
-        c[2] += 1
+        c[SINCE_OUT] += 1
+        stalled = False
         if bool(ins["accept"][b]):
             t1 = float(st["t0"][b]) + float(st["h"][b])
+            stalled = t1 == float(st["t0"][b])  # a step that does not move t passes no output
             d = 1.0 if float(st["h"][b]) > 0 else -1.0
             i = int(st["out_index"][b])
-            while i < T and d * (float(tb[i]) - t1) <= 0:
+            while not stalled and i < T and d * (float(tb[i]) - t1) <= 0:
                 i += 1
             if i != int(st["out_index"][b]):
-                c[2] = 0
+                c[SINCE_OUT] = 0
             st["out_index"][b] = i
             st["y0"][b] = ins["y1"][b]
             st["k0"][b] = ins["k_last"][b]
             st["t0"][b] = t1
-            c[0] += 1
-            c[3] = 0
+            c[ACC] += 1
+            c[NF_STREAK] = 0
         else:
-            c[1] += 1
+            c[REJ] += 1
             if not math.isfinite(float(ins["ratio"][b])):
-                c[3] += 1
+                c[NF_STREAK] += 1
         st["h"][b] = ins["h_next"][b]
         t0, hb = float(st["t0"][b]), float(st["h"][b])
         if int(st["out_index"][b]) >= T:
             st["status"][b] = SUCCESS
-        elif int(c[3]) >= 10:
+        elif int(c[NF_STREAK]) >= MAX_NON_FINITE_RETRIES:
             st["status"][b] = NON_FINITE
-        elif t0 + hb == t0:
+        elif stalled or t0 + hb == t0:
             st["status"][b] = UNDERFLOW
-        elif int(c[2]) >= max_num_steps:
+        elif int(c[SINCE_OUT]) >= max_num_steps:
             st["status"][b] = MAX_STEPS
     return st
 
@@ -637,7 +647,7 @@ def test_rk_commit_status_transitions(dtype):
     assert int(got["status"][0]) == SUCCESS
     # non-finite: the 10th non-finite rejection in a row.
     st, ins = _commit_state(dtype, 1)
-    st["counters"][0, 3] = 9
+    st["counters"][0, NF_STREAK] = MAX_NON_FINITE_RETRIES - 1
     ins["accept"][0], ins["ratio"][0] = False, float("nan")
     got = _run_commit(st, ins, t_out, 100)
     _assert_same_state(got, ref_commit(st, ins, t_out, 100))
@@ -651,7 +661,7 @@ def test_rk_commit_status_transitions(dtype):
     assert int(got["status"][0]) == UNDERFLOW
     # max steps: attempts since the last output reach max_num_steps.
     st, ins = _commit_state(dtype, 1)
-    st["counters"][0, 2] = 4
+    st["counters"][0, SINCE_OUT] = 4
     ins["accept"][0] = False
     got = _run_commit(st, ins, t_out, 5)
     _assert_same_state(got, ref_commit(st, ins, t_out, 5))
@@ -696,13 +706,13 @@ def test_every_registered_op_is_tested():
     # dir(torch.ops.fastdiffeq) only lists ops already looked up; ask the dispatcher for every schema.
     names = {n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("fastdiffeq::")}
     tested = {"rk_stage", "rk_stage_times", "rk_error_control", "step_size_control", "rk_dense_output", "rk_commit",
-              "rk_dense_eval", "rk_dense_weights"}
+              "rk_dense_eval", "rk_dense_weights", "initial_step_probe", "initial_step_final"}
     assert tested <= names, f"ops missing from torch.ops.fastdiffeq: {tested - names}"
     assert names <= tested, f"ops without tests in this file: {names - tested}"
 
 
 # ---------------------------------------------------------------------------------------------------
-# Bad inputs raise RuntimeError (never a crash)
+# Bad inputs raise RuntimeError with a message naming the argument (never a crash)
 # ---------------------------------------------------------------------------------------------------
 
 def _good_stage_args(B=2, D=4, dtype=torch.float64):
@@ -714,33 +724,35 @@ def _good_stage_args(B=2, D=4, dtype=torch.float64):
 def test_rk_stage_rejects_bad_inputs():
     y, ks, h, c = _good_stage_args()
     bad = [
-        (y.reshape(-1), ks, h, c),                                            # 1-D state
-        (y, [k.float() for k in ks], h, c),                                  # dtype mismatch
-        (y, ks[:1] + [torch.ones(2, 5, dtype=torch.float64)] + ks[2:], h, c),  # stage shape mismatch
-        (y, ks, h.float(), c),                                               # h not float64
-        (y, ks, torch.ones(3, dtype=torch.float64), c),                      # h wrong length
-        (y, ks[:2], h, c),                                                   # more coefficients than stages
-        (y, [], h, []),                                                      # no stages
-        (y.int(), [k.int() for k in ks], h, c),                              # integer state
-        (y.half(), [k.half() for k in ks], h, c),                            # float16 state
-        (y.t(), [k.t() for k in ks], torch.ones(4, dtype=torch.float64), c),  # non-contiguous
-        (y, [torch.ones(2, 4, dtype=torch.float64)] * 8, h, [0.1] * 8),      # too many stages
+        ((y.reshape(-1), ks, h, c), r"y must be a 2-D"),                                  # 1-D state
+        ((y, [k.float() for k in ks], h, c), r"each stage in ks must have dtype"),       # dtype mismatch
+        ((y, ks[:1] + [torch.ones(2, 5, dtype=torch.float64)] + ks[2:], h, c), r"each stage in ks must have shape"),
+        ((y, ks, h.float(), c), r"h must be float64"),
+        ((y, ks, torch.ones(3, dtype=torch.float64), c), r"h must have shape \[2\]"),
+        ((y, ks, torch.tensor(1.0, dtype=torch.float64), c), r"h must have shape \[2\]"),  # 0-dim h
+        ((y, ks[:2], h, c), r"coeffs has 3 entries but only 2 stages"),
+        ((y, [], h, []), r"ks must hold at least one stage"),
+        ((y.int(), [k.int() for k in ks], h, c), r"y must be float32 or float64"),
+        ((y.half(), [k.half() for k in ks], h, c), r"y must be float32 or float64"),
+        ((y.t(), [k.t() for k in ks], torch.ones(4, dtype=torch.float64), c), r"y must be contiguous"),
+        ((y, [torch.ones(2, 4, dtype=torch.float64)] * 8, h, [0.1] * 8), r"at most 7 stages"),
     ]
-    for args in bad:
-        with pytest.raises(RuntimeError):
+    for args, pattern in bad:
+        with pytest.raises(RuntimeError, match=pattern):
             OPS.rk_stage(*args)
 
 
 def test_rk_stage_times_rejects_bad_inputs():
     t0 = torch.zeros(2, dtype=torch.float64)
     h = torch.ones(2, dtype=torch.float64)
-    for args in [
-        (t0.float(), h, [0.5], torch.float64),
-        (t0, h[:1], [0.5], torch.float64),
-        (t0.reshape(2, 1), h, [0.5], torch.float64),
-        (t0, h, [0.5], torch.int32),
+    for args, pattern in [
+        ((t0.float(), h, [0.5], torch.float64), r"t0 must be float64"),
+        ((t0, h[:1], [0.5], torch.float64), r"h must have shape \[2\]"),
+        ((t0.reshape(2, 1), h, [0.5], torch.float64), r"t0 must be 1-D"),
+        ((torch.tensor(0.0, dtype=torch.float64), h, [0.5], torch.float64), r"t0 must be 1-D"),  # 0-dim
+        ((t0, h, [0.5], torch.int32), r"dtype must be float32 or float64"),
     ]:
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError, match=pattern):
             OPS.rk_stage_times(*args)
 
 
@@ -749,7 +761,7 @@ def test_rk_error_control_rejects_bad_inputs():
     e = _C.tableau("dopri5")["e"]
     rtol = torch.tensor([1e-3], dtype=torch.float64)
     atol = torch.tensor([1e-4], dtype=torch.float64)
-    good = [y0, y1, ks, h, e, rtol, atol, [12], *_ctrl_args()]
+    good = [y0, y1, ks, h, e, rtol, atol, [12], _control()]
     OPS.rk_error_control(*good)  # sanity: the unmodified arguments work
 
     def with_(i, v):
@@ -757,39 +769,51 @@ def test_rk_error_control_rejects_bad_inputs():
         a[i] = v
         return a
 
+    def with_segments(ends):
+        a = with_(7, ends)
+        a[5] = rtol.expand(len(ends)).contiguous()
+        a[6] = atol.expand(len(ends)).contiguous()
+        return a
+
     bad = [
-        with_(1, y1.float()),                                 # y1 dtype mismatch
-        with_(1, y1[:, :5].contiguous()),                     # y1 shape mismatch
-        with_(3, h.float()),                                  # h dtype
-        with_(5, torch.tensor([1e-3, 1e-3], dtype=torch.float64)),  # rtol length != number of segments
-        with_(6, atol.float()),                               # atol dtype
-        with_(7, [5]),                                        # segments do not cover D
-        with_(7, [8, 5, 12]),                                 # decreasing segment ends
-        with_(7, [5, 20]),                                    # segment past D
-        with_(8, -1.0),                                       # safety <= 0
-        with_(9, 0.5),                                        # ifactor < 1
-        with_(10, 1.5),                                       # dfactor > 1
-        good[:11] + [0.0, 0.0, math.inf],                     # exponent <= 0
-        good[:12] + [1.0, 0.5],                               # min_step > max_step
+        (with_(1, y1.float()), r"y1 must have dtype"),
+        (with_(1, y1[:, :5].contiguous()), r"y1 must have shape"),
+        (with_(3, h.float()), r"h must be float64"),
+        (with_(5, torch.tensor([1e-3, 1e-3], dtype=torch.float64)), r"rtol must have shape \[1\]"),
+        (with_(6, atol.float()), r"atol must be float64"),
+        (with_(7, [5]), r"segment_ends: the last segment must end at D = 12"),
+        (with_segments([8, 5, 12]), r"segment_ends must be non-decreasing"),
+        (with_segments([5, 20]), r"segment_ends must be non-decreasing"),
+        (with_segments([-1, 12]), r"segment_ends must be non-decreasing from 0"),
+        (with_(7, []), r"segment_ends must name at least one segment"),
+        (with_(8, _control(dict(CTRL, safety=-1.0))), r"control: safety must be in \(0, 1\]"),
+        (with_(8, _control(dict(CTRL, safety=2.0))), r"control: safety must be in \(0, 1\]"),
+        (with_(8, _control(dict(CTRL, ifactor=0.5))), r"control: ifactor must be > 1"),
+        (with_(8, _control(dict(CTRL, dfactor=1.5))), r"control: dfactor must be in \(0, 1\)"),
+        (with_(8, _control(dict(CTRL, exponent=0.0))), r"control: exponent must be > 0"),
+        (with_(8, _control(dict(CTRL, min_step=1.0, max_step=0.5))), r"control: max_step must be >= min_step"),
+        (with_(8, _control(dict(CTRL, max_step=0.0))), r"control: max_step must be > 0"),
+        (with_(8, [0.9, 10.0]), r"control must hold 6 values"),
     ]
-    for args in bad:
-        with pytest.raises(RuntimeError):
+    for args, pattern in bad:
+        with pytest.raises(RuntimeError, match=pattern):
             OPS.rk_error_control(*args)
 
 
 def test_step_size_control_rejects_bad_inputs():
     ratio = torch.tensor([0.5, 2.0], dtype=torch.float64)
     h = torch.tensor([0.1, 0.2], dtype=torch.float64)
-    for args in [
-        (ratio[:1], h),
-        (ratio.float(), h),
-        (ratio, h.float()),
-        (ratio, h.reshape(2, 1)),
+    for args, pattern in [
+        ((ratio[:1], h), r"ratio must have shape \[2\]"),
+        ((ratio.float(), h), r"ratio must be float64"),
+        ((ratio, h.float()), r"h must be float64"),
+        ((ratio, h.reshape(2, 1)), r"h must be 1-D"),
+        ((ratio, torch.tensor(0.1, dtype=torch.float64)), r"h must be 1-D"),  # 0-dim
     ]:
-        with pytest.raises(RuntimeError):
-            OPS.step_size_control(*args, *_ctrl_args())
-    with pytest.raises(RuntimeError):
-        OPS.step_size_control(ratio, h, 0.9, 10.0, 0.0, 0.2, 0.0, math.inf)  # dfactor == 0
+        with pytest.raises(RuntimeError, match=pattern):
+            OPS.step_size_control(*args, _control())
+    with pytest.raises(RuntimeError, match=r"control: dfactor must be in \(0, 1\)"):
+        OPS.step_size_control(ratio, h, _control(dict(CTRL, dfactor=0.0)))
 
 
 def test_rk_dense_output_rejects_bad_inputs():
@@ -809,17 +833,18 @@ def test_rk_dense_output_rejects_bad_inputs():
         return a
 
     bad = [
-        with_(0, torch.zeros(4, 2, 5, dtype=torch.float64)),  # out has the wrong number of rows
-        with_(0, torch.zeros(3, 2, 5, dtype=torch.float32)),  # out dtype
-        with_(2, y1.float()),
-        with_(3, ks[:1]),                                     # fewer stages than mid coefficients
-        with_(6, acc.int()),                                  # accept not bool
-        with_(7, t_out.float()),
-        with_(7, torch.zeros(3, 3, dtype=torch.float64)),    # per-sample t_out with the wrong batch
-        with_(8, idx.int()),                                  # out_index not int64
+        (with_(0, torch.zeros(4, 2, 5, dtype=torch.float64)), r"out must have shape \[3, 2, 5\]"),
+        (with_(0, torch.zeros(3, 2, 5, dtype=torch.float32)), r"out must be a contiguous Double tensor"),
+        (with_(2, y1.float()), r"y1 must have dtype"),
+        (with_(3, ks[:1]), r"mid_coeffs has 7 entries but only 1 stages"),
+        (with_(6, acc.int()), r"accept must be a \[2\] Bool tensor"),
+        (with_(7, t_out.float()), r"t_out must be float64"),
+        (with_(7, torch.zeros(3, 3, dtype=torch.float64)), r"t_out must be \[T\] or \[B, T\]"),
+        (with_(7, torch.tensor(0.0, dtype=torch.float64)), r"t_out must be \[T\] or \[B, T\]"),  # 0-dim
+        (with_(8, idx.int()), r"out_index must be a \[2\] Long tensor"),
     ]
-    for args in bad:
-        with pytest.raises(RuntimeError):
+    for args, pattern in bad:
+        with pytest.raises(RuntimeError, match=pattern):
             OPS.rk_dense_output(*args)
 
 
@@ -837,19 +862,20 @@ def test_rk_commit_rejects_bad_inputs():
                       i["y1"], i["k_last"], i["h_next"], i["accept"], i["ratio"], over.get("t_out", t_out), mns)
 
     call()  # sanity
-    for over in [
-        dict(counters=torch.zeros(2, 3, dtype=torch.long)),
-        dict(counters=torch.zeros(2, 4, dtype=torch.int32)),
-        dict(status=torch.zeros(2, dtype=torch.int64)),
-        dict(out_index=torch.zeros(2, dtype=torch.int32)),
-        dict(accept=torch.ones(2, dtype=torch.uint8)),
-        dict(y1=ins["y1"].float()),
-        dict(k_last=ins["k_last"][:, :3].contiguous()),
-        dict(h_next=ins["h_next"][:1]),
-        dict(t_out=t_out.float()),
-        dict(max_num_steps=0),
+    for over, pattern in [
+        (dict(counters=torch.zeros(2, 3, dtype=torch.long)), r"counters must be a contiguous int64 \[2, 4\]"),
+        (dict(counters=torch.zeros(2, 4, dtype=torch.int32)), r"counters must be a contiguous int64"),
+        (dict(status=torch.zeros(2, dtype=torch.int64)), r"status must be a \[2\] Int tensor"),
+        (dict(out_index=torch.zeros(2, dtype=torch.int32)), r"out_index must be a \[2\] Long tensor"),
+        (dict(accept=torch.ones(2, dtype=torch.uint8)), r"accept must be a \[2\] Bool tensor"),
+        (dict(y1=ins["y1"].float()), r"y1 must have dtype"),
+        (dict(k_last=ins["k_last"][:, :3].contiguous()), r"k_last must have shape"),
+        (dict(h_next=ins["h_next"][:1]), r"h_next must have shape \[2\]"),
+        (dict(t_out=t_out.float()), r"t_out must be float64"),
+        (dict(t0=torch.tensor(0.0, dtype=torch.float64)), r"t0 must have shape \[2\]"),  # 0-dim
+        (dict(max_num_steps=0), r"max_num_steps must be positive"),
     ]:
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError, match=pattern):
             call(**over)
 
 

@@ -4,13 +4,15 @@
 
 #include <cmath>
 
-#include "core/error_norm.h"
+#include "core/controller.h"
+#include "core/status.h"
 #include "core/step_commit.h"
+#include "ops/registry.h"
 #include "solver/grid_clip.h"
 #include "solver/initial_step.h"
 #include "solver/norms.h"
-#include "solver/ops_handles.h"
 #include "solver/rk_step.h"
+#include "solver/solve_args.h"
 
 namespace fde::solver {
 namespace {
@@ -37,26 +39,18 @@ class RkProblem {
  public:
   RkProblem(VectorField& field, ErrorNorm* norm, const at::Tensor& y0, const at::Tensor& t_out, const RkOptions& opt)
       : field_(field), norm_(norm), opt_(opt), tab_(*opt.tableau) {
-    TORCH_CHECK(y0.dim() == 2, "fastdiffeq: y0 must be [B, D]");
-    TORCH_CHECK(t_out.scalar_type() == at::kDouble, "fastdiffeq: t_out must be float64");
+    SolveArgs args = check_solve_args(y0, t_out, opt);
     B_ = y0.size(0);
     D_ = y0.size(1);
     T_ = t_out.size(-1);
-    TORCH_CHECK(T_ >= 1, "fastdiffeq: need at least one output time");
-    TORCH_CHECK(opt.step_t.empty() && opt.jump_t.empty() || B_ == 1,
-                "fastdiffeq: step_t and jump_t are supported in joint mode only");
     dtype_ = y0.scalar_type();
     t_out_ = t_out.to(y0.device()).contiguous();
-    segments_ = opt.segment_ends;
-    if (segments_.empty()) segments_.push_back(D_);
+    segments_ = std::move(args.segments);
+    ctrl_ = args.control;
+    ctrl_packed_ = core::pack(ctrl_);
+    direction_ = args.direction;
     rtol_seg_ = at::tensor(opt.rtol, at::kDouble).to(y0.device());
     atol_seg_ = at::tensor(opt.atol, at::kDouble).to(y0.device());
-    ctrl_ = opt.control;
-    ctrl_.exponent = 1.0 / tab_.order;
-    if (T_ > 1) {
-      auto first_two = (t_out_.dim() == 1 ? t_out_.slice(0, 0, 2) : t_out_.select(0, 0).slice(0, 0, 2)).cpu();
-      direction_ = first_two[1].item<double>() >= first_two[0].item<double>() ? 1.0 : -1.0;
-    }
     if (norm_ != nullptr) {
       rtol_el_ = expand_segments(opt.rtol, segments_, y0).to(dtype_);
       atol_el_ = expand_segments(opt.atol, segments_, y0).to(dtype_);
@@ -76,19 +70,29 @@ class RkProblem {
     return at::isfinite(k0).all().item<bool>();
   }
 
-  // The signed first step [B]; step sizes are constants of the solve, never differentiated.
+  // The signed first step [B]; step sizes are constants of the solve, never differentiated. Hairer's rule
+  // runs as two fused ops around the field's probe evaluation; with a user norm, as the unfused reference
+  // (solver/initial_step.cpp).
   at::Tensor first_step(const at::Tensor& t0, const at::Tensor& y, const at::Tensor& k0, int64_t& nfe) {
     at::NoGradGuard no_grad;
-    at::Tensor h_abs;
     if (opt_.first_step > 0) {
-      h_abs = at::full({B_}, opt_.first_step, t0.options());
-    } else {
-      const auto rtol_el = expand_segments(opt_.rtol, segments_, y);
-      const auto atol_el = expand_segments(opt_.atol, segments_, y);
-      h_abs = select_initial_step(
-          field_, norm_, {y.detach(), k0.detach(), t0, direction_, rtol_el, atol_el, segments_, tab_.order - 1});
-      ++nfe;
+      return (at::full({B_}, opt_.first_step, t0.options()).clamp(ctrl_.min_step, ctrl_.max_step) * direction_)
+          .contiguous();
     }
+    if (norm_ == nullptr) {
+      const at::Tensor yd = y.detach(), kd = k0.detach();
+      auto [h0, d1, y_probe, t_probe] =
+          ops::call<ops::InitialStepProbe>(yd, kd, t0, direction_, rtol_seg_, atol_seg_, segments_);
+      const at::Tensor f1 = field_.eval(t_probe, y_probe);
+      ++nfe;
+      return ops::call<ops::InitialStepFinal>(yd, kd, f1, h0, d1, direction_, rtol_seg_, atol_seg_, segments_,
+                                              static_cast<int64_t>(tab_.order - 1), ctrl_packed_);
+    }
+    const auto rtol_el = expand_segments(opt_.rtol, segments_, y);
+    const auto atol_el = expand_segments(opt_.atol, segments_, y);
+    const at::Tensor h_abs = select_initial_step(
+        field_, norm_, {y.detach(), k0.detach(), t0, direction_, rtol_el, atol_el, segments_, tab_.order - 1});
+    ++nfe;
     return (h_abs.clamp(ctrl_.min_step, ctrl_.max_step) * direction_).contiguous();
   }
 
@@ -98,14 +102,12 @@ class RkProblem {
     at::NoGradGuard no_grad;
     const at::ArrayRef<double> e(tab_.e, tab_.stages);
     if (norm_ == nullptr) {
-      return op::rk_error_control(y, y1, ks, h, e, rtol_seg_, atol_seg_, segments_, ctrl_.safety, ctrl_.ifactor,
-                                  ctrl_.dfactor, ctrl_.exponent, ctrl_.min_step, ctrl_.max_step);
+      return ops::call<ops::RkErrorControl>(y, y1, ks, h, e, rtol_seg_, atol_seg_, segments_, ctrl_packed_);
     }
-    const auto err = op::rk_stage(at::zeros_like(y), ks, h, e);
+    const auto err = ops::call<ops::RkStage>(at::zeros_like(y), ks, h, e);
     const auto tol = atol_el_ + rtol_el_ * at::maximum(y.abs(), y1.abs());
     at::Tensor ratio = group_norm(err / tol, segments_, norm_).abs().contiguous();
-    auto [accept, h_next] = op::step_size_control(ratio, h, ctrl_.safety, ctrl_.ifactor, ctrl_.dfactor,
-                                                  ctrl_.exponent, ctrl_.min_step, ctrl_.max_step);
+    auto [accept, h_next] = ops::call<ops::StepSizeControl>(ratio, h, ctrl_packed_);
     return {ratio, accept, h_next};
   }
 
@@ -118,6 +120,7 @@ class RkProblem {
   at::Tensor t_out_, rtol_seg_, atol_seg_, rtol_el_, atol_el_;
   std::vector<int64_t> segments_;
   core::ControllerParams ctrl_;
+  core::PackedControl ctrl_packed_;
   double direction_ = 1.0;
 };
 
@@ -160,7 +163,7 @@ RkResult run_masked(RkProblem& p, const at::Tensor& y0_in) {
     if (grid.active()) h_step = at::full({1}, grid.clip(t0.item<double>(), h.item<double>()), h.options());
     StepStages st = rk_stages(p.field_, tab, y, k0, t0, h_step, res.nfe);
     auto [ratio, accept, h_next] = p.control(y, st.y1, st.ks, h_step);
-    op::rk_dense_output(res.ys, y, st.y1, st.ks, h_step, t0, accept, p.t_out_, out_index, mid);
+    ops::call<ops::RkDenseOutput>(res.ys, y, st.y1, st.ks, h_step, t0, accept, p.t_out_, out_index, mid);
 
     at::Tensor k_last = st.ks.back();
     const bool accepted_on_grid = grid.active() && accept.item<bool>();
@@ -170,7 +173,7 @@ RkResult run_masked(RkProblem& p, const at::Tensor& y0_in) {
       k_last = p.field_.eval(after_jump_time(t1, p.direction_, p.dtype_, y.device()), st.y1);
       ++res.nfe;
     }
-    op::rk_commit(y, k0, t0, h_step, res.status, res.counters, out_index, st.y1, k_last, h_next, accept, ratio,
+    ops::call<ops::RkCommit>(y, k0, t0, h_step, res.status, res.counters, out_index, st.y1, k_last, h_next, accept, ratio,
                   p.t_out_, p.opt_.max_num_steps);
     h = h_step;  // rk_commit wrote the next step size into it
     if (accepted_on_grid) grid.accepted();
@@ -232,10 +235,9 @@ RkResult run_host(RkProblem& p, const at::Tensor& y0_in, LoopMode mode) {
     const bool accepted = dp[1] != 0.0;
     if (accepted) {
       const double t1 = t0 + h_step;
-      int64_t last = out_index;
-      while (last < p.T_ && p.direction_ * (t_host[last] - t1) <= 0.0) ++last;
+      const int64_t last = core::outputs_passed(t_host, p.T_, out_index, t0, h_step);
       if (last > out_index)
-        rows.push_back(op::rk_dense_eval(y, st.y1, st.ks, h_t, t0_t, p.t_out_.slice(0, out_index, last), mid));
+        rows.push_back(ops::call<ops::RkDenseEval>(y, st.y1, st.ks, h_t, t0_t, p.t_out_.slice(0, out_index, last), mid));
       at::Tensor k_last = st.ks.back();
       if (grid.on_jump) {
         k_last = p.field_.eval(after_jump_time(t1, p.direction_, p.dtype_, dev), st.y1);

@@ -17,6 +17,7 @@ import torch
 from ._odeint import (METHODS, _gradient_params, _grid_after, _parse_options, _prepare, _Problem, _run,
                       output_time_gradients)
 from ._stats import SolveStats, _record_backward
+from ._status import Counter
 from ._validate import TensorOrTuple, positive_float
 
 __all__ = ["odeint_adjoint"]
@@ -118,8 +119,8 @@ class _AdjointConfig:
         carried_h = 0.0
         for i in range(T - 1, 0, -1):
             if carried_h > 0 and base_opts["first_step"] == 0.0:
-                aug.opts = dict(base_opts, first_step=min(max(carried_h, base_opts["min_step"]),
-                                                          base_opts["max_step"]))
+                control = base_opts["control"]
+                aug.opts = dict(base_opts, first_step=min(max(carried_h, control.min_step), control.max_step))
             aug.t64 = p.t64[i - 1:i + 1].flip(0).contiguous()
             state = torch.cat([ys[i].reshape(-1), a, g]).reshape(1, -1)
             # The backward solve steps onto step_t / jump_t points inside this interval too (torchdiffeq).
@@ -132,8 +133,8 @@ class _AdjointConfig:
             g = end[2 * D:]
             nfe += int(res["nfe"])
             c = res["counters"][0].tolist()
-            n_acc += int(c[0])
-            n_rej += int(c[1])
+            n_acc += int(c[Counter.ACCEPTED])
+            n_rej += int(c[Counter.REJECTED])
         _record_backward(SolveStats(method=self.method, nfe=nfe, n_accepted=n_acc, n_rejected=n_rej,
                                     t_final=float(p.t64[0]), status="success"))
         grad_params = [g[e - n:e].view_as(q) for e, n, q in
