@@ -1003,3 +1003,354 @@ def test_tableau_midpoint_weights(method):
     res = _order_residuals(mid, A, p_mid, theta=0.5)
     bad = {t: r for t, r in res.items() if abs(r) > 1e-12}
     assert not bad, f"{method}: mid weights violate the theta=1/2 conditions {bad}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# initial_step_probe / initial_step_final: Hairer's initial step, fused
+# ---------------------------------------------------------------------------------------------------
+
+def ref_initial_step(y0, f0, field, t0, direction, rtol, atol, segment_ends, order, c=CTRL):
+    """Hairer, Norsett & Wanner I, II.4 as torchdiffeq computes it, with the unfused path's roundings
+    (solver/initial_step.cpp): scale, y/scale and the probe in the state's dtype, norms (max over
+    segments of the RMS) in float64, h0 and h rounded to the state's dtype, then clamped and signed."""
+    dtype = y0.dtype
+    B, D = y0.shape
+    rt = torch.empty(D, dtype=torch.float64)
+    at = torch.empty(D, dtype=torch.float64)
+    begin = 0
+    for s, end in enumerate(segment_ends):
+        rt[begin:end], at[begin:end] = rtol[s], atol[s]
+        begin = end
+
+    def norm(x):
+        worst = torch.zeros(B, dtype=torch.float64)
+        begin = 0
+        for end in segment_ends:
+            if end > begin:
+                worst = torch.maximum(worst, x[:, begin:end].double().square().mean(1).sqrt())
+            begin = end
+        return worst
+
+    def rounded(v):
+        return float(torch.tensor(v, dtype=torch.float64).to(dtype))
+
+    scale = (at + y0.abs() * rt).to(dtype)
+    d0, d1 = norm(y0 / scale), norm(f0 / scale)
+    h0 = torch.tensor([rounded(1e-6 if (a < 1e-5 or b < 1e-5) else 0.01 * a / b)
+                       for a, b in zip(d0.tolist(), d1.tolist())], dtype=torch.float64)
+    y_probe = y0 + (h0 * direction).to(dtype)[:, None] * f0
+    t_probe = (t0 + h0 * direction).to(dtype)
+    f1 = field(t_probe, y_probe)
+    d2 = norm((f1 - f0) / scale)
+    h = []
+    for b in range(B):
+        hb0, db1, db2 = float(h0[b]), float(d1[b]), float(d2[b]) / float(h0[b])
+        h1 = max(1e-6, hb0 * 1e-3) if (db1 <= 1e-15 and db2 <= 1e-15) else (0.01 / max(db1, db2)) ** (1 / (order + 1))
+        hb = rounded(min(100 * hb0, h1))
+        h.append(min(max(hb, c["min_step"]), c["max_step"]) * direction)
+    return dict(h0=h0, d1=d1, y_probe=y_probe, t_probe=t_probe, f1=f1, h=torch.tensor(h, dtype=torch.float64))
+
+
+def _initial_step_case(dtype, B, segments, scale=1.0):
+    D = segments[-1]
+    y0 = _randn(B, D, dtype=dtype, seed=70) * scale
+    A = _randn(D, D, dtype=torch.float64, seed=71).to(dtype)
+    field = lambda t, y: torch.tanh(y @ A.T) * scale + t[:, None]  # noqa: E731
+    t0 = torch.linspace(0.0, 1.0, B, dtype=torch.float64)
+    return y0, field, t0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B", BATCHES)
+@pytest.mark.parametrize("segments", [[6], [2, 2, 6]])  # the second has an empty segment
+@pytest.mark.parametrize("direction", [1.0, -1.0])
+def test_initial_step_ops_match_reference(dtype, B, segments, direction):
+    y0, field, t0 = _initial_step_case(dtype, B, segments)
+    f0 = field(t0.to(dtype), y0)
+    rtol = torch.tensor([1e-3, 1e-5, 1e-4][:len(segments)], dtype=torch.float64)
+    atol = torch.tensor([1e-6, 1e-4, 1e-5][:len(segments)], dtype=torch.float64)
+    c = dict(CTRL, min_step=1e-4, max_step=0.5)
+    ref = ref_initial_step(y0, f0, field, t0, direction, rtol.tolist(), atol.tolist(), segments, 4, c)
+    h0, d1, y_probe, t_probe = OPS.initial_step_probe(y0, f0, t0, direction, rtol, atol, segments)
+    assert h0.dtype == d1.dtype == torch.float64 and y_probe.dtype == t_probe.dtype == dtype
+    torch.testing.assert_close(d1, ref["d1"], rtol=1e-13, atol=0)
+    torch.testing.assert_close(h0, ref["h0"], rtol=1e-13 if dtype == torch.float64 else 0, atol=0)
+    # Elementwise in the state's dtype with the same roundings: equal, not just close.
+    torch.testing.assert_close(y_probe, ref["y_probe"], rtol=0, atol=0)
+    torch.testing.assert_close(t_probe, ref["t_probe"], rtol=0, atol=0)
+    f1 = field(t_probe, y_probe)
+    h = OPS.initial_step_final(y0, f0, f1, h0, d1, direction, rtol, atol, segments, 4, _control(c))
+    torch.testing.assert_close(h, ref["h"], rtol=1e-12, atol=0)
+    assert (torch.sign(h) == direction).all()
+
+
+def test_initial_step_ops_clamp_and_small_norms():
+    # d0, d1 < 1e-5 gives h0 = 1e-6; the first step is clamped to [min_step, max_step].
+    y0 = torch.zeros(1, 4, dtype=torch.float64)
+    f0 = torch.zeros(1, 4, dtype=torch.float64)
+    t0 = torch.zeros(1, dtype=torch.float64)
+    tol = torch.tensor([1e-6], dtype=torch.float64)
+    h0, d1, y_probe, t_probe = OPS.initial_step_probe(y0, f0, t0, -1.0, tol, tol, [4])
+    assert float(h0) == 1e-6 and float(d1) == 0.0 and float(t_probe) == -1e-6
+    h = OPS.initial_step_final(y0, f0, f0, h0, d1, -1.0, tol, tol, [4], 4, _control(dict(CTRL, min_step=0.01)))
+    assert float(h) == -0.01
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B", BATCHES)
+def test_initial_step_ops_opcheck(dtype, B):
+    y0, field, t0 = _initial_step_case(dtype, B, [2, 5])
+    f0 = field(t0.to(dtype), y0)
+    rtol = torch.tensor([1e-3, 1e-4], dtype=torch.float64)
+    atol = torch.tensor([1e-6, 1e-5], dtype=torch.float64)
+    torch.library.opcheck(OPS.initial_step_probe.default, (y0, f0, t0, 1.0, rtol, atol, [2, 5]))
+    h0, d1, y_probe, t_probe = OPS.initial_step_probe(y0, f0, t0, 1.0, rtol, atol, [2, 5])
+    f1 = field(t_probe, y_probe)
+    torch.library.opcheck(OPS.initial_step_final.default,
+                          (y0, f0, f1, h0, d1, 1.0, rtol, atol, [2, 5], 4, _control()))
+
+
+def test_initial_step_ops_reject_bad_inputs():
+    y0, field, t0 = _initial_step_case(torch.float64, 2, [5])
+    f0 = field(t0, y0)
+    tol = torch.tensor([1e-6], dtype=torch.float64)
+    good = [y0, f0, t0, 1.0, tol, tol, [5]]
+
+    def with_(i, v):
+        a = list(good)
+        a[i] = v
+        return a
+
+    for args, pattern in [
+        (with_(1, f0.float()), r"f0 must have dtype"),
+        (with_(2, torch.tensor(0.0, dtype=torch.float64)), r"t0 must have shape \[2\]"),  # 0-dim
+        (with_(3, 0.5), r"direction must be 1 or -1"),
+        (with_(4, torch.tensor([1e-6, 1e-6], dtype=torch.float64)), r"rtol must have shape \[1\]"),
+        (with_(6, [3]), r"segment_ends: the last segment must end at D = 5"),
+    ]:
+        with pytest.raises(RuntimeError, match=pattern):
+            OPS.initial_step_probe(*args)
+    h0, d1, y_probe, t_probe = OPS.initial_step_probe(*good)
+    f1 = field(t_probe, y_probe)
+    final = [y0, f0, f1, h0, d1, 1.0, tol, tol, [5], 4, _control()]
+    for i, v, pattern in [
+        (2, f1[:1].contiguous(), r"f1 must have shape"),
+        (4, d1.float(), r"d1 must be float64"),
+        (9, -1, r"order must be in \[0, 64\)"),
+        (10, _control(dict(CTRL, safety=2.0)), r"control: safety must be in \(0, 1\]"),
+    ]:
+        args = list(final)
+        args[i] = v
+        with pytest.raises(RuntimeError, match=pattern):
+            OPS.initial_step_final(*args)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The error norm without overflow
+# ---------------------------------------------------------------------------------------------------
+
+def _ref_ratio_scaled(y0, y1, ks, h, e, rtol, atol):
+    """ref_ratio computed as max * sqrt(mean((r / max)^2)): exact where the plain sum of squares overflows."""
+    err = h.double()[:, None] * sum(ej * k.double() for ej, k in zip(e, ks))
+    tol = atol + rtol * torch.maximum(y0.double().abs(), y1.double().abs())
+    r = err / tol
+    m = r.abs().amax(dim=1)
+    return m * (r / m[:, None]).square().mean(dim=1).sqrt()
+
+
+@pytest.mark.parametrize("B", BATCHES)
+@pytest.mark.parametrize("magnitude", [1e150, 1e200, 1e300])
+def test_rk_error_control_norm_does_not_overflow(B, magnitude):
+    # Elements of ~1e200 square to inf in the plain sum: the ratio must stay finite and exact (F12: a field
+    # returning 1e300 made the norm inf, i.e. "non-finite", and the step was rejected forever).
+    y0, y1, ks, h = _error_control_inputs(torch.float64, B, D=40)
+    ks = [k * magnitude for k in ks]
+    e = _C.tableau("dopri5")["e"]
+    rtol = torch.tensor([1e-3], dtype=torch.float64)
+    atol = torch.tensor([1e-4], dtype=torch.float64)
+    ratio, accept, h_next = OPS.rk_error_control(y0, y1, ks, h, e, rtol, atol, [40], _control())
+    expected = _ref_ratio_scaled(y0, y1, ks, h, e, 1e-3, 1e-4)
+    assert torch.isfinite(ratio).all()
+    torch.testing.assert_close(ratio, expected, rtol=1e-12, atol=0)
+    assert not accept.any() and (h_next.abs() < h.abs()).all()  # rejected and shrunk, like any large error
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_rk_error_control_non_finite_elements_stay_non_finite(bad):
+    # The overflow fallback never turns a genuinely non-finite element into a finite ratio.
+    y0, y1, ks, h = _error_control_inputs(torch.float64, 2, D=40)
+    ks = [k * 1e200 for k in ks]  # the plain sum overflows in both rows
+    ks[2][1, 7] = bad
+    rtol = torch.tensor([1e-3], dtype=torch.float64)
+    atol = torch.tensor([1e-4], dtype=torch.float64)
+    ratio, accept, _ = OPS.rk_error_control(y0, y1, ks, h, _C.tableau("dopri5")["e"], rtol, atol, [40], _control())
+    assert math.isfinite(float(ratio[0])) and not math.isfinite(float(ratio[1]))
+    if math.isnan(bad):
+        assert math.isnan(float(ratio[1]))
+    assert not bool(accept[1])
+
+
+def test_initial_step_norm_does_not_overflow():
+    # f0 ~ 1e300 / scale 1e-3: the squares overflow, d1 must not (F12: d1 = inf made h0 = 0).
+    y0 = torch.ones(1, 8, dtype=torch.float64)
+    f0 = torch.full((1, 8), 1e300, dtype=torch.float64)
+    tol = torch.tensor([1e-3], dtype=torch.float64)
+    h0, d1, _, _ = OPS.initial_step_probe(y0, f0, torch.zeros(1, dtype=torch.float64), 1.0, tol, tol, [8])
+    scale = 1e-3 + 1e-3
+    assert math.isfinite(float(d1))
+    assert float(d1) == pytest.approx(1e300 / scale, rel=1e-14)
+    assert float(h0) > 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# F12: op-level hardening (each of these crashed, hung or gave a silent wrong answer before)
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad_index", [-10**9, -3, -2, -1, 4, 10**9])
+def test_rk_commit_rejects_out_of_range_out_index(bad_index):
+    # -1e9 crashed the process (SIGSEGV / munmap_chunk), -3 read t_out[-3..-1] and reported success.
+    st, ins = _commit_state(torch.float64, 2)
+    t_out = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    st["out_index"][1] = bad_index
+    before = {k: v.clone() for k, v in st.items()}
+    with pytest.raises(RuntimeError, match=rf"out_index\[1\] = {bad_index} is outside \[0, 3\]"):
+        _run_commit_in_place(st, ins, t_out, 100)
+    for k in st:  # nothing was written
+        torch.testing.assert_close(st[k], before[k], rtol=0, atol=0)
+
+
+def _run_commit_in_place(st, ins, t_out, max_num_steps):
+    OPS.rk_commit(st["y0"], st["k0"], st["t0"], st["h"], st["status"], st["counters"], st["out_index"],
+                  ins["y1"], ins["k_last"], ins["h_next"], ins["accept"], ins["ratio"], t_out, max_num_steps)
+
+
+@pytest.mark.parametrize("bad_index", [-10**9, -2, 4])
+def test_rk_dense_output_rejects_out_of_range_out_index(bad_index):
+    # -2 wrote 32 bytes before `out`; -1e9 crashed.
+    tab, y0, y1, ks = _dense_inputs(torch.float64, 2, D=4)
+    t_out = torch.tensor([0.0, 0.1, 0.3], dtype=torch.float64)
+    out = torch.zeros(3, 2, 4, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=rf"out_index\[0\] = {bad_index} is outside \[0, 3\]"):
+        OPS.rk_dense_output(out, y0, y1, ks, torch.full((2,), 0.4, dtype=torch.float64),
+                            torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.bool), t_out,
+                            torch.tensor([bad_index, 1]), tab["mid"])
+    assert (out == 0).all()
+
+
+def test_mixed_meta_and_real_arguments_are_rejected():
+    # rk_stage(cpu y, [meta k]) dispatched to the Meta kernel and returned an uninitialised CPU tensor;
+    # rk_commit with a meta t_out silently did nothing.
+    y, ks, h, c = _good_stage_args()
+    with pytest.raises(RuntimeError, match=r"each stage in ks must be on cpu"):
+        OPS.rk_stage(y, [k.to("meta") for k in ks], h, c)
+    with pytest.raises(RuntimeError, match=r"h must be on cpu"):
+        OPS.rk_stage(y, ks, h.to("meta"), c)
+    st, ins = _commit_state(torch.float64, 2)
+    with pytest.raises(RuntimeError, match=r"t_out must be on cpu"):
+        _run_commit_in_place(st, ins, torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64, device="meta"), 100)
+    tab, y0, y1, ks = _dense_inputs(torch.float64, 2, D=4)
+    with pytest.raises(RuntimeError, match=r"out must be on cpu"):
+        OPS.rk_dense_output(torch.zeros(2, 2, 4, dtype=torch.float64, device="meta"), y0, y1, ks,
+                            torch.full((2,), 0.4, dtype=torch.float64), torch.zeros(2, dtype=torch.float64),
+                            torch.ones(2, dtype=torch.bool), torch.tensor([0.0, 0.1], dtype=torch.float64),
+                            torch.ones(2, dtype=torch.long), tab["mid"])
+
+
+def test_meta_kernels_validate_like_the_real_ones():
+    # 0-dim t0 / h / t_eval raised IndexError in the Meta kernels (or were accepted); now the same message.
+    meta = lambda x: x.to("meta") if isinstance(x, torch.Tensor) else [v.to("meta") for v in x]  # noqa: E731
+    t0 = torch.tensor(0.0, dtype=torch.float64)
+    h = torch.ones(2, dtype=torch.float64)
+    for device_of in (lambda x: x, meta):
+        with pytest.raises(RuntimeError, match=r"t0 must be 1-D"):
+            OPS.rk_stage_times(device_of(t0), device_of(h), [0.5], torch.float64)
+        with pytest.raises(RuntimeError, match=r"h must be 1-D"):
+            OPS.rk_dense_weights(device_of(t0), device_of(t0), device_of(h), [0.5, 0.5])
+        with pytest.raises(RuntimeError, match=r"t_eval must be 1-D"):
+            OPS.rk_dense_weights(device_of(h), device_of(h), device_of(t0), [0.5, 0.5])
+        y, ks, hh, c = _good_stage_args()
+        with pytest.raises(RuntimeError, match=r"coeffs has 3 entries but only 2 stages"):
+            OPS.rk_stage(device_of(y), device_of(ks[:2]), device_of(hh), c)
+        st, ins = _commit_state(torch.float64, 2)
+        st, ins = ({k: device_of(v) for k, v in d.items()} for d in (st, ins))
+        with pytest.raises(RuntimeError, match=r"k0 overlaps k_last"):
+            OPS.rk_commit(st["y0"], st["k0"], st["t0"], st["h"], st["status"], st["counters"], st["out_index"],
+                          ins["y1"], st["k0"], ins["h_next"], ins["accept"], ins["ratio"],
+                          device_of(torch.tensor([0.0, 1.0], dtype=torch.float64)), 10)
+
+
+@pytest.mark.parametrize("alias", ["k_last=y0", "k_last=k0", "h=t0", "k0=y0", "h_next=h", "t_out=t0",
+                                   "y1=y0 view"])
+def test_rk_commit_rejects_overlapping_arguments(alias):
+    # k_last the same tensor as y0 (also h = t0, k0 = y0) gave other answers than with copies.
+    st, ins = _commit_state(torch.float64, 2)
+    t_out = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    args = dict(st, **ins)
+    target, source = alias.split("=")
+    if source == "y0 view":
+        buf = torch.zeros(3, 6, dtype=torch.float64)
+        args["y0"], args["y1"] = buf[:2], buf[1:]  # rows 1 of y0 and 0 of y1 share memory
+        expected = r"y0 overlaps y1"
+    else:
+        args[target] = args[source]
+        t_out_alias = target == "t_out"
+        if t_out_alias:
+            t_out = args["t0"]
+        names = sorted([target, source], key=["y0", "k0", "t0", "h", "status", "counters", "out_index", "y1",
+                                                 "k_last", "h_next", "accept", "ratio", "t_out"].index)
+        expected = rf"{names[0]} overlaps {names[1]}"
+    with pytest.raises(RuntimeError, match=expected):
+        OPS.rk_commit(args["y0"], args["k0"], args["t0"], args["h"], args["status"], args["counters"],
+                      args["out_index"], args["y1"], args["k_last"], args["h_next"], args["accept"], args["ratio"],
+                      t_out, 100)
+
+
+def test_rk_commit_accepts_disjoint_views_of_one_buffer():
+    # The overlap check is exact: views of one buffer that do not share bytes are fine.
+    st, ins = _commit_state(torch.float64, 2)
+    buf = torch.empty(4, 6, dtype=torch.float64)
+    y0, y1 = buf[:2], buf[2:]
+    y0.copy_(st["y0"])
+    y1.copy_(ins["y1"])
+    st["y0"], ins["y1"] = y0, y1
+    exp = ref_commit(dict(st), dict(ins), torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64), 100)
+    _run_commit_in_place(st, ins, torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64), 100)
+    _assert_same_state(st, exp)
+
+
+def test_rk_dense_output_rejects_out_overlapping_an_input():
+    # y0 a view of out: the op changed rows it then read.
+    tab, y0, y1, ks = _dense_inputs(torch.float64, 1, D=4)
+    out = torch.zeros(3, 1, 4, dtype=torch.float64)
+    out[0].copy_(y0)
+    args = (torch.full((1,), 0.4, dtype=torch.float64), torch.zeros(1, dtype=torch.float64),
+            torch.ones(1, dtype=torch.bool), torch.tensor([0.0, 0.1, 0.3], dtype=torch.float64),
+            torch.ones(1, dtype=torch.long), tab["mid"])
+    with pytest.raises(RuntimeError, match=r"out overlaps y0"):
+        OPS.rk_dense_output(out, out[0], y1, ks, *args)
+    with pytest.raises(RuntimeError, match=r"out overlaps a stage in ks"):
+        OPS.rk_dense_output(out, y0, y1, [ks[0], out[2]] + ks[2:], *args)
+
+
+def test_rk_commit_zero_step_is_underflow_not_success():
+    # F12: an accepted step of size 0 (t0 + h == t0) counted as progress: every output "passed", status
+    # success, rows never written. It is a step-size underflow now, and passes no output.
+    st, ins = _commit_state(torch.float64, 1)
+    st["t0"][0], st["h"][0] = 1e18, 0.0
+    ins["accept"][0], ins["ratio"][0], ins["h_next"][0] = True, 0.0, 0.0
+    t_out = torch.tensor([1e18, 1e18 + 1e4], dtype=torch.float64)
+    got = _run_commit(st, ins, t_out, 100)
+    _assert_same_state(got, ref_commit(st, ins, t_out, 100))
+    assert int(got["status"][0]) == UNDERFLOW and int(got["out_index"][0]) == 1
+    # The same for a step that is not 0 but too small to move t (1e-6 at t = 1e18), even when the next one
+    # would be large enough.
+    st["h"][0], ins["h_next"][0] = 1e-6, 1e6
+    got = _run_commit(st, ins, t_out, 100)
+    assert int(got["status"][0]) == UNDERFLOW and int(got["out_index"][0]) == 1
+    # ... and the dense output writes nothing for it.
+    tab, y0, y1, ks = _dense_inputs(torch.float64, 1, D=4)
+    out = torch.zeros(2, 1, 4, dtype=torch.float64)
+    OPS.rk_dense_output(out, y0, y1, ks, torch.zeros(1, dtype=torch.float64), torch.full((1,), 1e18,
+                        dtype=torch.float64), torch.ones(1, dtype=torch.bool), t_out, torch.ones(1, dtype=torch.long),
+                        tab["mid"])
+    assert (out == 0).all()
