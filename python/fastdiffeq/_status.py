@@ -13,8 +13,17 @@ __all__ = ["Status", "Counter", "MAX_NON_FINITE_RETRIES"]
 #: is what :attr:`fastdiffeq.SolveStats.status` reports.
 Status = enum.IntEnum("Status", {name.upper(): value for name, value in _C.status_codes.items()},
                       module=__name__)
-Status.__doc__ = ("Solver status codes (csrc/core/status.h): RUNNING, SUCCESS, MAX_STEPS, STEP_UNDERFLOW, "
-                  "NON_FINITE, INVALID_INDEX.")
+Status.__doc__ = """Solver status codes, as the compiled core defines them (csrc/core/status.h).
+
+Members: RUNNING, SUCCESS, MAX_STEPS, STEP_UNDERFLOW, NON_FINITE, INVALID_INDEX. A solve that ends with
+anything but SUCCESS raises a :class:`fastdiffeq.SolverError` subclass; :attr:`SolveStats.status` is the
+member's lower-case name.
+
+Example:
+    >>> fastdiffeq.odeint(func, y0, t)
+    >>> fastdiffeq.Status[fastdiffeq.last_stats().status.upper()] is fastdiffeq.Status.SUCCESS
+    True
+"""
 
 #: Column indices of the solver's int64 counters tensor ``[B, len(Counter)]``.
 Counter = enum.IntEnum("Counter", {name.upper(): value for name, value in _C.counter_indices.items()},
