@@ -101,7 +101,8 @@ def test_in_place_ops_match_cpu_and_guard_invalid_out_index(dtype):
     assert (out_cu[:, 2] == 0).all()
 
     state = dict(y0=y.clone(), k0=ks[0].clone(), t0=t0.clone(), h=h.clone(),
-                 status=torch.zeros(B, dtype=torch.int32), counters=torch.zeros(B, 4, dtype=torch.long))
+                 status=torch.full((B,), fastdiffeq.Status.RUNNING, dtype=torch.int32),
+                 counters=torch.zeros(B, len(_C.counter_indices), dtype=torch.long))
     cu_state = {k: v.cuda() for k, v in state.items()}
     idx_cu = out_index.cuda()
     ops.rk_commit(cu_state["y0"], cu_state["k0"], cu_state["t0"], cu_state["h"], cu_state["status"],

@@ -546,7 +546,7 @@ def _commit_state(dtype, B, D=6, seed=40):
         k0=_randn(B, D, dtype=dtype, seed=seed + 1),
         t0=torch.tensor([0.0, 0.25, 0.5][:B], dtype=torch.float64),
         h=torch.tensor([0.3, 0.1, 0.2][:B], dtype=torch.float64),
-        status=torch.zeros(B, dtype=torch.int32),
+        status=torch.full((B,), RUNNING, dtype=torch.int32),
         counters=torch.tensor([[3, 1, 2, 0], [5, 2, 4, 1], [7, 0, 1, 0]][:B], dtype=torch.long),
         out_index=torch.tensor([1, 2, 2][:B], dtype=torch.long),
     )
@@ -863,8 +863,9 @@ def test_rk_commit_rejects_bad_inputs():
 
     call()  # sanity
     for over, pattern in [
-        (dict(counters=torch.zeros(2, 3, dtype=torch.long)), r"counters must be a contiguous int64 \[2, 4\]"),
-        (dict(counters=torch.zeros(2, 4, dtype=torch.int32)), r"counters must be a contiguous int64"),
+        (dict(counters=torch.zeros(2, len(Counter) - 1, dtype=torch.long)),
+         rf"counters must be a contiguous int64 \[2, {len(Counter)}\]"),
+        (dict(counters=torch.zeros(2, len(Counter), dtype=torch.int32)), r"counters must be a contiguous int64"),
         (dict(status=torch.zeros(2, dtype=torch.int64)), r"status must be a \[2\] Int tensor"),
         (dict(out_index=torch.zeros(2, dtype=torch.int32)), r"out_index must be a \[2\] Long tensor"),
         (dict(accept=torch.ones(2, dtype=torch.uint8)), r"accept must be a \[2\] Bool tensor"),

@@ -151,7 +151,7 @@ RkResult run_masked(RkProblem& p, const at::Tensor& y0_in) {
 
   res.ys = at::empty({p.T_, p.B_, p.D_}, y0_in.options());
   res.ys.select(0, 0).copy_(y0_in);
-  res.status = at::zeros({p.B_}, y0_in.options().dtype(at::kInt));
+  res.status = at::full({p.B_}, static_cast<int32_t>(core::kRunning), y0_in.options().dtype(at::kInt));
   res.counters = at::zeros({p.B_, core::kNumCounters}, y0_in.options().dtype(at::kLong));
   at::Tensor out_index = at::ones({p.B_}, y0_in.options().dtype(at::kLong));
   const at::ArrayRef<double> mid(tab.mid, tab.stages);
@@ -218,7 +218,7 @@ RkResult run_host(RkProblem& p, const at::Tensor& y0_in, LoopMode mode) {
   double t0 = t_host[0];
   double h = h_t.item<double>();
   int32_t status = core::kRunning;
-  int64_t counters[core::kNumCounters] = {0, 0, 0, 0};
+  int64_t counters[core::kNumCounters] = {};
   int64_t out_index = 1;
   std::vector<at::Tensor> rows{y0_in.unsqueeze(0)};
   const at::ArrayRef<double> mid(tab.mid, tab.stages);

@@ -17,7 +17,7 @@ import torch
 from ._odeint import (METHODS, _gradient_params, _grid_after, _parse_options, _prepare, _Problem, _run,
                       output_time_gradients)
 from ._stats import SolveStats, _record_backward
-from ._status import Counter
+from ._status import Counter, Status, status_name
 from ._validate import TensorOrTuple, positive_float
 
 __all__ = ["odeint_adjoint"]
@@ -136,7 +136,7 @@ class _AdjointConfig:
             n_acc += int(c[Counter.ACCEPTED])
             n_rej += int(c[Counter.REJECTED])
         _record_backward(SolveStats(method=self.method, nfe=nfe, n_accepted=n_acc, n_rejected=n_rej,
-                                    t_final=float(p.t64[0]), status="success"))
+                                    t_final=float(p.t64[0]), status=status_name(Status.SUCCESS)))
         grad_params = [g[e - n:e].view_as(q) for e, n, q in
                        zip(param_ends, n_params, params)]
         return a.reshape(1, -1), grad_params

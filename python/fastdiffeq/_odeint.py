@@ -315,7 +315,7 @@ class _CheckpointSolve(torch.autograd.Function):
             p.field, ctx.tape, grad_ys.contiguous(), params, p.user_shape, True)
         # The tape stays with ctx (freed with the graph), so a retain_graph=True backward can run again.
         _record_backward(SolveStats(method=p.method, nfe=int(nfe), n_accepted=ctx.tape.n_steps, n_rejected=0,
-                                    t_final=float(p.t64[0]), status="success"))
+                                    t_final=float(p.t64[0]), status=status_name(Status.SUCCESS)))
         return (grad_y0, None, *grad_params)
 
 
