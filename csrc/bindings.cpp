@@ -98,7 +98,8 @@ class PyErrorNorm final : public fde::solver::ErrorNorm {
 
 py::dict rk_solve_py(py::function func, const at::Tensor& y0, const at::Tensor& t_out, const std::string& method,
                      std::vector<double> rtol, std::vector<double> atol, std::vector<int64_t> segment_ends,
-                     const fde::core::ControllerParams& control, double first_step, int64_t max_num_steps, std::vector<double> step_t,
+                     const fde::core::ControllerParams& control, double first_step, int64_t max_num_steps,
+                     std::vector<double> step_t,
                      std::vector<double> jump_t, py::object norm, std::vector<int64_t> user_shape, bool joint,
                      int64_t check_every, const std::string& mode) {
   fde::solver::LoopMode loop_mode;

@@ -69,7 +69,8 @@ CheckpointGradients rk_checkpoint_backward(VectorField& field, const RkTape& tap
     std::vector<at::Tensor> outputs{st.y1, k_last};
     std::vector<at::Tensor> cotangents{a_y, a_k};
     if (s.out_last > s.out_first) {
-      outputs.push_back(ops::call<ops::RkDenseEval>(y, st.y1, st.ks, h, t0, tape.t_out.slice(0, s.out_first, s.out_last), mid));
+      outputs.push_back(
+          ops::call<ops::RkDenseEval>(y, st.y1, st.ks, h, t0, tape.t_out.slice(0, s.out_first, s.out_last), mid));
       cotangents.push_back(grad_ys.slice(0, s.out_first, s.out_last));
     }
     std::vector<at::Tensor> inputs{y, k0};

@@ -173,8 +173,8 @@ RkResult run_masked(RkProblem& p, const at::Tensor& y0_in) {
       k_last = p.field_.eval(after_jump_time(t1, p.direction_, p.dtype_, y.device()), st.y1);
       ++res.nfe;
     }
-    ops::call<ops::RkCommit>(y, k0, t0, h_step, res.status, res.counters, out_index, st.y1, k_last, h_next, accept, ratio,
-                  p.t_out_, p.opt_.max_num_steps);
+    ops::call<ops::RkCommit>(y, k0, t0, h_step, res.status, res.counters, out_index, st.y1, k_last, h_next, accept,
+                             ratio, p.t_out_, p.opt_.max_num_steps);
     h = h_step;  // rk_commit wrote the next step size into it
     if (accepted_on_grid) grid.accepted();
     ++res.n_steps;
@@ -237,7 +237,8 @@ RkResult run_host(RkProblem& p, const at::Tensor& y0_in, LoopMode mode) {
       const double t1 = t0 + h_step;
       const int64_t last = core::outputs_passed(t_host, p.T_, out_index, t0, h_step);
       if (last > out_index)
-        rows.push_back(ops::call<ops::RkDenseEval>(y, st.y1, st.ks, h_t, t0_t, p.t_out_.slice(0, out_index, last), mid));
+        rows.push_back(
+            ops::call<ops::RkDenseEval>(y, st.y1, st.ks, h_t, t0_t, p.t_out_.slice(0, out_index, last), mid));
       at::Tensor k_last = st.ks.back();
       if (grid.on_jump) {
         k_last = p.field_.eval(after_jump_time(t1, p.direction_, p.dtype_, dev), st.y1);

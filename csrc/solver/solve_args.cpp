@@ -13,8 +13,8 @@ SolveArgs check_solve_args(const at::Tensor& y0, const at::Tensor& t_out, const 
   TORCH_CHECK_VALUE(y0.dim() == 2, "fastdiffeq: y0 must be a 2-D [B, D] tensor, got shape ", y0.sizes());
   TORCH_CHECK_TYPE(y0.scalar_type() == at::kFloat || y0.scalar_type() == at::kDouble,
                    "fastdiffeq: y0 must be float32 or float64, got ", y0.scalar_type());
-  TORCH_CHECK_VALUE(y0.device().is_cpu() || y0.device().is_cuda(), "fastdiffeq: y0 must be on a CPU or CUDA device, got ",
-                    y0.device());
+  TORCH_CHECK_VALUE(y0.device().is_cpu() || y0.device().is_cuda(),
+                    "fastdiffeq: y0 must be on a CPU or CUDA device, got ", y0.device());
   TORCH_CHECK_VALUE(y0.is_contiguous(), "fastdiffeq: y0 must be contiguous");
   const int64_t B = y0.size(0), D = y0.size(1);
 

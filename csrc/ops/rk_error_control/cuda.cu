@@ -9,9 +9,10 @@
 //     in double and reduce with shuffles; lane 0 writes the item's partial as a pair (scale, ssq) meaning
 //     scale^2 * ssq: (1, plain sum of squares), or, only when that sum overflowed to inf while no element
 //     was NaN, (m, sum (x/m)^2) with m the item's max |x| (two more passes over the item by the same warp;
-//     an inf element keeps (1, inf)). Two [B, NB] float64 buffers. chunk >= 1024 and grows with D so that NB stays near kMaxItemsPerRow: joint mode
-//     (B = 1, D up to 1e7 and more) gets thousands of warps over the whole device; per-sample mode
-//     gets one item per (row, segment) for rows up to 1024 elements.
+//     an inf element keeps (1, inf)). Two [B, NB] float64 buffers. chunk >= 1024 and grows with D so
+//     that NB stays near kMaxItemsPerRow: joint mode (B = 1, D up to 1e7 and more) gets thousands of
+//     warps over the whole device; per-sample mode gets one item per (row, segment) for rows up to 1024
+//     elements.
 //   pass 2 (error_finalize_kernel): one group of G threads per row (a warp, or the whole block when a
 //     row has many partials) sums each segment's partials scale^2 * ssq in a fixed order (with every
 //     scale 1, the plain sums), and takes the RMS by core::robust_rms: sqrt(sum / len), or, when the sum
