@@ -3,10 +3,13 @@
 #include <ATen/ops/view_native.h>
 #include <torch/extension.h>
 
+#include <iterator>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "core/controller.h"
+#include "core/status.h"
 #include "core/tableau.h"
 #include "solver/autograd_vjp.h"
 #include "solver/rk_adjoint.h"
@@ -195,6 +198,32 @@ py::tuple checkpoint_backward_py(py::function func, std::shared_ptr<fde::solver:
   return py::make_tuple(g.grad_y0, g.grad_params, g.nfe);
 }
 
+// ControllerParams(**fields): the core's struct with its named fields (core::kControllerFields); any
+// field not given keeps the core's default.
+fde::core::ControllerParams controller_from_kwargs(const py::kwargs& kw) {
+  fde::core::ControllerParams p;
+  size_t used = 0;
+  for (const auto& f : fde::core::kControllerFields) {
+    if (kw.contains(f.name)) {
+      p.*f.member = kw[f.name].cast<double>();
+      ++used;
+    }
+  }
+  if (used != kw.size()) {
+    std::string names;
+    for (const auto& f : fde::core::kControllerFields) names += std::string(names.empty() ? "" : ", ") + f.name;
+    throw py::type_error("fastdiffeq: ControllerParams takes the keyword arguments " + names + " only, got " +
+                         std::string(py::str(kw.attr("keys")())));
+  }
+  return p;
+}
+
+py::dict named_codes(const fde::core::NamedCode* codes, size_t n) {
+  py::dict d;
+  for (size_t i = 0; i < n; ++i) d[codes[i].name] = codes[i].value;
+  return d;
+}
+
 py::dict tableau_py(const std::string& name) {
   const fde::core::Tableau* t = fde::core::find_tableau(name);
   if (t == nullptr) throw py::value_error("fastdiffeq: unknown method '" + name + "'");
@@ -217,16 +246,47 @@ py::dict tableau_py(const std::string& name) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastdiffeq compiled core: fused Runge-Kutta ops (torch.ops.fastdiffeq) and solver loops";
-  using fde::core::ControllerParams;
+
+  // The controller's parameters: one struct from Python to the kernels (the ops take it packed).
+  auto ctrl = py::class_<fde::core::ControllerParams>(m, "ControllerParams",
+                                                      "Step-size controller parameters (csrc/core/controller.h). "
+                                                      "rk_solve sets exponent from the method's order.");
+  ctrl.def(py::init(&controller_from_kwargs));
+  py::list field_names;
+  for (const auto& f : fde::core::kControllerFields) {
+    ctrl.def_readwrite(f.name, f.member);
+    field_names.append(f.name);
+  }
+  ctrl.attr("fields") = py::tuple(field_names);
+  ctrl.def("pack", [](const fde::core::ControllerParams& p) {
+    const auto v = fde::core::pack(p);
+    return std::vector<double>(v.begin(), v.end());
+  }, "The values in the order the ops' `control` argument takes them.");
+  ctrl.def("problem", [](const fde::core::ControllerParams& p) -> py::object {
+    const auto issue = fde::core::check_controller(p);
+    if (!issue) return py::none();
+    return py::make_tuple(issue->field, issue->requirement, issue->value);
+  }, "None when the parameters satisfy the range rules, else (field, requirement, value) of the first "
+     "violated one.");
+  ctrl.def("__repr__", [](const fde::core::ControllerParams& p) {
+    std::ostringstream os;
+    os << "ControllerParams(";
+    bool first = true;
+    for (const auto& f : fde::core::kControllerFields) {
+      os << (first ? "" : ", ") << f.name << "=" << p.*f.member;
+      first = false;
+    }
+    os << ")";
+    return os.str();
+  });
+
+  // Status codes and counter indices, defined in csrc/core/status.h.
+  m.attr("status_codes") = named_codes(fde::core::kStatusNames, std::size(fde::core::kStatusNames));
+  m.attr("counter_indices") = named_codes(fde::core::kCounterNames, std::size(fde::core::kCounterNames));
+  m.attr("max_non_finite_retries") = fde::core::kMaxNonFiniteRetries;
+  // The settings of one solve, built once in Python (fastdiffeq._odeint.solver_options).
   using fde::solver::RkOptions;
-  py::class_<ControllerParams>(m, "ControllerParams")
-      .def(py::init<>())
-      .def_readwrite("safety", &ControllerParams::safety)
-      .def_readwrite("ifactor", &ControllerParams::ifactor)
-      .def_readwrite("dfactor", &ControllerParams::dfactor)
-      .def_readwrite("min_step", &ControllerParams::min_step)
-      .def_readwrite("max_step", &ControllerParams::max_step);
-  py::class_<RkOptions>(m, "RkOptions", "The settings of one solve (fastdiffeq.solver::RkOptions).")
+  py::class_<fde::solver::RkOptions>(m, "RkOptions", "The settings of one solve (fastdiffeq.solver::RkOptions).")
       .def(py::init<>())
       .def_property(
           "method", [](const RkOptions& o) { return std::string(o.tableau->name); },

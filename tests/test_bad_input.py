@@ -428,3 +428,173 @@ def test_reverse_blow_up():
         with pytest.raises((StepSizeUnderflowError, NonFiniteStateError)) as info:
             call(lambda t, y: -y * y, torch.tensor([1.0], dtype=F64), torch.tensor([0.0, -2.0], dtype=F64))
     assert abs(info.value.t + 1.0) < 1e-4, info.value.t
+
+
+# ---------------------------------------------------------------------------------------------------
+# F12: entry points validate before they index; no hang, no silent wrong answer
+# ---------------------------------------------------------------------------------------------------
+
+from fastdiffeq import Status, _C  # noqa: E402
+
+
+def _rk_solve(y0=None, t_out=None, **over):
+    """_C.rk_solve with valid defaults for a [1, 2] decay problem; `over` replaces arguments."""
+    y0 = torch.tensor([[1.0, 2.0]], dtype=F64) if y0 is None else y0
+    t_out = T if t_out is None else t_out
+    kw = dict(method="dopri5", rtol=[1e-7], atol=[1e-9], segment_ends=[2], control=_C.ControllerParams(),
+              first_step=0.0, max_num_steps=1000, step_t=[], jump_t=[], norm=None, user_shape=[2], joint=True,
+              check_every=1, mode="masked")
+    kw.update(over)
+    options = _C.RkOptions()  # the solve's settings travel as one object (solver::RkOptions)
+    for name in ("method", "rtol", "atol", "segment_ends", "control", "first_step", "max_num_steps", "step_t",
+                 "jump_t", "check_every"):
+        setattr(options, name, kw.pop(name))
+    return _C.rk_solve(decay, y0, t_out, options, **kw)
+
+
+def test_rk_solve_entry_point_sanity():
+    res = _rk_solve()
+    assert int(res["status"][0]) == Status.SUCCESS and res["ys"].shape == (5, 1, 2)
+
+
+@pytest.mark.parametrize("over, pattern", [
+    # Tolerance lists shorter than the segments, or empty (these indexed before any check: SIGSEGV / abort).
+    (dict(rtol=[1e-7], atol=[1e-9], segment_ends=[1, 2]), r"rtol and atol must have one value per segment \(2\)"),
+    (dict(rtol=[], atol=[]), r"rtol and atol must have one value per segment \(1\), got 0 and 0"),
+    (dict(rtol=[1e-7, 1e-7], atol=[1e-9], segment_ends=[1, 2]), r"got 2 and 1"),
+    # Decreasing, negative or out-of-range segment ends.
+    (dict(rtol=[1e-7] * 2, atol=[1e-9] * 2, segment_ends=[2, 1]), r"segment_ends must be non-decreasing"),
+    (dict(rtol=[1e-7] * 2, atol=[1e-9] * 2, segment_ends=[-1, 2]), r"segment_ends must be non-decreasing from 0"),
+    (dict(segment_ends=[5]), r"segment_ends must be non-decreasing from 0 and at most D = 2"),
+    (dict(segment_ends=[1]), r"segment_ends must end at D = 2"),
+    (dict(rtol=[float("nan")]), r"rtol must be finite and >= 0"),
+    (dict(atol=[-1.0]), r"atol must be >= 0"),
+    # The controller's range rules (max_step=0 gave status 1 and NaN outputs; safety=2 rejected forever).
+    (dict(control=_C.ControllerParams(max_step=0.0)), r"control.max_step must be > 0"),
+    (dict(control=_C.ControllerParams(safety=2.0)), r"control.safety must be in \(0, 1\]"),
+    (dict(control=_C.ControllerParams(dfactor=1.0)), r"control.dfactor must be in \(0, 1\)"),
+    (dict(first_step=float("nan")), r"first_step must be finite and >= 0"),
+    (dict(max_num_steps=0), r"max_num_steps must be positive"),
+    (dict(check_every=0), r"check_every must be positive"),
+    (dict(step_t=[float("inf")]), r"step_t must be finite"),
+])
+def test_rk_solve_validates_before_indexing(over, pattern):
+    with watchdog(30):
+        with pytest.raises(ValueError, match=pattern):
+            _rk_solve(**over)
+
+
+@pytest.mark.parametrize("t_out, pattern", [
+    (torch.tensor([0.0, 0.5, 0.2, 1.0], dtype=F64), r"t_out must be strictly monotone.*row 0 has t_out\[1\] = 0.5"),
+    (torch.tensor([0.0, 0.0], dtype=F64), r"t_out must be strictly monotone"),
+    (torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=F64), r"t_out must be \[T\] or \[B, T\] with B = 1"),
+    (torch.tensor([0.0, float("nan")], dtype=F64), r"t_out contains NaN or inf"),
+    (torch.tensor([], dtype=F64), r"t_out must hold at least one time"),
+    (torch.tensor([0.0, 1.0], dtype=torch.float32), r"t_out must be a float64 tensor"),
+])
+def test_rk_solve_validates_t_out(t_out, pattern):
+    with pytest.raises((ValueError, TypeError), match=pattern):
+        _rk_solve(t_out=t_out)
+
+
+def test_rk_solve_per_sample_t_out_must_be_monotone_per_row():
+    y0 = torch.ones(2, 2, dtype=F64)
+    t_out = torch.tensor([[0.0, 0.5, 1.0], [0.0, 0.7, 0.6]], dtype=F64)
+    with pytest.raises(ValueError, match=r"row 1 has t_out\[1\] = 0.7 and t_out\[2\] = 0.6"):
+        _rk_solve(y0=y0, t_out=t_out, joint=False)
+
+
+def test_rk_solve_unreachable_max_step_raises_at_once():
+    # max_step=1e-300 on [0, 1] made no progress for as long as one waited.
+    with watchdog(10):
+        with pytest.raises(ValueError, match=r"max_step = 1e-300 cannot reach t_out\[1\]"):
+            _rk_solve(t_out=torch.tensor([0.0, 1.0], dtype=F64), control=_C.ControllerParams(max_step=1e-300))
+        with pytest.raises(ValueError, match=r"options\['max_step'\]|max_step = 1e-300 cannot reach"):
+            call(t=torch.tensor([0.0, 1.0], dtype=F64), options=dict(max_step=1e-300))
+
+
+def test_checkpoint_backward_validates_grad_ys():
+    # Extra grad_ys rows were ignored and grad_y0 came back with the wrong shape.
+    res = _rk_solve(mode="record")
+    tape = res["tape"]
+    ok = torch.ones(5, 1, 2, dtype=F64)
+    grad_y0, _, _ = _C.rk_checkpoint_backward(decay, tape, ok, [], [2], True)
+    assert grad_y0.shape == (1, 2)
+    for bad, exc, pattern in [
+        (torch.ones(6, 1, 2, dtype=F64), ValueError, r"grad_ys must have shape \[5, 1, 2\]"),
+        (torch.ones(5, 2, dtype=F64), ValueError, r"grad_ys must have shape \[5, 1, 2\]"),
+        (torch.ones(5, 1, 2, dtype=torch.float32), TypeError, r"grad_ys must have dtype"),
+    ]:
+        with pytest.raises(exc, match=pattern):
+            _C.rk_checkpoint_backward(decay, tape, bad, [], [2], True)
+
+
+@pytest.mark.parametrize("grid", ["step_t", "jump_t"])
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad_enabled"])
+def test_zero_step_on_a_grid_point_is_underflow(grid, grad):
+    # t = [1e18, 1e18 + 1e4] with step_t/jump_t at 1e18 + 5e3: the clipped first step was exactly 0 and
+    # counted as success ([1, 2] output instead of [2, 2], a NaN row under no_grad).
+    t = torch.tensor([1e18, 1e18 + 1e4], dtype=F64)
+    with watchdog(30), torch.set_grad_enabled(grad):
+        with pytest.raises(StepSizeUnderflowError) as info:
+            call(y0=Y0.clone().requires_grad_(grad), t=t, options={grid: [1e18 + 5e3]})
+    _check_solver_error(info.value, "step_underflow")
+    # Without the grid point the same call was already an underflow.
+    with pytest.raises(StepSizeUnderflowError):
+        call(t=t)
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad_enabled"])
+def test_huge_field_values_do_not_overflow_the_norm(grad):
+    # A field returning 1e300 overflowed the RMS norm: the initial step became 0 and odeint returned
+    # [1, nan, nan, nan, nan] with status success. y' = 1e300 has the exact solution y0 + 1e300 t.
+    y0 = torch.tensor([1.0], dtype=F64, requires_grad=grad)
+    t = torch.linspace(0.0, 1.0, 5, dtype=F64)
+    with watchdog(30), torch.set_grad_enabled(grad):
+        y = call(lambda s, y: torch.full_like(y, 1e300), y0, t)
+    assert y.shape == (5, 1)
+    torch.testing.assert_close(y.detach()[:, 0], 1.0 + 1e300 * t, rtol=1e-12, atol=0)
+    assert fastdiffeq.last_stats().status == "success"
+
+
+@pytest.mark.parametrize("options, pattern", [
+    (dict(safety=2.0), r"options\['safety'\] must be in \(0, 1\], got 2.0"),      # rejected forever before
+    (dict(dfactor=1.0), r"options\['dfactor'\] must be in \(0, 1\), got 1.0"),
+    (dict(ifactor=1.0), r"options\['ifactor'\] must be > 1"),
+    (dict(ifactor=float("inf")), r"options\['ifactor'\] must be > 1 and finite"),
+    (dict(max_step=float("nan")), r"options\['max_step'\] must not be NaN"),
+    (dict(min_step=10**400), r"options\['min_step'\] must be >= 0 and finite"),
+    (dict(max_num_steps=2**63), r"options\['max_num_steps'\] must be at most 2\*\*63 - 1"),
+    (dict(max_num_steps=2**63 - 1), None),                                           # the largest allowed
+    (dict(first_step=10**400), r"options\['first_step'\] must be > 0 and finite"),
+    (dict(step_t=[10**400]), r"options\['step_t'\] must be finite"),
+])
+def test_option_ranges_name_the_option(options, pattern):
+    with watchdog(30):
+        if pattern is None:
+            assert call(options=options).shape == (5, 2)
+            return
+        with pytest.raises(ValueError, match=pattern):
+            call(options=options)
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    (dict(atol=10**400), r"`atol` must be finite and >= 0"),      # OverflowError before
+    (dict(rtol=[10**400]), r"`rtol\[0\]` must be finite and >= 0"),
+])
+def test_huge_integer_tolerances_name_the_argument(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        call(**kwargs)
+
+
+def test_meta_t_names_the_argument():
+    # "Cannot copy out of meta tensor" before.
+    with pytest.raises(ValueError, match=r"`t` must be on a CPU or CUDA device, got meta"):
+        call(t=T.to("meta"))
+    with pytest.raises(ValueError, match=r"`y0` must be on a CPU or CUDA device"):
+        call(y0=Y0.to("meta"))
+
+
+def test_status_enum_comes_from_the_compiled_core():
+    assert {s.name.lower(): int(s) for s in Status} == _C.status_codes
+    assert fastdiffeq.Status is Status and Status.SUCCESS != Status.RUNNING

@@ -14,6 +14,7 @@ pytestmark = [
 
 ops = torch.ops.fastdiffeq
 TAB = _C.tableau("dopri5") if hasattr(_C, "tableau") else None
+CONTROL = _C.ControllerParams().pack() if hasattr(_C, "ControllerParams") else None
 
 
 def _stages(B, D, dtype, n=7, device="cpu", seed=0):
@@ -36,9 +37,10 @@ def test_ops_match_cpu_without_host_sync(dtype, B, D):
     cpu_args = dict(
         stage=(y, ks, h, TAB["a"][6]),
         times=(t0, h, TAB["c"], dtype),
-        ctrl=(y, y1, ks, h, TAB["e"], rtol, atol, segs, 0.9, 10.0, 0.2, 0.2, 0.0, float("inf")),
+        ctrl=(y, y1, ks, h, TAB["e"], rtol, atol, segs, CONTROL),
         weights=(h, t0, t_out, TAB["mid"]),
         dense=(y, y1, ks, h, t0, t_out, TAB["mid"]),
+        probe=(y, ks[0], t0, 1.0, rtol, atol, segs),
     )
     expected = {
         "stage": ops.rk_stage(*cpu_args["stage"]),
@@ -46,17 +48,22 @@ def test_ops_match_cpu_without_host_sync(dtype, B, D):
         "ctrl": ops.rk_error_control(*cpu_args["ctrl"]),
         "weights": ops.rk_dense_weights(*cpu_args["weights"]),
         "dense": ops.rk_dense_eval(*cpu_args["dense"]),
+        "probe": ops.initial_step_probe(*cpu_args["probe"]),
     }
+    h0, d1 = expected["probe"][0], expected["probe"][1]
+    expected["final"] = ops.initial_step_final(y, ks[0], ks[1], h0, d1, 1.0, rtol, atol, segs, 4, CONTROL)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")  # any device->host sync inside an op raises
     try:
         got = {
             "stage": ops.rk_stage(cu(y), cu(ks), cu(h), TAB["a"][6]),
             "times": ops.rk_stage_times(cu(t0), cu(h), TAB["c"], dtype),
-            "ctrl": ops.rk_error_control(cu(y), cu(y1), cu(ks), cu(h), TAB["e"], cu(rtol), cu(atol), segs,
-                                         0.9, 10.0, 0.2, 0.2, 0.0, float("inf")),
+            "ctrl": ops.rk_error_control(cu(y), cu(y1), cu(ks), cu(h), TAB["e"], cu(rtol), cu(atol), segs, CONTROL),
             "weights": ops.rk_dense_weights(cu(h), cu(t0), cu(t_out), TAB["mid"]),
             "dense": ops.rk_dense_eval(cu(y), cu(y1), cu(ks), cu(h), cu(t0), cu(t_out), TAB["mid"]),
+            "probe": ops.initial_step_probe(cu(y), cu(ks[0]), cu(t0), 1.0, cu(rtol), cu(atol), segs),
+            "final": ops.initial_step_final(cu(y), cu(ks[0]), cu(ks[1]), cu(h0), cu(d1), 1.0, cu(rtol), cu(atol),
+                                            segs, 4, CONTROL),
         }
     finally:
         torch.cuda.set_sync_debug_mode("default")
@@ -67,6 +74,44 @@ def test_ops_match_cpu_without_host_sync(dtype, B, D):
     torch.testing.assert_close(h_next, expected["ctrl"][2], rtol=1e-6, atol=0)
     torch.testing.assert_close(got["weights"].cpu(), expected["weights"], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(got["dense"].cpu(), expected["dense"], **tol)
+    for g, e in zip(got["probe"], expected["probe"]):  # h0, d1, y_probe, t_probe
+        torch.testing.assert_close(g.cpu(), e, rtol=1e-12 if g.dtype == torch.float64 else 1e-6, atol=0)
+    torch.testing.assert_close(got["final"].cpu(), expected["final"], rtol=1e-12 if dtype == torch.float64 else 1e-6,
+                               atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_in_place_ops_match_cpu_and_guard_invalid_out_index(dtype):
+    B, D = 3, 50
+    y, y1, *ks = _stages(B, D, dtype, 9, seed=3)
+    h = torch.tensor([0.4, -0.3, 0.2], dtype=torch.float64)
+    t0 = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    t_out = torch.tensor([[0.0, 0.1, 0.3, 0.5], [1.0, 0.9, 0.8, 0.0], [0.0, 0.1, 0.15, 0.9]], dtype=torch.float64)
+    accept = torch.tensor([True, True, True])
+    # Sample 2 carries an out_index past T: the CPU kernels raise; CUDA writes nothing for it and marks it.
+    out_index = torch.tensor([1, 1, 7], dtype=torch.long)
+    out_cpu = torch.zeros(4, B, D, dtype=dtype)
+    ok = torch.tensor([1, 1, 1], dtype=torch.long)
+    ops.rk_dense_output(out_cpu, y, y1, ks, h, t0, accept, t_out, ok, TAB["mid"])
+    out_cu = torch.zeros(4, B, D, dtype=dtype, device="cuda")
+    ops.rk_dense_output(out_cu, y.cuda(), y1.cuda(), [k.cuda() for k in ks], h.cuda(), t0.cuda(), accept.cuda(),
+                        t_out.cuda(), out_index.cuda(), TAB["mid"])
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out_cu[:, :2].cpu(), out_cpu[:, :2], **tol)
+    assert (out_cu[:, 2] == 0).all()
+
+    state = dict(y0=y.clone(), k0=ks[0].clone(), t0=t0.clone(), h=h.clone(),
+                 status=torch.full((B,), fastdiffeq.Status.RUNNING, dtype=torch.int32),
+                 counters=torch.zeros(B, len(_C.counter_indices), dtype=torch.long))
+    cu_state = {k: v.cuda() for k, v in state.items()}
+    idx_cu = out_index.cuda()
+    ops.rk_commit(cu_state["y0"], cu_state["k0"], cu_state["t0"], cu_state["h"], cu_state["status"],
+                  cu_state["counters"], idx_cu, y1.cuda(), ks[-1].cuda(), (h * 2).cuda(), accept.cuda(),
+                  torch.zeros(B, dtype=torch.float64, device="cuda"), t_out.cuda(), 100)
+    assert int(cu_state["status"][2]) == fastdiffeq.Status.INVALID_INDEX
+    torch.testing.assert_close(cu_state["y0"][2].cpu(), y[2], rtol=0, atol=0)  # untouched
+    assert int(idx_cu[2]) == 7 and float(cu_state["t0"][2]) == 0.0
+    torch.testing.assert_close(cu_state["y0"][:2].cpu(), y1[:2], rtol=0, atol=0)  # the others moved on
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

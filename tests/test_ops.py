@@ -21,7 +21,8 @@ import pytest
 import torch
 
 import fastdiffeq
-from fastdiffeq import _C
+from fastdiffeq import Status, _C
+from fastdiffeq._status import MAX_NON_FINITE_RETRIES, Counter
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -34,8 +35,9 @@ METHODS = ["dopri5", "tsit5", "bosh3"]
 CTRL = dict(safety=0.9, ifactor=10.0, dfactor=0.2, exponent=0.2, min_step=0.0, max_step=math.inf)
 
 
-def _ctrl_args(c=CTRL):
-    return (c["safety"], c["ifactor"], c["dfactor"], c["exponent"], c["min_step"], c["max_step"])
+def _control(c=CTRL):
+    """The ops' `control` argument: the controller's fields packed in the core's order."""
+    return _C.ControllerParams(**c).pack()
 
 
 @contextlib.contextmanager
@@ -219,7 +221,7 @@ def test_rk_error_control_values(dtype, B, segments, err_scale):
     S = len(segments)
     rtol = torch.tensor([1e-3, 1e-4, 1e-5][:S], dtype=torch.float64)
     atol = torch.tensor([1e-4, 1e-6, 1e-3][:S], dtype=torch.float64)
-    ratio, accept, h_next = OPS.rk_error_control(y0, y1, ks, h, e, rtol, atol, segments, *_ctrl_args())
+    ratio, accept, h_next = OPS.rk_error_control(y0, y1, ks, h, e, rtol, atol, segments, _control())
     assert ratio.dtype == torch.float64 and h_next.dtype == torch.float64 and accept.dtype == torch.bool
     assert ratio.shape == accept.shape == h_next.shape == (B,)
     expected = ref_ratio(y0, y1, ks, h, e, rtol.tolist(), atol.tolist(), segments)
@@ -242,7 +244,7 @@ def test_rk_error_control_values_large(dtype, B):
     rtol = torch.tensor([1e-3, 1e-4, 1e-5], dtype=torch.float64)
     atol = torch.tensor([1e-4, 1e-6, 1e-3], dtype=torch.float64)
     with _threads(2):
-        ratio, accept, h_next = OPS.rk_error_control(y0, y1, ks, h, e, rtol, atol, segments, *_ctrl_args())
+        ratio, accept, h_next = OPS.rk_error_control(y0, y1, ks, h, e, rtol, atol, segments, _control())
     expected = ref_ratio(y0, y1, ks, h, e, rtol.tolist(), atol.tolist(), segments)
     torch.testing.assert_close(ratio, expected, rtol=1e-10, atol=0)
     for b in range(B):
@@ -257,8 +259,8 @@ def test_rk_error_control_accepts_and_rejects():
     e = _C.tableau("dopri5")["e"]
     rtol = torch.tensor([1e-3], dtype=torch.float64)
     atol = torch.tensor([1e-4], dtype=torch.float64)
-    small = OPS.rk_error_control(y0, y1, ks, h, [1e-6 * x for x in e], rtol, atol, [12], *_ctrl_args())
-    large = OPS.rk_error_control(y0, y1, ks, h, e, rtol, atol, [12], *_ctrl_args())
+    small = OPS.rk_error_control(y0, y1, ks, h, [1e-6 * x for x in e], rtol, atol, [12], _control())
+    large = OPS.rk_error_control(y0, y1, ks, h, e, rtol, atol, [12], _control())
     assert bool(small[1][0]) and float(small[0][0]) < 1
     assert not bool(large[1][0]) and float(large[0][0]) > 1
     assert abs(float(small[2][0])) >= abs(float(h[0]))  # never shrink after an accepted step
@@ -272,7 +274,7 @@ def test_rk_error_control_nan_is_rejected(dtype):
     rtol = torch.tensor([1e-3], dtype=torch.float64)
     atol = torch.tensor([1e-4], dtype=torch.float64)
     ratio, accept, h_next = OPS.rk_error_control(y0, y1, ks, h, _C.tableau("dopri5")["e"], rtol, atol, [12],
-                                                 *_ctrl_args())
+                                                 _control())
     assert math.isnan(float(ratio[1])) or math.isinf(float(ratio[1]))
     assert not bool(accept[1])
     assert float(h_next[1]) == pytest.approx(float(h[1]) * CTRL["dfactor"], rel=1e-12)
@@ -284,7 +286,7 @@ def test_rk_error_control_zero_error_grows_by_ifactor():
     y0, y1, ks, h = _error_control_inputs(torch.float64, 3)
     rtol = torch.tensor([1e-3], dtype=torch.float64)
     atol = torch.tensor([1e-4], dtype=torch.float64)
-    ratio, accept, h_next = OPS.rk_error_control(y0, y1, ks, h, [0.0] * 7, rtol, atol, [12], *_ctrl_args())
+    ratio, accept, h_next = OPS.rk_error_control(y0, y1, ks, h, [0.0] * 7, rtol, atol, [12], _control())
     assert (ratio == 0).all() and accept.all()
     torch.testing.assert_close(h_next, h * CTRL["ifactor"], rtol=1e-15, atol=0)
 
@@ -300,7 +302,7 @@ def test_rk_error_control_min_max_step(dtype):
     c = dict(CTRL, min_step=0.1, max_step=0.5)
     for scale in (1e-6, 1.0):
         ratio, accept, h_next = OPS.rk_error_control(y0, y1, ks, h, [scale * x for x in e], rtol, atol, [12],
-                                                     *_ctrl_args(c))
+                                                     _control(c))
         for b in range(3):
             acc, hn = ref_controller(float(ratio[b]), float(h[b]), c)
             assert bool(accept[b]) == acc
@@ -317,7 +319,7 @@ def test_step_size_control_values(B):
         for r in itertools.combinations(ratios, B):
             ratio = torch.tensor(r, dtype=torch.float64)
             h = torch.tensor([0.5, -0.001, 0.7][:B], dtype=torch.float64)
-            accept, h_next = OPS.step_size_control(ratio, h, *_ctrl_args(c))
+            accept, h_next = OPS.step_size_control(ratio, h, _control(c))
             assert accept.dtype == torch.bool and h_next.dtype == torch.float64
             for b in range(B):
                 acc, hn = ref_controller(float(ratio[b]), float(h[b]), c)
@@ -332,14 +334,14 @@ def test_rk_error_control_opcheck(dtype, B):
     rtol = torch.tensor([1e-3, 1e-4], dtype=torch.float64)
     atol = torch.tensor([1e-4, 1e-6], dtype=torch.float64)
     e = _C.tableau("dopri5")["e"]
-    torch.library.opcheck(OPS.rk_error_control.default, (y0, y1, ks, h, e, rtol, atol, [3, 8], *_ctrl_args()))
+    torch.library.opcheck(OPS.rk_error_control.default, (y0, y1, ks, h, e, rtol, atol, [3, 8], _control()))
 
 
 @pytest.mark.parametrize("B", BATCHES)
 def test_step_size_control_opcheck(B):
     ratio = torch.tensor([0.5, 2.0, 0.0][:B], dtype=torch.float64)
     h = torch.tensor([0.1, -0.2, 0.3][:B], dtype=torch.float64)
-    torch.library.opcheck(OPS.step_size_control.default, (ratio, h, *_ctrl_args()))
+    torch.library.opcheck(OPS.step_size_control.default, (ratio, h, _control()))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -511,25 +513,31 @@ def test_rk_dense_eval_rejects_bad_inputs():
         a[i] = v
         return a
 
-    for args in [
-        with_(1, y1.float()),
-        with_(2, ks[:-1]),                                   # one mid coefficient per stage
-        with_(3, h.float()),
-        with_(4, t0[:1]),
-        with_(5, t_eval.reshape(1, 2)),
-        with_(5, t_eval.float()),
+    for args, pattern in [
+        (with_(1, y1.float()), r"y1 must have dtype"),
+        (with_(2, ks[:-1]), r"mid_coeffs has 7 entries but only 6 stages"),
+        (with_(3, h.float()), r"h must be float64"),
+        (with_(4, t0[:1]), r"t0 must have shape \[2\]"),
+        (with_(5, t_eval.reshape(1, 2)), r"t_eval must be 1-D"),
+        (with_(5, t_eval.float()), r"t_eval must be float64"),
+        (with_(4, torch.tensor(0.0, dtype=torch.float64)), r"t0 must have shape \[2\]"),  # 0-dim
     ]:
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError, match=pattern):
             OPS.rk_dense_eval(*args)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=r"t0 must have shape \[2\]"):
         OPS.rk_dense_weights(h, t0[:1], t_eval, tab["mid"])
+    with pytest.raises(RuntimeError, match=r"h must be 1-D"):
+        OPS.rk_dense_weights(torch.tensor(0.5, dtype=torch.float64), t0, t_eval, tab["mid"])
 
 
 # ---------------------------------------------------------------------------------------------------
 # rk_commit
 # ---------------------------------------------------------------------------------------------------
 
-RUNNING, SUCCESS, MAX_STEPS, UNDERFLOW, NON_FINITE = 0, 1, 2, 3, 4
+RUNNING, SUCCESS, MAX_STEPS, UNDERFLOW, NON_FINITE = (Status.RUNNING, Status.SUCCESS, Status.MAX_STEPS,
+                                                      Status.STEP_UNDERFLOW, Status.NON_FINITE)
+ACC, REJ, SINCE_OUT, NF_STREAK = (Counter.ACCEPTED, Counter.REJECTED, Counter.ATTEMPTS_SINCE_OUTPUT,
+                                  Counter.NON_FINITE_STREAK)
 
 
 def _commit_state(dtype, B, D=6, seed=40):
@@ -538,7 +546,7 @@ def _commit_state(dtype, B, D=6, seed=40):
         k0=_randn(B, D, dtype=dtype, seed=seed + 1),
         t0=torch.tensor([0.0, 0.25, 0.5][:B], dtype=torch.float64),
         h=torch.tensor([0.3, 0.1, 0.2][:B], dtype=torch.float64),
-        status=torch.zeros(B, dtype=torch.int32),
+        status=torch.full((B,), RUNNING, dtype=torch.int32),
         counters=torch.tensor([[3, 1, 2, 0], [5, 2, 4, 1], [7, 0, 1, 0]][:B], dtype=torch.long),
         out_index=torch.tensor([1, 2, 2][:B], dtype=torch.long),
     )
@@ -562,34 +570,36 @@ def ref_commit(st, ins, t_out, max_num_steps):
             continue
         tb = t_out[b] if t_out.dim() == 2 else t_out
         c = st["counters"][b]
-        c[2] += 1
+        c[SINCE_OUT] += 1
+        stalled = False
         if bool(ins["accept"][b]):
             t1 = float(st["t0"][b]) + float(st["h"][b])
+            stalled = t1 == float(st["t0"][b])  # a step that does not move t passes no output
             d = 1.0 if float(st["h"][b]) > 0 else -1.0
             i = int(st["out_index"][b])
-            while i < T and d * (float(tb[i]) - t1) <= 0:
+            while not stalled and i < T and d * (float(tb[i]) - t1) <= 0:
                 i += 1
             if i != int(st["out_index"][b]):
-                c[2] = 0
+                c[SINCE_OUT] = 0
             st["out_index"][b] = i
             st["y0"][b] = ins["y1"][b]
             st["k0"][b] = ins["k_last"][b]
             st["t0"][b] = t1
-            c[0] += 1
-            c[3] = 0
+            c[ACC] += 1
+            c[NF_STREAK] = 0
         else:
-            c[1] += 1
+            c[REJ] += 1
             if not math.isfinite(float(ins["ratio"][b])):
-                c[3] += 1
+                c[NF_STREAK] += 1
         st["h"][b] = ins["h_next"][b]
         t0, hb = float(st["t0"][b]), float(st["h"][b])
         if int(st["out_index"][b]) >= T:
             st["status"][b] = SUCCESS
-        elif int(c[3]) >= 10:
+        elif int(c[NF_STREAK]) >= MAX_NON_FINITE_RETRIES:
             st["status"][b] = NON_FINITE
-        elif t0 + hb == t0:
+        elif stalled or t0 + hb == t0:
             st["status"][b] = UNDERFLOW
-        elif int(c[2]) >= max_num_steps:
+        elif int(c[SINCE_OUT]) >= max_num_steps:
             st["status"][b] = MAX_STEPS
     return st
 
@@ -637,7 +647,7 @@ def test_rk_commit_status_transitions(dtype):
     assert int(got["status"][0]) == SUCCESS
     # non-finite: the 10th non-finite rejection in a row.
     st, ins = _commit_state(dtype, 1)
-    st["counters"][0, 3] = 9
+    st["counters"][0, NF_STREAK] = MAX_NON_FINITE_RETRIES - 1
     ins["accept"][0], ins["ratio"][0] = False, float("nan")
     got = _run_commit(st, ins, t_out, 100)
     _assert_same_state(got, ref_commit(st, ins, t_out, 100))
@@ -651,7 +661,7 @@ def test_rk_commit_status_transitions(dtype):
     assert int(got["status"][0]) == UNDERFLOW
     # max steps: attempts since the last output reach max_num_steps.
     st, ins = _commit_state(dtype, 1)
-    st["counters"][0, 2] = 4
+    st["counters"][0, SINCE_OUT] = 4
     ins["accept"][0] = False
     got = _run_commit(st, ins, t_out, 5)
     _assert_same_state(got, ref_commit(st, ins, t_out, 5))
@@ -696,13 +706,13 @@ def test_every_registered_op_is_tested():
     # dir(torch.ops.fastdiffeq) only lists ops already looked up; ask the dispatcher for every schema.
     names = {n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("fastdiffeq::")}
     tested = {"rk_stage", "rk_stage_times", "rk_error_control", "step_size_control", "rk_dense_output", "rk_commit",
-              "rk_dense_eval", "rk_dense_weights"}
+              "rk_dense_eval", "rk_dense_weights", "initial_step_probe", "initial_step_final"}
     assert tested <= names, f"ops missing from torch.ops.fastdiffeq: {tested - names}"
     assert names <= tested, f"ops without tests in this file: {names - tested}"
 
 
 # ---------------------------------------------------------------------------------------------------
-# Bad inputs raise RuntimeError (never a crash)
+# Bad inputs raise RuntimeError with a message naming the argument (never a crash)
 # ---------------------------------------------------------------------------------------------------
 
 def _good_stage_args(B=2, D=4, dtype=torch.float64):
@@ -714,33 +724,35 @@ def _good_stage_args(B=2, D=4, dtype=torch.float64):
 def test_rk_stage_rejects_bad_inputs():
     y, ks, h, c = _good_stage_args()
     bad = [
-        (y.reshape(-1), ks, h, c),                                            # 1-D state
-        (y, [k.float() for k in ks], h, c),                                  # dtype mismatch
-        (y, ks[:1] + [torch.ones(2, 5, dtype=torch.float64)] + ks[2:], h, c),  # stage shape mismatch
-        (y, ks, h.float(), c),                                               # h not float64
-        (y, ks, torch.ones(3, dtype=torch.float64), c),                      # h wrong length
-        (y, ks[:2], h, c),                                                   # more coefficients than stages
-        (y, [], h, []),                                                      # no stages
-        (y.int(), [k.int() for k in ks], h, c),                              # integer state
-        (y.half(), [k.half() for k in ks], h, c),                            # float16 state
-        (y.t(), [k.t() for k in ks], torch.ones(4, dtype=torch.float64), c),  # non-contiguous
-        (y, [torch.ones(2, 4, dtype=torch.float64)] * 8, h, [0.1] * 8),      # too many stages
+        ((y.reshape(-1), ks, h, c), r"y must be a 2-D"),                                  # 1-D state
+        ((y, [k.float() for k in ks], h, c), r"each stage in ks must have dtype"),       # dtype mismatch
+        ((y, ks[:1] + [torch.ones(2, 5, dtype=torch.float64)] + ks[2:], h, c), r"each stage in ks must have shape"),
+        ((y, ks, h.float(), c), r"h must be float64"),
+        ((y, ks, torch.ones(3, dtype=torch.float64), c), r"h must have shape \[2\]"),
+        ((y, ks, torch.tensor(1.0, dtype=torch.float64), c), r"h must have shape \[2\]"),  # 0-dim h
+        ((y, ks[:2], h, c), r"coeffs has 3 entries but only 2 stages"),
+        ((y, [], h, []), r"ks must hold at least one stage"),
+        ((y.int(), [k.int() for k in ks], h, c), r"y must be float32 or float64"),
+        ((y.half(), [k.half() for k in ks], h, c), r"y must be float32 or float64"),
+        ((y.t(), [k.t() for k in ks], torch.ones(4, dtype=torch.float64), c), r"y must be contiguous"),
+        ((y, [torch.ones(2, 4, dtype=torch.float64)] * 8, h, [0.1] * 8), r"at most 7 stages"),
     ]
-    for args in bad:
-        with pytest.raises(RuntimeError):
+    for args, pattern in bad:
+        with pytest.raises(RuntimeError, match=pattern):
             OPS.rk_stage(*args)
 
 
 def test_rk_stage_times_rejects_bad_inputs():
     t0 = torch.zeros(2, dtype=torch.float64)
     h = torch.ones(2, dtype=torch.float64)
-    for args in [
-        (t0.float(), h, [0.5], torch.float64),
-        (t0, h[:1], [0.5], torch.float64),
-        (t0.reshape(2, 1), h, [0.5], torch.float64),
-        (t0, h, [0.5], torch.int32),
+    for args, pattern in [
+        ((t0.float(), h, [0.5], torch.float64), r"t0 must be float64"),
+        ((t0, h[:1], [0.5], torch.float64), r"h must have shape \[2\]"),
+        ((t0.reshape(2, 1), h, [0.5], torch.float64), r"t0 must be 1-D"),
+        ((torch.tensor(0.0, dtype=torch.float64), h, [0.5], torch.float64), r"t0 must be 1-D"),  # 0-dim
+        ((t0, h, [0.5], torch.int32), r"dtype must be float32 or float64"),
     ]:
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError, match=pattern):
             OPS.rk_stage_times(*args)
 
 
@@ -749,7 +761,7 @@ def test_rk_error_control_rejects_bad_inputs():
     e = _C.tableau("dopri5")["e"]
     rtol = torch.tensor([1e-3], dtype=torch.float64)
     atol = torch.tensor([1e-4], dtype=torch.float64)
-    good = [y0, y1, ks, h, e, rtol, atol, [12], *_ctrl_args()]
+    good = [y0, y1, ks, h, e, rtol, atol, [12], _control()]
     OPS.rk_error_control(*good)  # sanity: the unmodified arguments work
 
     def with_(i, v):
@@ -757,39 +769,51 @@ def test_rk_error_control_rejects_bad_inputs():
         a[i] = v
         return a
 
+    def with_segments(ends):
+        a = with_(7, ends)
+        a[5] = rtol.expand(len(ends)).contiguous()
+        a[6] = atol.expand(len(ends)).contiguous()
+        return a
+
     bad = [
-        with_(1, y1.float()),                                 # y1 dtype mismatch
-        with_(1, y1[:, :5].contiguous()),                     # y1 shape mismatch
-        with_(3, h.float()),                                  # h dtype
-        with_(5, torch.tensor([1e-3, 1e-3], dtype=torch.float64)),  # rtol length != number of segments
-        with_(6, atol.float()),                               # atol dtype
-        with_(7, [5]),                                        # segments do not cover D
-        with_(7, [8, 5, 12]),                                 # decreasing segment ends
-        with_(7, [5, 20]),                                    # segment past D
-        with_(8, -1.0),                                       # safety <= 0
-        with_(9, 0.5),                                        # ifactor < 1
-        with_(10, 1.5),                                       # dfactor > 1
-        good[:11] + [0.0, 0.0, math.inf],                     # exponent <= 0
-        good[:12] + [1.0, 0.5],                               # min_step > max_step
+        (with_(1, y1.float()), r"y1 must have dtype"),
+        (with_(1, y1[:, :5].contiguous()), r"y1 must have shape"),
+        (with_(3, h.float()), r"h must be float64"),
+        (with_(5, torch.tensor([1e-3, 1e-3], dtype=torch.float64)), r"rtol must have shape \[1\]"),
+        (with_(6, atol.float()), r"atol must be float64"),
+        (with_(7, [5]), r"segment_ends: the last segment must end at D = 12"),
+        (with_segments([8, 5, 12]), r"segment_ends must be non-decreasing"),
+        (with_segments([5, 20]), r"segment_ends must be non-decreasing"),
+        (with_segments([-1, 12]), r"segment_ends must be non-decreasing from 0"),
+        (with_(7, []), r"segment_ends must name at least one segment"),
+        (with_(8, _control(dict(CTRL, safety=-1.0))), r"control: safety must be in \(0, 1\]"),
+        (with_(8, _control(dict(CTRL, safety=2.0))), r"control: safety must be in \(0, 1\]"),
+        (with_(8, _control(dict(CTRL, ifactor=0.5))), r"control: ifactor must be > 1"),
+        (with_(8, _control(dict(CTRL, dfactor=1.5))), r"control: dfactor must be in \(0, 1\)"),
+        (with_(8, _control(dict(CTRL, exponent=0.0))), r"control: exponent must be > 0"),
+        (with_(8, _control(dict(CTRL, min_step=1.0, max_step=0.5))), r"control: max_step must be >= min_step"),
+        (with_(8, _control(dict(CTRL, max_step=0.0))), r"control: max_step must be > 0"),
+        (with_(8, [0.9, 10.0]), r"control must hold 6 values"),
     ]
-    for args in bad:
-        with pytest.raises(RuntimeError):
+    for args, pattern in bad:
+        with pytest.raises(RuntimeError, match=pattern):
             OPS.rk_error_control(*args)
 
 
 def test_step_size_control_rejects_bad_inputs():
     ratio = torch.tensor([0.5, 2.0], dtype=torch.float64)
     h = torch.tensor([0.1, 0.2], dtype=torch.float64)
-    for args in [
-        (ratio[:1], h),
-        (ratio.float(), h),
-        (ratio, h.float()),
-        (ratio, h.reshape(2, 1)),
+    for args, pattern in [
+        ((ratio[:1], h), r"ratio must have shape \[2\]"),
+        ((ratio.float(), h), r"ratio must be float64"),
+        ((ratio, h.float()), r"h must be float64"),
+        ((ratio, h.reshape(2, 1)), r"h must be 1-D"),
+        ((ratio, torch.tensor(0.1, dtype=torch.float64)), r"h must be 1-D"),  # 0-dim
     ]:
-        with pytest.raises(RuntimeError):
-            OPS.step_size_control(*args, *_ctrl_args())
-    with pytest.raises(RuntimeError):
-        OPS.step_size_control(ratio, h, 0.9, 10.0, 0.0, 0.2, 0.0, math.inf)  # dfactor == 0
+        with pytest.raises(RuntimeError, match=pattern):
+            OPS.step_size_control(*args, _control())
+    with pytest.raises(RuntimeError, match=r"control: dfactor must be in \(0, 1\)"):
+        OPS.step_size_control(ratio, h, _control(dict(CTRL, dfactor=0.0)))
 
 
 def test_rk_dense_output_rejects_bad_inputs():
@@ -809,17 +833,18 @@ def test_rk_dense_output_rejects_bad_inputs():
         return a
 
     bad = [
-        with_(0, torch.zeros(4, 2, 5, dtype=torch.float64)),  # out has the wrong number of rows
-        with_(0, torch.zeros(3, 2, 5, dtype=torch.float32)),  # out dtype
-        with_(2, y1.float()),
-        with_(3, ks[:1]),                                     # fewer stages than mid coefficients
-        with_(6, acc.int()),                                  # accept not bool
-        with_(7, t_out.float()),
-        with_(7, torch.zeros(3, 3, dtype=torch.float64)),    # per-sample t_out with the wrong batch
-        with_(8, idx.int()),                                  # out_index not int64
+        (with_(0, torch.zeros(4, 2, 5, dtype=torch.float64)), r"out must have shape \[3, 2, 5\]"),
+        (with_(0, torch.zeros(3, 2, 5, dtype=torch.float32)), r"out must be a contiguous Double tensor"),
+        (with_(2, y1.float()), r"y1 must have dtype"),
+        (with_(3, ks[:1]), r"mid_coeffs has 7 entries but only 1 stages"),
+        (with_(6, acc.int()), r"accept must be a \[2\] Bool tensor"),
+        (with_(7, t_out.float()), r"t_out must be float64"),
+        (with_(7, torch.zeros(3, 3, dtype=torch.float64)), r"t_out must be \[T\] or \[B, T\]"),
+        (with_(7, torch.tensor(0.0, dtype=torch.float64)), r"t_out must be \[T\] or \[B, T\]"),  # 0-dim
+        (with_(8, idx.int()), r"out_index must be a \[2\] Long tensor"),
     ]
-    for args in bad:
-        with pytest.raises(RuntimeError):
+    for args, pattern in bad:
+        with pytest.raises(RuntimeError, match=pattern):
             OPS.rk_dense_output(*args)
 
 
@@ -837,19 +862,21 @@ def test_rk_commit_rejects_bad_inputs():
                       i["y1"], i["k_last"], i["h_next"], i["accept"], i["ratio"], over.get("t_out", t_out), mns)
 
     call()  # sanity
-    for over in [
-        dict(counters=torch.zeros(2, 3, dtype=torch.long)),
-        dict(counters=torch.zeros(2, 4, dtype=torch.int32)),
-        dict(status=torch.zeros(2, dtype=torch.int64)),
-        dict(out_index=torch.zeros(2, dtype=torch.int32)),
-        dict(accept=torch.ones(2, dtype=torch.uint8)),
-        dict(y1=ins["y1"].float()),
-        dict(k_last=ins["k_last"][:, :3].contiguous()),
-        dict(h_next=ins["h_next"][:1]),
-        dict(t_out=t_out.float()),
-        dict(max_num_steps=0),
+    for over, pattern in [
+        (dict(counters=torch.zeros(2, len(Counter) - 1, dtype=torch.long)),
+         rf"counters must be a contiguous int64 \[2, {len(Counter)}\]"),
+        (dict(counters=torch.zeros(2, len(Counter), dtype=torch.int32)), r"counters must be a contiguous int64"),
+        (dict(status=torch.zeros(2, dtype=torch.int64)), r"status must be a \[2\] Int tensor"),
+        (dict(out_index=torch.zeros(2, dtype=torch.int32)), r"out_index must be a \[2\] Long tensor"),
+        (dict(accept=torch.ones(2, dtype=torch.uint8)), r"accept must be a \[2\] Bool tensor"),
+        (dict(y1=ins["y1"].float()), r"y1 must have dtype"),
+        (dict(k_last=ins["k_last"][:, :3].contiguous()), r"k_last must have shape"),
+        (dict(h_next=ins["h_next"][:1]), r"h_next must have shape \[2\]"),
+        (dict(t_out=t_out.float()), r"t_out must be float64"),
+        (dict(t0=torch.tensor(0.0, dtype=torch.float64)), r"t0 must have shape \[2\]"),  # 0-dim
+        (dict(max_num_steps=0), r"max_num_steps must be positive"),
     ]:
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError, match=pattern):
             call(**over)
 
 
@@ -977,3 +1004,354 @@ def test_tableau_midpoint_weights(method):
     res = _order_residuals(mid, A, p_mid, theta=0.5)
     bad = {t: r for t, r in res.items() if abs(r) > 1e-12}
     assert not bad, f"{method}: mid weights violate the theta=1/2 conditions {bad}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# initial_step_probe / initial_step_final: Hairer's initial step, fused
+# ---------------------------------------------------------------------------------------------------
+
+def ref_initial_step(y0, f0, field, t0, direction, rtol, atol, segment_ends, order, c=CTRL):
+    """Hairer, Norsett & Wanner I, II.4 as torchdiffeq computes it, with the unfused path's roundings
+    (solver/initial_step.cpp): scale, y/scale and the probe in the state's dtype, norms (max over
+    segments of the RMS) in float64, h0 and h rounded to the state's dtype, then clamped and signed."""
+    dtype = y0.dtype
+    B, D = y0.shape
+    rt = torch.empty(D, dtype=torch.float64)
+    at = torch.empty(D, dtype=torch.float64)
+    begin = 0
+    for s, end in enumerate(segment_ends):
+        rt[begin:end], at[begin:end] = rtol[s], atol[s]
+        begin = end
+
+    def norm(x):
+        worst = torch.zeros(B, dtype=torch.float64)
+        begin = 0
+        for end in segment_ends:
+            if end > begin:
+                worst = torch.maximum(worst, x[:, begin:end].double().square().mean(1).sqrt())
+            begin = end
+        return worst
+
+    def rounded(v):
+        return float(torch.tensor(v, dtype=torch.float64).to(dtype))
+
+    scale = (at + y0.abs() * rt).to(dtype)
+    d0, d1 = norm(y0 / scale), norm(f0 / scale)
+    h0 = torch.tensor([rounded(1e-6 if (a < 1e-5 or b < 1e-5) else 0.01 * a / b)
+                       for a, b in zip(d0.tolist(), d1.tolist())], dtype=torch.float64)
+    y_probe = y0 + (h0 * direction).to(dtype)[:, None] * f0
+    t_probe = (t0 + h0 * direction).to(dtype)
+    f1 = field(t_probe, y_probe)
+    d2 = norm((f1 - f0) / scale)
+    h = []
+    for b in range(B):
+        hb0, db1, db2 = float(h0[b]), float(d1[b]), float(d2[b]) / float(h0[b])
+        h1 = max(1e-6, hb0 * 1e-3) if (db1 <= 1e-15 and db2 <= 1e-15) else (0.01 / max(db1, db2)) ** (1 / (order + 1))
+        hb = rounded(min(100 * hb0, h1))
+        h.append(min(max(hb, c["min_step"]), c["max_step"]) * direction)
+    return dict(h0=h0, d1=d1, y_probe=y_probe, t_probe=t_probe, f1=f1, h=torch.tensor(h, dtype=torch.float64))
+
+
+def _initial_step_case(dtype, B, segments, scale=1.0):
+    D = segments[-1]
+    y0 = _randn(B, D, dtype=dtype, seed=70) * scale
+    A = _randn(D, D, dtype=torch.float64, seed=71).to(dtype)
+    field = lambda t, y: torch.tanh(y @ A.T) * scale + t[:, None]  # noqa: E731
+    t0 = torch.linspace(0.0, 1.0, B, dtype=torch.float64)
+    return y0, field, t0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B", BATCHES)
+@pytest.mark.parametrize("segments", [[6], [2, 2, 6]])  # the second has an empty segment
+@pytest.mark.parametrize("direction", [1.0, -1.0])
+def test_initial_step_ops_match_reference(dtype, B, segments, direction):
+    y0, field, t0 = _initial_step_case(dtype, B, segments)
+    f0 = field(t0.to(dtype), y0)
+    rtol = torch.tensor([1e-3, 1e-5, 1e-4][:len(segments)], dtype=torch.float64)
+    atol = torch.tensor([1e-6, 1e-4, 1e-5][:len(segments)], dtype=torch.float64)
+    c = dict(CTRL, min_step=1e-4, max_step=0.5)
+    ref = ref_initial_step(y0, f0, field, t0, direction, rtol.tolist(), atol.tolist(), segments, 4, c)
+    h0, d1, y_probe, t_probe = OPS.initial_step_probe(y0, f0, t0, direction, rtol, atol, segments)
+    assert h0.dtype == d1.dtype == torch.float64 and y_probe.dtype == t_probe.dtype == dtype
+    torch.testing.assert_close(d1, ref["d1"], rtol=1e-13, atol=0)
+    torch.testing.assert_close(h0, ref["h0"], rtol=1e-13 if dtype == torch.float64 else 0, atol=0)
+    # Elementwise in the state's dtype with the same roundings: equal, not just close.
+    torch.testing.assert_close(y_probe, ref["y_probe"], rtol=0, atol=0)
+    torch.testing.assert_close(t_probe, ref["t_probe"], rtol=0, atol=0)
+    f1 = field(t_probe, y_probe)
+    h = OPS.initial_step_final(y0, f0, f1, h0, d1, direction, rtol, atol, segments, 4, _control(c))
+    torch.testing.assert_close(h, ref["h"], rtol=1e-12, atol=0)
+    assert (torch.sign(h) == direction).all()
+
+
+def test_initial_step_ops_clamp_and_small_norms():
+    # d0, d1 < 1e-5 gives h0 = 1e-6; the first step is clamped to [min_step, max_step].
+    y0 = torch.zeros(1, 4, dtype=torch.float64)
+    f0 = torch.zeros(1, 4, dtype=torch.float64)
+    t0 = torch.zeros(1, dtype=torch.float64)
+    tol = torch.tensor([1e-6], dtype=torch.float64)
+    h0, d1, y_probe, t_probe = OPS.initial_step_probe(y0, f0, t0, -1.0, tol, tol, [4])
+    assert float(h0) == 1e-6 and float(d1) == 0.0 and float(t_probe) == -1e-6
+    h = OPS.initial_step_final(y0, f0, f0, h0, d1, -1.0, tol, tol, [4], 4, _control(dict(CTRL, min_step=0.01)))
+    assert float(h) == -0.01
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B", BATCHES)
+def test_initial_step_ops_opcheck(dtype, B):
+    y0, field, t0 = _initial_step_case(dtype, B, [2, 5])
+    f0 = field(t0.to(dtype), y0)
+    rtol = torch.tensor([1e-3, 1e-4], dtype=torch.float64)
+    atol = torch.tensor([1e-6, 1e-5], dtype=torch.float64)
+    torch.library.opcheck(OPS.initial_step_probe.default, (y0, f0, t0, 1.0, rtol, atol, [2, 5]))
+    h0, d1, y_probe, t_probe = OPS.initial_step_probe(y0, f0, t0, 1.0, rtol, atol, [2, 5])
+    f1 = field(t_probe, y_probe)
+    torch.library.opcheck(OPS.initial_step_final.default,
+                          (y0, f0, f1, h0, d1, 1.0, rtol, atol, [2, 5], 4, _control()))
+
+
+def test_initial_step_ops_reject_bad_inputs():
+    y0, field, t0 = _initial_step_case(torch.float64, 2, [5])
+    f0 = field(t0, y0)
+    tol = torch.tensor([1e-6], dtype=torch.float64)
+    good = [y0, f0, t0, 1.0, tol, tol, [5]]
+
+    def with_(i, v):
+        a = list(good)
+        a[i] = v
+        return a
+
+    for args, pattern in [
+        (with_(1, f0.float()), r"f0 must have dtype"),
+        (with_(2, torch.tensor(0.0, dtype=torch.float64)), r"t0 must have shape \[2\]"),  # 0-dim
+        (with_(3, 0.5), r"direction must be 1 or -1"),
+        (with_(4, torch.tensor([1e-6, 1e-6], dtype=torch.float64)), r"rtol must have shape \[1\]"),
+        (with_(6, [3]), r"segment_ends: the last segment must end at D = 5"),
+    ]:
+        with pytest.raises(RuntimeError, match=pattern):
+            OPS.initial_step_probe(*args)
+    h0, d1, y_probe, t_probe = OPS.initial_step_probe(*good)
+    f1 = field(t_probe, y_probe)
+    final = [y0, f0, f1, h0, d1, 1.0, tol, tol, [5], 4, _control()]
+    for i, v, pattern in [
+        (2, f1[:1].contiguous(), r"f1 must have shape"),
+        (4, d1.float(), r"d1 must be float64"),
+        (9, -1, r"order must be in \[0, 64\)"),
+        (10, _control(dict(CTRL, safety=2.0)), r"control: safety must be in \(0, 1\]"),
+    ]:
+        args = list(final)
+        args[i] = v
+        with pytest.raises(RuntimeError, match=pattern):
+            OPS.initial_step_final(*args)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The error norm without overflow
+# ---------------------------------------------------------------------------------------------------
+
+def _ref_ratio_scaled(y0, y1, ks, h, e, rtol, atol):
+    """ref_ratio computed as max * sqrt(mean((r / max)^2)): exact where the plain sum of squares overflows."""
+    err = h.double()[:, None] * sum(ej * k.double() for ej, k in zip(e, ks))
+    tol = atol + rtol * torch.maximum(y0.double().abs(), y1.double().abs())
+    r = err / tol
+    m = r.abs().amax(dim=1)
+    return m * (r / m[:, None]).square().mean(dim=1).sqrt()
+
+
+@pytest.mark.parametrize("B", BATCHES)
+@pytest.mark.parametrize("magnitude", [1e150, 1e200, 1e300])
+def test_rk_error_control_norm_does_not_overflow(B, magnitude):
+    # Elements of ~1e200 square to inf in the plain sum: the ratio must stay finite and exact (F12: a field
+    # returning 1e300 made the norm inf, i.e. "non-finite", and the step was rejected forever).
+    y0, y1, ks, h = _error_control_inputs(torch.float64, B, D=40)
+    ks = [k * magnitude for k in ks]
+    e = _C.tableau("dopri5")["e"]
+    rtol = torch.tensor([1e-3], dtype=torch.float64)
+    atol = torch.tensor([1e-4], dtype=torch.float64)
+    ratio, accept, h_next = OPS.rk_error_control(y0, y1, ks, h, e, rtol, atol, [40], _control())
+    expected = _ref_ratio_scaled(y0, y1, ks, h, e, 1e-3, 1e-4)
+    assert torch.isfinite(ratio).all()
+    torch.testing.assert_close(ratio, expected, rtol=1e-12, atol=0)
+    assert not accept.any() and (h_next.abs() < h.abs()).all()  # rejected and shrunk, like any large error
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_rk_error_control_non_finite_elements_stay_non_finite(bad):
+    # The overflow fallback never turns a genuinely non-finite element into a finite ratio.
+    y0, y1, ks, h = _error_control_inputs(torch.float64, 2, D=40)
+    ks = [k * 1e200 for k in ks]  # the plain sum overflows in both rows
+    ks[2][1, 7] = bad
+    rtol = torch.tensor([1e-3], dtype=torch.float64)
+    atol = torch.tensor([1e-4], dtype=torch.float64)
+    ratio, accept, _ = OPS.rk_error_control(y0, y1, ks, h, _C.tableau("dopri5")["e"], rtol, atol, [40], _control())
+    assert math.isfinite(float(ratio[0])) and not math.isfinite(float(ratio[1]))
+    if math.isnan(bad):
+        assert math.isnan(float(ratio[1]))
+    assert not bool(accept[1])
+
+
+def test_initial_step_norm_does_not_overflow():
+    # f0 ~ 1e300 / scale 1e-3: the squares overflow, d1 must not (F12: d1 = inf made h0 = 0).
+    y0 = torch.ones(1, 8, dtype=torch.float64)
+    f0 = torch.full((1, 8), 1e300, dtype=torch.float64)
+    tol = torch.tensor([1e-3], dtype=torch.float64)
+    h0, d1, _, _ = OPS.initial_step_probe(y0, f0, torch.zeros(1, dtype=torch.float64), 1.0, tol, tol, [8])
+    scale = 1e-3 + 1e-3
+    assert math.isfinite(float(d1))
+    assert float(d1) == pytest.approx(1e300 / scale, rel=1e-14)
+    assert float(h0) > 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# F12: op-level hardening (each of these crashed, hung or gave a silent wrong answer before)
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad_index", [-10**9, -3, -2, -1, 4, 10**9])
+def test_rk_commit_rejects_out_of_range_out_index(bad_index):
+    # -1e9 crashed the process (SIGSEGV / munmap_chunk), -3 read t_out[-3..-1] and reported success.
+    st, ins = _commit_state(torch.float64, 2)
+    t_out = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    st["out_index"][1] = bad_index
+    before = {k: v.clone() for k, v in st.items()}
+    with pytest.raises(RuntimeError, match=rf"out_index\[1\] = {bad_index} is outside \[0, 3\]"):
+        _run_commit_in_place(st, ins, t_out, 100)
+    for k in st:  # nothing was written
+        torch.testing.assert_close(st[k], before[k], rtol=0, atol=0)
+
+
+def _run_commit_in_place(st, ins, t_out, max_num_steps):
+    OPS.rk_commit(st["y0"], st["k0"], st["t0"], st["h"], st["status"], st["counters"], st["out_index"],
+                  ins["y1"], ins["k_last"], ins["h_next"], ins["accept"], ins["ratio"], t_out, max_num_steps)
+
+
+@pytest.mark.parametrize("bad_index", [-10**9, -2, 4])
+def test_rk_dense_output_rejects_out_of_range_out_index(bad_index):
+    # -2 wrote 32 bytes before `out`; -1e9 crashed.
+    tab, y0, y1, ks = _dense_inputs(torch.float64, 2, D=4)
+    t_out = torch.tensor([0.0, 0.1, 0.3], dtype=torch.float64)
+    out = torch.zeros(3, 2, 4, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=rf"out_index\[0\] = {bad_index} is outside \[0, 3\]"):
+        OPS.rk_dense_output(out, y0, y1, ks, torch.full((2,), 0.4, dtype=torch.float64),
+                            torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.bool), t_out,
+                            torch.tensor([bad_index, 1]), tab["mid"])
+    assert (out == 0).all()
+
+
+def test_mixed_meta_and_real_arguments_are_rejected():
+    # rk_stage(cpu y, [meta k]) dispatched to the Meta kernel and returned an uninitialised CPU tensor;
+    # rk_commit with a meta t_out silently did nothing.
+    y, ks, h, c = _good_stage_args()
+    with pytest.raises(RuntimeError, match=r"each stage in ks must be on cpu"):
+        OPS.rk_stage(y, [k.to("meta") for k in ks], h, c)
+    with pytest.raises(RuntimeError, match=r"h must be on cpu"):
+        OPS.rk_stage(y, ks, h.to("meta"), c)
+    st, ins = _commit_state(torch.float64, 2)
+    with pytest.raises(RuntimeError, match=r"t_out must be on cpu"):
+        _run_commit_in_place(st, ins, torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64, device="meta"), 100)
+    tab, y0, y1, ks = _dense_inputs(torch.float64, 2, D=4)
+    with pytest.raises(RuntimeError, match=r"out must be on cpu"):
+        OPS.rk_dense_output(torch.zeros(2, 2, 4, dtype=torch.float64, device="meta"), y0, y1, ks,
+                            torch.full((2,), 0.4, dtype=torch.float64), torch.zeros(2, dtype=torch.float64),
+                            torch.ones(2, dtype=torch.bool), torch.tensor([0.0, 0.1], dtype=torch.float64),
+                            torch.ones(2, dtype=torch.long), tab["mid"])
+
+
+def test_meta_kernels_validate_like_the_real_ones():
+    # 0-dim t0 / h / t_eval raised IndexError in the Meta kernels (or were accepted); now the same message.
+    meta = lambda x: x.to("meta") if isinstance(x, torch.Tensor) else [v.to("meta") for v in x]  # noqa: E731
+    t0 = torch.tensor(0.0, dtype=torch.float64)
+    h = torch.ones(2, dtype=torch.float64)
+    for device_of in (lambda x: x, meta):
+        with pytest.raises(RuntimeError, match=r"t0 must be 1-D"):
+            OPS.rk_stage_times(device_of(t0), device_of(h), [0.5], torch.float64)
+        with pytest.raises(RuntimeError, match=r"h must be 1-D"):
+            OPS.rk_dense_weights(device_of(t0), device_of(t0), device_of(h), [0.5, 0.5])
+        with pytest.raises(RuntimeError, match=r"t_eval must be 1-D"):
+            OPS.rk_dense_weights(device_of(h), device_of(h), device_of(t0), [0.5, 0.5])
+        y, ks, hh, c = _good_stage_args()
+        with pytest.raises(RuntimeError, match=r"coeffs has 3 entries but only 2 stages"):
+            OPS.rk_stage(device_of(y), device_of(ks[:2]), device_of(hh), c)
+        st, ins = _commit_state(torch.float64, 2)
+        st, ins = ({k: device_of(v) for k, v in d.items()} for d in (st, ins))
+        with pytest.raises(RuntimeError, match=r"k0 overlaps k_last"):
+            OPS.rk_commit(st["y0"], st["k0"], st["t0"], st["h"], st["status"], st["counters"], st["out_index"],
+                          ins["y1"], st["k0"], ins["h_next"], ins["accept"], ins["ratio"],
+                          device_of(torch.tensor([0.0, 1.0], dtype=torch.float64)), 10)
+
+
+@pytest.mark.parametrize("alias", ["k_last=y0", "k_last=k0", "h=t0", "k0=y0", "h_next=h", "t_out=t0",
+                                   "y1=y0 view"])
+def test_rk_commit_rejects_overlapping_arguments(alias):
+    # k_last the same tensor as y0 (also h = t0, k0 = y0) gave other answers than with copies.
+    st, ins = _commit_state(torch.float64, 2)
+    t_out = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    args = dict(st, **ins)
+    target, source = alias.split("=")
+    if source == "y0 view":
+        buf = torch.zeros(3, 6, dtype=torch.float64)
+        args["y0"], args["y1"] = buf[:2], buf[1:]  # rows 1 of y0 and 0 of y1 share memory
+        expected = r"y0 overlaps y1"
+    else:
+        args[target] = args[source]
+        t_out_alias = target == "t_out"
+        if t_out_alias:
+            t_out = args["t0"]
+        names = sorted([target, source], key=["y0", "k0", "t0", "h", "status", "counters", "out_index", "y1",
+                                                 "k_last", "h_next", "accept", "ratio", "t_out"].index)
+        expected = rf"{names[0]} overlaps {names[1]}"
+    with pytest.raises(RuntimeError, match=expected):
+        OPS.rk_commit(args["y0"], args["k0"], args["t0"], args["h"], args["status"], args["counters"],
+                      args["out_index"], args["y1"], args["k_last"], args["h_next"], args["accept"], args["ratio"],
+                      t_out, 100)
+
+
+def test_rk_commit_accepts_disjoint_views_of_one_buffer():
+    # The overlap check is exact: views of one buffer that do not share bytes are fine.
+    st, ins = _commit_state(torch.float64, 2)
+    buf = torch.empty(4, 6, dtype=torch.float64)
+    y0, y1 = buf[:2], buf[2:]
+    y0.copy_(st["y0"])
+    y1.copy_(ins["y1"])
+    st["y0"], ins["y1"] = y0, y1
+    exp = ref_commit(dict(st), dict(ins), torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64), 100)
+    _run_commit_in_place(st, ins, torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64), 100)
+    _assert_same_state(st, exp)
+
+
+def test_rk_dense_output_rejects_out_overlapping_an_input():
+    # y0 a view of out: the op changed rows it then read.
+    tab, y0, y1, ks = _dense_inputs(torch.float64, 1, D=4)
+    out = torch.zeros(3, 1, 4, dtype=torch.float64)
+    out[0].copy_(y0)
+    args = (torch.full((1,), 0.4, dtype=torch.float64), torch.zeros(1, dtype=torch.float64),
+            torch.ones(1, dtype=torch.bool), torch.tensor([0.0, 0.1, 0.3], dtype=torch.float64),
+            torch.ones(1, dtype=torch.long), tab["mid"])
+    with pytest.raises(RuntimeError, match=r"out overlaps y0"):
+        OPS.rk_dense_output(out, out[0], y1, ks, *args)
+    with pytest.raises(RuntimeError, match=r"out overlaps a stage in ks"):
+        OPS.rk_dense_output(out, y0, y1, [ks[0], out[2]] + ks[2:], *args)
+
+
+def test_rk_commit_zero_step_is_underflow_not_success():
+    # F12: an accepted step of size 0 (t0 + h == t0) counted as progress: every output "passed", status
+    # success, rows never written. It is a step-size underflow now, and passes no output.
+    st, ins = _commit_state(torch.float64, 1)
+    st["t0"][0], st["h"][0] = 1e18, 0.0
+    ins["accept"][0], ins["ratio"][0], ins["h_next"][0] = True, 0.0, 0.0
+    t_out = torch.tensor([1e18, 1e18 + 1e4], dtype=torch.float64)
+    got = _run_commit(st, ins, t_out, 100)
+    _assert_same_state(got, ref_commit(st, ins, t_out, 100))
+    assert int(got["status"][0]) == UNDERFLOW and int(got["out_index"][0]) == 1
+    # The same for a step that is not 0 but too small to move t (1e-6 at t = 1e18), even when the next one
+    # would be large enough.
+    st["h"][0], ins["h_next"][0] = 1e-6, 1e6
+    got = _run_commit(st, ins, t_out, 100)
+    assert int(got["status"][0]) == UNDERFLOW and int(got["out_index"][0]) == 1
+    # ... and the dense output writes nothing for it.
+    tab, y0, y1, ks = _dense_inputs(torch.float64, 1, D=4)
+    out = torch.zeros(2, 1, 4, dtype=torch.float64)
+    OPS.rk_dense_output(out, y0, y1, ks, torch.zeros(1, dtype=torch.float64), torch.full((1,), 1e18,
+                        dtype=torch.float64), torch.ones(1, dtype=torch.bool), t_out, torch.ones(1, dtype=torch.long),
+                        tab["mid"])
+    assert (out == 0).all()

@@ -297,3 +297,60 @@ def test_custom_norm_is_used():
     fastdiffeq.odeint(vdp, y0, t, options=dict(norm=big_norm))
     assert fastdiffeq.last_stats().nfe > 1.5 * base
     assert calls and set(calls) == {(2,)}
+
+
+# --- the fused initial step (initial_step_probe / initial_step_final) vs the unfused reference ----------
+
+def _python_rms(x):
+    """The default norm written in Python: with it, the solver takes the unfused reference path (initial
+    step and error norm in ATen + Python); without it, the fused ops. Tuples: max of the per-part RMS."""
+    if isinstance(x, tuple):
+        return max(_python_rms(p) for p in x)
+    return x.double().pow(2).mean().sqrt()
+
+
+def _mlp32(t, y):
+    return _NET32(y)
+
+
+def _mlp64(t, y):
+    return _NET64(y)
+
+
+FUSED_CASES = {
+    "mlp_f32": (_mlp32, _Y32, _lin(0, 1, 5).float()),
+    "mlp_f64": (_mlp64, _Y64, _lin(0, 1, 5)),
+    "vdp_reverse": (vdp, torch.tensor([2.0, 0.0], dtype=F64), _lin(3, 0, 4)),
+    "tuple_f64": (oscillator, OSC_Y0, _lin(0, 4, 5)),
+    "tuple_f32": (oscillator, tuple(p.float() for p in OSC_Y0), _lin(0, 4, 5).float()),
+}
+
+
+@pytest.mark.parametrize("name", list(FUSED_CASES))
+def test_fused_initial_step_equals_unfused(name):
+    func, y0, t = FUSED_CASES[name]
+    f32 = (y0[0] if isinstance(y0, tuple) else y0).dtype == torch.float32
+    kwargs = dict(rtol=1e-5, atol=1e-6) if f32 else dict(rtol=1e-8, atol=1e-10)
+    if isinstance(y0, tuple):
+        kwargs["atol"] = [kwargs["atol"], 10 * kwargs["atol"]]  # several tolerance segments
+    fused, unfused = Recorder(func), Recorder(func)
+    with torch.no_grad():
+        y_f = fastdiffeq.odeint(fused, y0, t, **kwargs)
+        s_f = fastdiffeq.last_stats()
+        y_u = fastdiffeq.odeint(unfused, y0, t, options=dict(norm=_python_rms), **kwargs)
+        s_u = fastdiffeq.last_stats()
+    assert (s_f.nfe, s_f.n_accepted, s_f.n_rejected) == (s_u.nfe, s_u.n_accepted, s_u.n_rejected)
+    # Evaluation 1 is f(t0); evaluation 2 is the probe at t0 + h0; evaluation 3 is the first step's second
+    # stage at t0 + h/5, which gives the first step h. The elementwise work has the same roundings; the norms
+    # sum in another order than ATen's reduction, which can move a float64 h0 by an ulp (float32 h0 and h are
+    # rounded to float32 and come out equal).
+    assert fused.times[0] == unfused.times[0]
+    if f32:
+        assert fused.times[1] == unfused.times[1]
+    else:
+        assert fused.times[1] == pytest.approx(unfused.times[1], rel=1e-14, abs=0)
+    h_f, h_u = (r.times[2] - r.times[0] for r in (fused, unfused))
+    assert h_f == pytest.approx(h_u, rel=1e-6 if f32 else 1e-12)
+    tol = dict(rtol=1e-5, atol=1e-6) if f32 else dict(rtol=1e-10, atol=1e-12)
+    for a, b in zip(y_f if isinstance(y_f, tuple) else (y_f,), y_u if isinstance(y_u, tuple) else (y_u,)):
+        torch.testing.assert_close(a, b, **tol)

@@ -1,8 +1,8 @@
 // C++ microbenchmarks of the fused CPU ops (DESIGN §6): bytes moved per second against a plain copy
 // of the same number of bytes, with the same threading, on the same machine.
 //
-// Ops: (1) fde::ops::rk_stage_cpu with dopri5's last row (a[6]: 6 stages, one zero coefficient);
-//      (2) fde::ops::rk_error_control_cpu with dopri5's 7 stages and error weights e (one zero).
+// Ops: (1) fde::ops::RkStage::cpu with dopri5's last row (a[6]: 6 stages, one zero coefficient);
+//      (2) fde::ops::RkErrorControl::cpu with dopri5's 7 stages and error weights e (one zero).
 // Layouts: joint [1, N] and per-sample [256, N/256] (N/256 rounded down; the element count actually
 // used is reported as the `elements` counter). float32 for every N, float64 at N = 1e6.
 // Threads: torch's intra-op threads at 1 and at the machine's core count.
@@ -40,8 +40,10 @@
 #include <vector>
 
 #include "core/tableau.h"
+#include "core/controller.h"
 #include "ops/cpu/row_chunks.h"
-#include "ops/ops.h"
+#include "ops/rk_error_control/op.h"
+#include "ops/rk_stage/op.h"
 
 #ifndef _OPENMP
 #error "ops_bench.cpp must be compiled with OpenMP: at::parallel_for is serial in a TU without it"
@@ -149,17 +151,19 @@ void run_op(benchmark::State& state, Case c) {
   if (c.op == Op::kStage) {
     const at::TensorList ks(in.ks.data(), 6);
     for (auto _ : state) {
-      at::Tensor out = fde::ops::rk_stage_cpu(in.y0, ks, in.h, stage_coeffs());
+      at::Tensor out = fde::ops::RkStage::cpu(in.y0, ks, in.h, stage_coeffs());
       benchmark::DoNotOptimize(out.data_ptr());
       benchmark::ClobberMemory();
     }
   } else {
     const at::TensorList ks(in.ks);
     const std::vector<int64_t> segment_ends{c.cols()};
-    const fde::ops::ControlArgs ctrl{0.9, 10.0, 0.2, 1.0 / kDopri5.order, 0.0, INFINITY};
+    fde::core::ControllerParams params;
+    params.exponent = 1.0 / kDopri5.order;
+    const fde::core::PackedControl control = fde::core::pack(params);
     for (auto _ : state) {
-      auto res = fde::ops::rk_error_control_cpu(in.y0, in.y1, ks, in.h, error_coeffs(), in.rtol, in.atol,
-                                                segment_ends, ctrl);
+      auto res = fde::ops::RkErrorControl::cpu(in.y0, in.y1, ks, in.h, error_coeffs(), in.rtol, in.atol,
+                                               segment_ends, control);
       benchmark::DoNotOptimize(std::get<0>(res).data_ptr());
       benchmark::ClobberMemory();
     }

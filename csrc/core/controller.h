@@ -1,7 +1,10 @@
-// Step-size control and initial-step selection: scalar formulas shared by CPU and CUDA.
+// Step-size control and initial-step selection: scalar formulas shared by CPU and CUDA, and the one
+// definition of the controller's parameters.
 #pragma once
 
+#include <array>
 #include <cmath>
+#include <optional>
 
 #include "core/macros.h"
 
@@ -16,6 +19,56 @@ struct ControllerParams {
   double min_step = 0.0;  // bounds on |h|
   double max_step = INFINITY;
 };
+
+// The packed form, an op's `float[] control` argument: the fields in this order. The only place the
+// order is written; pack/unpack, the Python class (bindings.cpp) and its field names derive from it.
+struct ControllerField {
+  const char* name;
+  double ControllerParams::*member;
+};
+inline constexpr ControllerField kControllerFields[] = {
+    {"safety", &ControllerParams::safety},     {"ifactor", &ControllerParams::ifactor},
+    {"dfactor", &ControllerParams::dfactor},   {"exponent", &ControllerParams::exponent},
+    {"min_step", &ControllerParams::min_step}, {"max_step", &ControllerParams::max_step},
+};
+inline constexpr int kNumControllerFields = sizeof(kControllerFields) / sizeof(kControllerFields[0]);
+using PackedControl = std::array<double, kNumControllerFields>;
+
+inline PackedControl pack(const ControllerParams& p) {
+  PackedControl v{};
+  for (int i = 0; i < kNumControllerFields; ++i) v[i] = p.*kControllerFields[i].member;
+  return v;
+}
+
+// `v` holds kNumControllerFields values in the packed order.
+inline ControllerParams unpack(const double* v) {
+  ControllerParams p;
+  for (int i = 0; i < kNumControllerFields; ++i) p.*kControllerFields[i].member = v[i];
+  return p;
+}
+
+// The range rules, in one place: safety in (0, 1], 0 < dfactor < 1 < ifactor (finite), exponent > 0
+// (finite), 0 <= min_step <= max_step (min_step finite), max_step > 0. NaN fails every rule. Returns
+// the first violated rule (the field it names, what it requires, the offending value), or nothing.
+struct ControllerIssue {
+  const char* field;
+  const char* requirement;
+  double value;
+};
+
+inline std::optional<ControllerIssue> check_controller(const ControllerParams& p) {
+  using std::isfinite;
+  if (!(p.safety > 0 && p.safety <= 1)) return ControllerIssue{"safety", "in (0, 1]", p.safety};
+  if (!(p.dfactor > 0 && p.dfactor < 1)) return ControllerIssue{"dfactor", "in (0, 1)", p.dfactor};
+  if (!(p.ifactor > 1 && isfinite(p.ifactor))) return ControllerIssue{"ifactor", "> 1 and finite", p.ifactor};
+  if (!(p.exponent > 0 && isfinite(p.exponent)))
+    return ControllerIssue{"exponent", "> 0 and finite", p.exponent};
+  if (!(p.min_step >= 0 && isfinite(p.min_step)))
+    return ControllerIssue{"min_step", ">= 0 and finite", p.min_step};
+  if (!(p.max_step > 0)) return ControllerIssue{"max_step", "> 0", p.max_step};
+  if (!(p.max_step >= p.min_step)) return ControllerIssue{"max_step", ">= min_step", p.max_step};
+  return std::nullopt;
+}
 
 // A step is accepted when its error ratio is <= 1. |h| above max_step is always rejected and |h| at or
 // below min_step always accepted, except that a non-finite ratio (NaN/inf in the stages) is never
@@ -42,6 +95,14 @@ FDE_INLINE double next_step_size(double abs_h, double ratio, const ControllerPar
     factor = fmin(p.ifactor, fmax(p.safety / pow(ratio, p.exponent), floor));
   }
   return fmin(fmax(abs_h * factor, p.min_step), p.max_step);
+}
+
+// One group's decision: accept flag and the next step size with h's sign.
+FDE_INLINE void control_row(double ratio, double h, const ControllerParams& p, bool* accept, double* h_next) {
+  const double abs_h = fabs(h);
+  *accept = accept_step(abs_h, ratio, p);
+  const double next = next_step_size(abs_h, ratio, p);
+  *h_next = h >= 0 ? next : -next;
 }
 
 // Hairer, Norsett & Wanner, Solving ODEs I, II.4: first guess from d0 = ||y0/scale||, d1 = ||f0/scale||.

@@ -1,31 +1,20 @@
 // Dense output: the quartic p(x), x = (t - t0)/h in [0, 1], with p(0) = y0, p(1) = y1,
-// p(1/2) = y_mid, p'(0) = h f0 and p'(1) = h f1 (the interpolant torchdiffeq evaluates).
+// p(1/2) = y_mid, p'(0) = h f0 and p'(1) = h f1 (the interpolant torchdiffeq evaluates), written as
+// weights on the step's inputs: p(x) = w_y0 y0 + w_y1 y1 + sum_j w_k[j] k_j, with
+// y_mid = y0 + h sum_j mid_j k_j, hf0 = h k_0 and hf1 = h k_{S-1}. Linear in (y0, y1, k), so the VJP of
+// the differentiable dense output uses the same weights. The one form every kernel (CPU, CUDA, in-place
+// and out-of-place) evaluates.
 #pragma once
 
 #include "core/macros.h"
 
 namespace fde::core {
 
-template <class T>
-FDE_INLINE T dense_quartic(T y0, T y1, T y_mid, T hf0, T hf1, T x) {
-  // Coefficients of p(x) = y0 + hf0 x + c x^2 + b x^3 + a x^4 from the five conditions above.
-  const T a = T(2) * (hf1 - hf0) - T(8) * (y1 + y0) + T(16) * y_mid;
-  const T b = (T(5) * hf0 - T(3) * hf1) + T(18) * y0 + T(14) * y1 - T(32) * y_mid;
-  const T c = (hf1 - T(4) * hf0) - T(11) * y0 - T(5) * y1 + T(16) * y_mid;
-  return y0 + x * (hf0 + x * (c + x * (b + x * a)));
-}
-
-}  // namespace fde::core
-
-namespace fde::core {
-
-// The same interpolant written as weights on the step's inputs, for the differentiable dense output:
-// p(x) = w_y0 y0 + w_y1 y1 + sum_j w_k[j] k_j, with y_mid = y0 + h sum_j mid_j k_j, hf0 = h k_0 and
-// hf1 = h k_{S-1}. Linear in (y0, y1, k), so the VJP uses the same weights.
 struct DenseWeights {
   double y0, y1, k[8];
 };
 
+// mid: the S = `stages` midpoint weights (zeros past the tableau's own).
 FDE_INLINE DenseWeights dense_weights(double x, double h, const double* mid, int stages) {
   const double x2 = x * x, x3 = x2 * x, x4 = x3 * x;
   const double w_y0 = 1.0 - 11.0 * x2 + 18.0 * x3 - 8.0 * x4;

@@ -17,6 +17,8 @@ using std::fabs;
 using std::fmax;
 using std::fmin;
 using std::isfinite;
+using std::isinf;
+using std::isnan;
 using std::pow;
 using std::sqrt;
 }  // namespace fde::core

@@ -1,6 +1,9 @@
+// The unfused initial step: the reference the fused ops (initial_step_probe / initial_step_final) reproduce,
+// and the path taken with a user-supplied norm.
 #include "solver/initial_step.h"
 
 #include "core/controller.h"
+#include "core/rounding.h"
 #include "solver/norms.h"
 
 namespace fde::solver {
@@ -9,7 +12,7 @@ at::Tensor select_initial_step(VectorField& field, ErrorNorm* norm, const Initia
   const auto dtype = in.y0.scalar_type();
   const int64_t B = in.y0.size(0);
   // torchdiffeq does this in the state's dtype; float32 states get float32-rounded step sizes.
-  auto round_to_state = [&](double v) { return dtype == at::kFloat ? static_cast<double>(static_cast<float>(v)) : v; };
+  auto round_to_state = [&](double v) { return dtype == at::kFloat ? core::round_to<float>(v) : v; };
   auto scale = (in.atol + in.y0.abs() * in.rtol).to(dtype);
   // d0, d1, d2 and h0 are per-group scalars: read and written on the host through data pointers (element
   // indexing would be one dispatched op each).

@@ -7,7 +7,7 @@
 
 #include "core/step_commit.h"
 #include "solver/grid_clip.h"
-#include "solver/ops_handles.h"
+#include "ops/registry.h"
 #include "solver/rk_problem.h"
 #include "solver/rk_step.h"
 
@@ -35,7 +35,7 @@ class DenseTrajectory {
       h_ = at::full({1}, s.h, time_opts_);
     }
     const at::Tensor ks[3] = {s.k0, s.mid_slope, s.k1};
-    return op::rk_dense_eval(s.y, s.y1, ks, h_, t0_, at::full({1}, t, time_opts_), kSlopeMid).select(0, 0);
+    return ops::call<ops::RkDenseEval>(s.y, s.y1, ks, h_, t0_, at::full({1}, t, time_opts_), kSlopeMid).select(0, 0);
   }
 
  private:

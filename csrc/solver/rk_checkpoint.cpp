@@ -5,15 +5,16 @@
 
 #include "solver/autograd_vjp.h"
 #include "solver/grid_clip.h"
-#include "solver/ops_handles.h"
+#include "ops/registry.h"
 #include "solver/rk_solve.h"
 #include "solver/rk_step.h"
+#include "solver/solve_args.h"
 
 namespace fde::solver {
 
 CheckpointGradients rk_checkpoint_backward(VectorField& field, const RkTape& tape, const at::Tensor& grad_ys,
                                            const std::vector<at::Tensor>& params) {
-  TORCH_CHECK(tape.tableau != nullptr, "fastdiffeq: empty checkpoint tape");
+  check_checkpoint_args(tape, grad_ys, params);
   const core::Tableau& tab = *tape.tableau;
   const auto dtype = tape.y0.scalar_type();
   const auto dev = tape.y0.device();
@@ -45,7 +46,8 @@ CheckpointGradients rk_checkpoint_backward(VectorField& field, const RkTape& tap
     std::vector<at::Tensor> outputs{st.y1, k_last};
     std::vector<at::Tensor> cotangents{a_y, a_k};
     if (s.out_last > s.out_first) {
-      outputs.push_back(op::rk_dense_eval(y, st.y1, st.ks, h, t0, tape.t_out.slice(0, s.out_first, s.out_last), mid));
+      outputs.push_back(
+          ops::call<ops::RkDenseEval>(y, st.y1, st.ks, h, t0, tape.t_out.slice(0, s.out_first, s.out_last), mid));
       cotangents.push_back(grad_ys.slice(0, s.out_first, s.out_last));
     }
     std::vector<at::Tensor> inputs{y, k0};

@@ -2,7 +2,8 @@
 
 #include "solver/initial_step.h"
 #include "solver/norms.h"
-#include "solver/ops_handles.h"
+#include "ops/registry.h"
+#include "solver/solve_args.h"
 
 namespace fde::solver {
 
@@ -18,26 +19,18 @@ StepDecision read_decision(const at::Tensor& ratio, const at::Tensor& accept, co
 RkProblem::RkProblem(VectorField& field, ErrorNorm* norm, const at::Tensor& y0, const at::Tensor& t_out,
                      const RkOptions& opt)
     : field_(field), norm_(norm), opt_(opt), tab_(*opt.tableau) {
-  TORCH_CHECK(y0.dim() == 2, "fastdiffeq: y0 must be [B, D]");
-  TORCH_CHECK(t_out.scalar_type() == at::kDouble, "fastdiffeq: t_out must be float64");
+  SolveArgs args = check_solve_args(y0, t_out, opt);
   B_ = y0.size(0);
   D_ = y0.size(1);
   T_ = t_out.size(-1);
-  TORCH_CHECK(T_ >= 1, "fastdiffeq: need at least one output time");
-  TORCH_CHECK(opt.step_t.empty() && opt.jump_t.empty() || B_ == 1,
-              "fastdiffeq: step_t and jump_t are supported in joint mode only");
   dtype_ = y0.scalar_type();
   t_out_ = t_out.to(y0.device()).contiguous();
-  segments_ = opt.segment_ends;
-  if (segments_.empty()) segments_.push_back(D_);
+  segments_ = std::move(args.segments);
+  ctrl_ = args.control;
+  ctrl_packed_ = core::pack(ctrl_);
+  direction_ = args.direction;
   rtol_seg_ = at::tensor(opt.rtol, at::kDouble).to(y0.device());
   atol_seg_ = at::tensor(opt.atol, at::kDouble).to(y0.device());
-  ctrl_ = opt.control;
-  ctrl_.exponent = 1.0 / tab_.order;
-  if (T_ > 1) {
-    auto first_two = (t_out_.dim() == 1 ? t_out_.slice(0, 0, 2) : t_out_.select(0, 0).slice(0, 0, 2)).cpu();
-    direction_ = first_two[1].item<double>() >= first_two[0].item<double>() ? 1.0 : -1.0;
-  }
   if (norm_ != nullptr) {
     rtol_el_ = expand_segments(opt.rtol, segments_, y0).to(dtype_);
     atol_el_ = expand_segments(opt.atol, segments_, y0).to(dtype_);
@@ -57,32 +50,41 @@ bool RkProblem::first_derivative(const at::Tensor& t0, const at::Tensor& y, at::
 
 at::Tensor RkProblem::first_step(const at::Tensor& t0, const at::Tensor& y, const at::Tensor& k0, int64_t& nfe) {
   at::NoGradGuard no_grad;
-  at::Tensor h_abs;
   if (opt_.first_step > 0) {
-    h_abs = at::full({B_}, opt_.first_step, t0.options());
-  } else {
-    const auto rtol_el = expand_segments(opt_.rtol, segments_, y);
-    const auto atol_el = expand_segments(opt_.atol, segments_, y);
-    h_abs = select_initial_step(
-        field_, norm_, {y.detach(), k0.detach(), t0, direction_, rtol_el, atol_el, segments_, tab_.order - 1});
-    ++nfe;
+    return (at::full({B_}, opt_.first_step, t0.options()).clamp(ctrl_.min_step, ctrl_.max_step) * direction_)
+        .contiguous();
   }
+  if (norm_ == nullptr) {
+    // Hairer's rule as two fused ops around the field's probe evaluation.
+    const at::Tensor yd = y.detach(), kd = k0.detach();
+    auto [h0, d1, y_probe, t_probe] =
+        ops::call<ops::InitialStepProbe>(yd, kd, t0, direction_, rtol_seg_, atol_seg_, segments_);
+    const at::Tensor f1 = field_.eval(t_probe, y_probe);
+    ++nfe;
+    return ops::call<ops::InitialStepFinal>(yd, kd, f1, h0, d1, direction_, rtol_seg_, atol_seg_, segments_,
+                                            static_cast<int64_t>(tab_.order - 1), ctrl_packed_);
+  }
+  // With a user norm: the unfused reference (solver/initial_step.cpp).
+  const auto rtol_el = expand_segments(opt_.rtol, segments_, y);
+  const auto atol_el = expand_segments(opt_.atol, segments_, y);
+  const at::Tensor h_abs = select_initial_step(
+      field_, norm_, {y.detach(), k0.detach(), t0, direction_, rtol_el, atol_el, segments_, tab_.order - 1});
+  ++nfe;
   return (h_abs.clamp(ctrl_.min_step, ctrl_.max_step) * direction_).contiguous();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> RkProblem::control(const at::Tensor& y, const at::Tensor& y1,
-                                                                  const std::vector<at::Tensor>& ks, const at::Tensor& h) {
+                                                                  const std::vector<at::Tensor>& ks,
+                                                                  const at::Tensor& h) {
   at::NoGradGuard no_grad;
   const at::ArrayRef<double> e(tab_.e, tab_.stages);
   if (norm_ == nullptr) {
-    return op::rk_error_control(y, y1, ks, h, e, rtol_seg_, atol_seg_, segments_, ctrl_.safety, ctrl_.ifactor,
-                                ctrl_.dfactor, ctrl_.exponent, ctrl_.min_step, ctrl_.max_step);
+    return ops::call<ops::RkErrorControl>(y, y1, ks, h, e, rtol_seg_, atol_seg_, segments_, ctrl_packed_);
   }
-  const auto err = op::rk_stage(at::zeros_like(y), ks, h, e);
+  const auto err = ops::call<ops::RkStage>(at::zeros_like(y), ks, h, e);
   const auto tol = atol_el_ + rtol_el_ * at::maximum(y.abs(), y1.abs());
   at::Tensor ratio = group_norm(err / tol, segments_, norm_).abs().contiguous();
-  auto [accept, h_next] = op::step_size_control(ratio, h, ctrl_.safety, ctrl_.ifactor, ctrl_.dfactor,
-                                                ctrl_.exponent, ctrl_.min_step, ctrl_.max_step);
+  auto [accept, h_next] = ops::call<ops::StepSizeControl>(ratio, h, ctrl_packed_);
   return {ratio, accept, h_next};
 }
 

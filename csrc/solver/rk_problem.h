@@ -26,7 +26,8 @@ StepDecision read_decision(const at::Tensor& ratio, const at::Tensor& accept, co
 
 class RkProblem {
  public:
-  // y0: [B, D]; t_out: float64 [T] or [B, T], monotone, t_out[..., 0] the initial time.
+  // y0: [B, D]; t_out: float64 [T] or [B, T], monotone, t_out[..., 0] the initial time. Validates every
+  // argument before anything is indexed (solver/solve_args.h).
   RkProblem(VectorField& field, ErrorNorm* norm, const at::Tensor& y0, const at::Tensor& t_out, const RkOptions& opt);
 
   // t0 [B] from the output grid.
@@ -50,7 +51,8 @@ class RkProblem {
   at::ScalarType dtype_;
   at::Tensor t_out_, rtol_seg_, atol_seg_, rtol_el_, atol_el_;
   std::vector<int64_t> segments_;
-  core::ControllerParams ctrl_;
+  core::ControllerParams ctrl_;  // exponent set from the method's order
+  core::PackedControl ctrl_packed_;  // ctrl_ as the ops take it
   double direction_ = 1.0;
 };
 

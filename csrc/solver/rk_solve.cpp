@@ -4,14 +4,16 @@
 
 #include <cmath>
 
-#include "core/error_norm.h"
+#include "core/controller.h"
+#include "core/status.h"
 #include "core/step_commit.h"
+#include "ops/registry.h"
 #include "solver/grid_clip.h"
 #include "solver/initial_step.h"
 #include "solver/norms.h"
 #include "solver/rk_problem.h"
-#include "solver/ops_handles.h"
 #include "solver/rk_step.h"
+#include "solver/solve_args.h"
 
 namespace fde::solver {
 namespace {
@@ -60,7 +62,7 @@ RkResult run_masked(RkProblem& p, const at::Tensor& y0_in) {
 
   res.ys = at::empty({p.T_, p.B_, p.D_}, y0_in.options());
   res.ys.select(0, 0).copy_(y0_in);
-  res.status = at::zeros({p.B_}, y0_in.options().dtype(at::kInt));
+  res.status = at::full({p.B_}, static_cast<int32_t>(core::kRunning), y0_in.options().dtype(at::kInt));
   res.counters = at::zeros({p.B_, core::kNumCounters}, y0_in.options().dtype(at::kLong));
   at::Tensor out_index = at::ones({p.B_}, y0_in.options().dtype(at::kLong));
   const at::ArrayRef<double> mid(tab.mid, tab.stages);
@@ -74,7 +76,7 @@ RkResult run_masked(RkProblem& p, const at::Tensor& y0_in) {
     }
     StepStages st = rk_stages(p.field_, tab, y, k0, t0, h_step, res.nfe);
     auto [ratio, accept, h_next] = p.control(y, st.y1, st.ks, h_step);
-    op::rk_dense_output(res.ys, y, st.y1, st.ks, h_step, t0, accept, p.t_out_, out_index, mid);
+    ops::call<ops::RkDenseOutput>(res.ys, y, st.y1, st.ks, h_step, t0, accept, p.t_out_, out_index, mid);
 
     at::Tensor k_last = st.ks.back();
     const bool accepted_on_grid = grid.active() && accept.item<bool>();
@@ -84,8 +86,8 @@ RkResult run_masked(RkProblem& p, const at::Tensor& y0_in) {
       k_last = p.field_.eval(after_jump_time(t1, p.direction_, p.dtype_, y.device()), st.y1);
       ++res.nfe;
     }
-    op::rk_commit(y, k0, t0, h_step, res.status, res.counters, out_index, st.y1, k_last, h_next, accept, ratio,
-                  p.t_out_, p.opt_.max_num_steps);
+    ops::call<ops::RkCommit>(y, k0, t0, h_step, res.status, res.counters, out_index, st.y1, k_last, h_next, accept,
+                             ratio, p.t_out_, p.opt_.max_num_steps);
     h = h_step;  // rk_commit wrote the next step size into it
     if (accepted_on_grid) grid.accepted();
     ++res.n_steps;
@@ -129,7 +131,7 @@ RkResult run_host(RkProblem& p, const at::Tensor& y0_in, LoopMode mode) {
   double t0 = t_host[0];
   double h = h_t.item<double>();
   int32_t status = core::kRunning;
-  int64_t counters[core::kNumCounters] = {0, 0, 0, 0};
+  int64_t counters[core::kNumCounters] = {};
   int64_t out_index = 1;
   std::vector<at::Tensor> rows{y0_in.unsqueeze(0)};
   const at::ArrayRef<double> mid(tab.mid, tab.stages);
@@ -149,9 +151,10 @@ RkResult run_host(RkProblem& p, const at::Tensor& y0_in, LoopMode mode) {
     auto [ratio, accept, h_next] = p.control(y.detach(), st.y1.detach(), detached(st.ks), h_t);
     const StepDecision d = read_decision(ratio, accept, h_next);
     if (d.accept) {
-      const int64_t last = core::outputs_through(t_host, p.T_, out_index, t1, p.direction_);
+      const int64_t last = core::outputs_passed_to(t_host, p.T_, out_index, t0, t1);
       if (last > out_index)
-        rows.push_back(op::rk_dense_eval(y, st.y1, st.ks, h_t, t0_t, p.t_out_.slice(0, out_index, last), mid));
+        rows.push_back(
+            ops::call<ops::RkDenseEval>(y, st.y1, st.ks, h_t, t0_t, p.t_out_.slice(0, out_index, last), mid));
       at::Tensor k_last = st.ks.back();
       if (grid.on_jump) {
         k_last = p.field_.eval(after_jump_time(t1, p.direction_, p.dtype_, dev), st.y1);
@@ -162,7 +165,7 @@ RkResult run_host(RkProblem& p, const at::Tensor& y0_in, LoopMode mode) {
         if (p.opt_.record_dense) {
           rec.y1 = st.y1;
           rec.k1 = st.ks.back();
-          rec.mid_slope = op::rk_stage(zero_state, st.ks, unit_h, mid);
+          rec.mid_slope = ops::call<ops::RkStage>(zero_state, st.ks, unit_h, mid);
         }
         res.tape->steps.push_back(std::move(rec));
       }

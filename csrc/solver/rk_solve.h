@@ -79,7 +79,8 @@ struct RkResult {
 };
 
 // y0: [B, D] float32/float64 contiguous; t_out: float64 [T] (shared) or [B, T], monotone per sample,
-// t_out[..., 0] the initial time. `norm` may be null (the fused segmented RMS norm is used).
+// t_out[..., 0] the initial time. `norm` may be null (the fused segmented RMS norm and the fused initial
+// step are used). Every argument is validated first (solve_args.h: ValueError / TypeError in Python).
 RkResult rk_solve(VectorField& field, ErrorNorm* norm, const at::Tensor& y0, const at::Tensor& t_out,
                   const RkOptions& options, LoopMode mode = LoopMode::kMasked);
 
@@ -91,7 +92,7 @@ struct CheckpointGradients {
 
 // Exact gradients of the discrete solve recorded in `tape`: each accepted step is replayed under
 // autograd in reverse order and back-propagated through, one step's graph at a time.
-// grad_ys: [T, 1, D] cotangents of the outputs.
+// grad_ys: [T, 1, D] cotangents of the outputs (validated: solve_args.h).
 CheckpointGradients rk_checkpoint_backward(VectorField& field, const RkTape& tape, const at::Tensor& grad_ys,
                                            const std::vector<at::Tensor>& params);
 

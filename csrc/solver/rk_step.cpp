@@ -1,7 +1,6 @@
 #include "solver/rk_step.h"
 
-
-#include "solver/ops_handles.h"
+#include "ops/registry.h"
 
 namespace fde::solver {
 namespace {
@@ -27,9 +26,9 @@ StepStages rk_stages(VectorField& field, const core::Tableau& tab, const at::Ten
   StepStages st;
   st.ks.resize(S);
   st.ks[0] = k0;
-  const at::Tensor ts = op::rk_stage_times(t0, h, at::ArrayRef<double>(tab.c, S), y.scalar_type());
+  const at::Tensor ts = ops::call<ops::RkStageTimes>(t0, h, at::ArrayRef<double>(tab.c, S), y.scalar_type());
   for (int i = 1; i < S; ++i) {
-    st.y1 = op::rk_stage(y, at::TensorList(st.ks.data(), i), h, at::ArrayRef<double>(tab.a[i], i));
+    st.y1 = ops::call<ops::RkStage>(y, at::TensorList(st.ks.data(), i), h, at::ArrayRef<double>(tab.a[i], i));
     st.ks[i] = field.eval(stage_time_row(ts, i), st.y1);
     ++nfe;
   }

@@ -5,6 +5,7 @@ Public API:
     odeint_adjoint(func, y0, t, *, ..., adjoint_options, adjoint_params) -- drop-in for torchdiffeq's
     last_stats(), last_backward_stats() -> SolveStats  -- NFE, accepted/rejected steps
     SolverError, MaxStepsError, StepSizeUnderflowError, NonFiniteStateError
+    Status  -- the solver's status codes (an IntEnum of the values the compiled core defines)
 """
 
 import torch  # noqa: F401  (loads libtorch before the extension, which has no RPATH to it)
@@ -14,6 +15,7 @@ from ._errors import MaxStepsError, NonFiniteStateError, SolverError, StepSizeUn
 from ._adjoint import odeint_adjoint
 from ._odeint import METHODS, odeint
 from ._stats import SolveStats, last_backward_stats, last_stats
+from ._status import Status
 
 __version__ = "0.1.0"
 
@@ -28,4 +30,5 @@ __all__ = [
     "StepSizeUnderflowError",
     "NonFiniteStateError",
     "METHODS",
+    "Status",
 ]

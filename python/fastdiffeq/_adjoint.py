@@ -17,8 +17,9 @@ import torch
 
 from . import _C
 from ._odeint import (METHODS, _gradient_params, _grid_after, _parse_options, _prepare, _Problem, _raise_status,
-                      _run, _STATUS_NAMES, gc_paused, output_time_gradients, solver_options)
+                      _run, gc_paused, output_time_gradients, solver_options)
 from ._stats import SolveStats, _record_backward
+from ._status import Status, status_name
 from ._validate import TensorOrTuple, positive_float
 
 __all__ = ["odeint_adjoint"]
@@ -110,10 +111,9 @@ class _AdjointConfig:
                                 user_shape=p.user_shape, joint=True)
         status = int(res["status"])
         stats = SolveStats(method=self.method, nfe=int(res["nfe"]), n_accepted=int(res["n_accepted"]),
-                           n_rejected=int(res["n_rejected"]), t_final=float(res["t"]),
-                           status=_STATUS_NAMES.get(status, "running"))
+                           n_rejected=int(res["n_rejected"]), t_final=float(res["t"]), status=status_name(status))
         _record_backward(stats)
-        if status != 1:
+        if status != Status.SUCCESS:
             _raise_status(status, float(res["t"]), stats, self.options, "odeint_adjoint (backward)")
         return res["grad_y0"], res["grad_params"]
 

@@ -16,8 +16,9 @@ from torch.autograd.function import once_differentiable
 from . import _C
 from ._errors import MaxStepsError, NonFiniteStateError, SolverError, StepSizeUnderflowError
 from ._stats import SolveStats, _record, _record_backward
+from ._status import Counter, Status, status_name
 from ._validate import (TensorOrTuple, check_func, check_state_tensor, check_time_grid, check_tolerance,
-                        positive_float, time_points)
+                        max_num_steps_option, positive_float, real_option, time_points)
 
 __all__ = ["odeint", "METHODS"]
 
@@ -28,8 +29,11 @@ _ADAPTIVE_OPTIONS = frozenset({
     "dtype", "norm",
 })
 
-_STATUS_NAMES = {1: "success", 2: "max_steps", 3: "step_underflow", 4: "non_finite"}
-_STATUS_ERRORS = {2: MaxStepsError, 3: StepSizeUnderflowError, 4: NonFiniteStateError}
+_STATUS_ERRORS = {Status.MAX_STEPS: MaxStepsError, Status.STEP_UNDERFLOW: StepSizeUnderflowError,
+                  Status.NON_FINITE: NonFiniteStateError}
+
+# Controller options and their defaults: fields of _C.ControllerParams (exponent comes from the method).
+_CONTROL_OPTIONS = ("safety", "ifactor", "dfactor", "min_step", "max_step")
 
 
 def _needs_grad(func: Any, y0s: Tuple[torch.Tensor, ...], t: torch.Tensor) -> bool:
@@ -56,23 +60,18 @@ def _parse_options(options: Optional[Dict[str, Any]], n_parts: int) -> Dict[str,
     out["first_step"] = 0.0
     if options.get("first_step") is not None:
         out["first_step"] = positive_float(options["first_step"], "first_step")
-    out["min_step"] = positive_float(options.get("min_step", 0.0), "min_step", allow_zero=True)
-    out["max_step"] = positive_float(options.get("max_step", math.inf), "max_step", allow_inf=True)
-    if out["max_step"] < out["min_step"]:
-        raise ValueError(f"options['max_step'] ({out['max_step']}) must be >= options['min_step'] ({out['min_step']})")
-    out["safety"] = positive_float(options.get("safety", 0.9), "safety")
-    out["ifactor"] = positive_float(options.get("ifactor", 10.0), "ifactor")
-    if out["ifactor"] < 1:
-        raise ValueError(f"options['ifactor'] must be >= 1, got {out['ifactor']}")
-    out["dfactor"] = positive_float(options.get("dfactor", 0.2), "dfactor")
-    if out["dfactor"] > 1:
-        raise ValueError(f"options['dfactor'] must be in (0, 1], got {out['dfactor']}")
-    mns = options.get("max_num_steps", 2**31 - 1)
-    if isinstance(mns, torch.Tensor) and mns.numel() == 1:
-        mns = mns.item()
-    if isinstance(mns, bool) or not isinstance(mns, numbers.Integral) or mns <= 0:
-        raise ValueError(f"options['max_num_steps'] must be a positive integer, got {mns!r}")
-    out["max_num_steps"] = int(mns)
+    # The controller: one _C.ControllerParams; its range rules are the core's (csrc/core/controller.h).
+    defaults = _C.ControllerParams()
+    control = _C.ControllerParams(**{
+        name: real_option(options[name], name) if options.get(name) is not None else getattr(defaults, name)
+        for name in _CONTROL_OPTIONS
+    })
+    problem = control.problem()
+    if problem is not None:
+        field, requirement, value = problem
+        raise ValueError(f"options['{field}'] must be {requirement}, got {value}")
+    out["control"] = control
+    out["max_num_steps"] = max_num_steps_option(options.get("max_num_steps", 2**31 - 1))
     dtype = options.get("dtype", torch.float64)
     if dtype != torch.float64:
         raise ValueError(f"options['dtype'] (the time dtype) must be torch.float64, got {dtype}")
@@ -218,10 +217,7 @@ def solver_options(method: str, rtols: Sequence[float], atols: Sequence[float], 
     o = _C.RkOptions()
     o.method = method
     o.rtol, o.atol, o.segment_ends = list(rtols), list(atols), list(segment_ends)
-    control = _C.ControllerParams()
-    control.safety, control.ifactor, control.dfactor = opts["safety"], opts["ifactor"], opts["dfactor"]
-    control.min_step, control.max_step = opts["min_step"], opts["max_step"]
-    o.control = control
+    o.control = opts["control"]
     o.first_step, o.max_num_steps = opts["first_step"], opts["max_num_steps"]
     o.step_t, o.jump_t = list(step_t), list(jump_t)
     # The masked loop reads "all done" every check_every steps: free on the CPU, a sync on CUDA.
@@ -259,11 +255,11 @@ def _run(p: _Problem, y_flat: torch.Tensor, mode: str, *, who: str = "odeint", r
     status = res["status"].tolist()[0]
     counters = res["counters"].tolist()[0]
     t_final = res["t"].tolist()[0]
-    stats = SolveStats(method=p.method, nfe=int(res["nfe"]), n_accepted=int(counters[0]),
-                       n_rejected=int(counters[1]), t_final=t_final, status=_STATUS_NAMES.get(status, "running"))
+    stats = SolveStats(method=p.method, nfe=int(res["nfe"]), n_accepted=int(counters[Counter.ACCEPTED]),
+                       n_rejected=int(counters[Counter.REJECTED]), t_final=t_final, status=status_name(status))
     if record:
         _record(stats)
-    if status != 1:
+    if status != Status.SUCCESS:
         _raise_status(status, t_final, stats, p.opts, who)
     return res
 
@@ -342,7 +338,7 @@ class _CheckpointSolve(torch.autograd.Function):
             p.field, ctx.tape, grad_ys.contiguous(), params, p.user_shape, True)
         # The tape stays with ctx (freed with the graph), so a retain_graph=True backward can run again.
         _record_backward(SolveStats(method=p.method, nfe=int(nfe), n_accepted=ctx.tape.n_steps, n_rejected=0,
-                                    t_final=float(p.t64[0]), status="success"))
+                                    t_final=float(p.t64[0]), status=status_name(Status.SUCCESS)))
         return (grad_y0, None, *grad_params)
 
 
@@ -439,17 +435,17 @@ def odeint(
 
 
 def _raise_status(status: int, t_final: float, stats: SolveStats, opts: Dict[str, Any], who: str) -> None:
-    if status == 2:
+    if status == Status.MAX_STEPS:
         msg = (f"max_num_steps={opts['max_num_steps']} step attempts were made at t={t_final:.6g} without reaching "
                f"the next output time ({stats.n_accepted} accepted, {stats.n_rejected} rejected in total); "
                "raise options['max_num_steps'] or loosen rtol/atol")
-    elif status == 3:
+    elif status == Status.STEP_UNDERFLOW:
         msg = (f"step size underflow at t={t_final:.17g}: the controller asked for a step too small to advance "
                "time in float64. The problem may be stiff or have a singularity there; loosen rtol/atol or set "
                "options['min_step']")
-    elif status == 4:
+    elif status == Status.NON_FINITE:
         msg = (f"func returned NaN or inf at t={t_final:.6g} and kept doing so after the step size was cut "
                "repeatedly: the solution may blow up there")
     else:
-        msg = f"solver stopped at t={t_final:.6g} with status {status}"
+        msg = f"solver stopped at t={t_final:.6g} with status {status_name(status)}"
     raise _STATUS_ERRORS.get(status, SolverError)(f"fastdiffeq.{who}: {msg}", t=t_final, stats=stats)

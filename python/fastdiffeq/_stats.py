@@ -19,7 +19,8 @@ class SolveStats:
         n_accepted: accepted steps.
         n_rejected: rejected step attempts.
         t_final: the time the solver reached (past the last output time: outputs are interpolated).
-        status: 'success', 'max_steps', 'step_underflow' or 'non_finite'.
+        status: the lower-case name of a :class:`fastdiffeq.Status`: 'success', 'max_steps', 'step_underflow',
+            'non_finite' (or 'invalid_index', which only a CUDA kernel fed an invalid index reports).
     """
 
     method: str

@@ -47,6 +47,8 @@ def check_time_grid(t: Any, name: str = "t") -> torch.Tensor:
         raise TypeError(f"`{name}` must be a 1-D torch.Tensor of times, got {type(t).__name__}")
     if not t.is_floating_point():
         raise TypeError(f"`{name}` must be a floating-point tensor, got {t.dtype}")
+    if t.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"`{name}` must be on a CPU or CUDA device, got {t.device}")
     if t.dim() != 1:
         raise ValueError(f"`{name}` must be one-dimensional, got shape {tuple(t.shape)}")
     if t.numel() == 0:
@@ -86,10 +88,18 @@ def _scalar_tol(value: Any, name: str) -> float:
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"`{name}` must be a real number, got {type(value).__name__}")
-    value = float(value)
+    value = _to_float(value, f"`{name}`", "finite and >= 0")
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"`{name}` must be finite and >= 0, got {value}")
     return value
+
+
+def _to_float(value: Any, label: str, requirement: str) -> float:
+    """float(value), with a ValueError naming the argument where Python raises OverflowError (10**400)."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{label} must be {requirement}, got {value!r:.40} (too large for a float)") from None
 
 
 def check_tolerance(value: Any, name: str, n_parts: int) -> list[float]:
@@ -105,18 +115,49 @@ def check_tolerance(value: Any, name: str, n_parts: int) -> list[float]:
     return [_scalar_tol(value, name)] * n_parts
 
 
-def positive_float(value: Any, name: str, *, allow_zero: bool = False, allow_inf: bool = False) -> float:
+def _option_number(value: Any, name: str) -> Any:
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(f"options['{name}'] must be a number, got a tensor of shape {tuple(value.shape)}")
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"options['{name}'] must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if math.isnan(value) or (math.isinf(value) and not allow_inf) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"options['{name}'] must be {bound}{'' if allow_inf else ' and finite'}, got {value}")
     return value
+
+
+def positive_float(value: Any, name: str, *, allow_zero: bool = False, allow_inf: bool = False) -> float:
+    bound = ">= 0" if allow_zero else "> 0"
+    requirement = f"{bound}{'' if allow_inf else ' and finite'}"
+    value = _to_float(_option_number(value, name), f"options['{name}']", requirement)
+    if math.isnan(value) or (math.isinf(value) and not allow_inf) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"options['{name}'] must be {requirement}, got {value}")
+    return value
+
+
+def real_option(value: Any, name: str) -> float:
+    """A real-valued option as a float (inf allowed, NaN not); its range is checked by the caller."""
+    value = _option_number(value, name)
+    try:
+        value = float(value)
+    except OverflowError:
+        value = math.inf if value > 0 else -math.inf  # 10**400: the range rules then name the option
+    if math.isnan(value):
+        raise ValueError(f"options['{name}'] must not be NaN")
+    return value
+
+
+_INT64_MAX = 2**63 - 1
+
+
+def max_num_steps_option(value: Any) -> int:
+    """options['max_num_steps']: a positive integer that fits the solver's int64 counters."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"options['max_num_steps'] must be a positive integer, got {value!r}")
+    if value > _INT64_MAX:
+        raise ValueError(f"options['max_num_steps'] must be at most 2**63 - 1, got {value}")
+    return int(value)
 
 
 def time_points(value: Any, name: str) -> list[float]:
@@ -126,7 +167,7 @@ def time_points(value: Any, name: str) -> list[float]:
             raise ValueError(f"options['{name}'] must be one-dimensional, got shape {tuple(value.shape)}")
         values = value.detach().to("cpu", torch.float64).reshape(-1).tolist()
     elif isinstance(value, Sequence) and not isinstance(value, str):
-        values = [float(v) for v in value]
+        values = [_to_float(v, f"options['{name}']", "finite") for v in value]
     else:
         raise TypeError(f"options['{name}'] must be a 1-D tensor or a sequence of times, got {type(value).__name__}")
     if not all(math.isfinite(v) for v in values):

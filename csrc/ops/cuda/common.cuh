@@ -32,7 +32,6 @@
 
 #include "core/controller.h"
 #include "core/tableau.h"
-#include "ops/ops.h"
 
 namespace fde::ops::cuda {
 
@@ -114,21 +113,58 @@ struct Stages {
   double coeff[core::kMaxStages];
 };
 
-// Controller for one group: accept flag and signed next step, as the CPU kernels do it.
-__device__ __forceinline__ void control_row(double ratio, double h, const core::ControllerParams& p,
-                                            bool* accept, double* h_next) {
-  const double abs_h = fabs(h);
-  *accept = core::accept_step(abs_h, ratio, p);
-  const double next = core::next_step_size(abs_h, ratio, p);
-  *h_next = h >= 0 ? next : -next;
-}
-
 // Sum over a warp; every lane gets the same value (the butterfly adds each pair in both orders, and
 // floating-point addition is commutative, so all lanes hold bitwise-identical sums).
 __device__ __forceinline__ double warp_sum(double v) {
 #pragma unroll
   for (int m = kWarp / 2; m > 0; m /= 2) v += __shfl_xor_sync(0xffffffffu, v, m);
   return v;
+}
+
+// Maximum over a warp; every lane gets the same value. NaN-free inputs (the callers' fallback paths).
+__device__ __forceinline__ double warp_max(double v) {
+#pragma unroll
+  for (int m = kWarp / 2; m > 0; m /= 2) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, m));
+  return v;
+}
+
+// Sum / maximum over a group of G threads (G = kWarp: a warp; G = kThreads: the block); every thread of
+// the group gets the same value. For G = kThreads they synchronise the block, so every thread of the
+// block must reach them (block-uniform control flow); `red` is kWarpsPerBlock doubles of shared memory.
+template <int G>
+__device__ __forceinline__ double group_sum(double v, double* red) {
+  v = warp_sum(v);
+  if constexpr (G == kWarp) {
+    return v;
+  } else {
+    static_assert(G == kThreads, "groups are a warp or the block");
+    const int warp = threadIdx.x / kWarp;
+    if (threadIdx.x % kWarp == 0) red[warp] = v;
+    __syncthreads();
+    double total = 0.0;
+#pragma unroll
+    for (int w = 0; w < kWarpsPerBlock; ++w) total += red[w];
+    __syncthreads();  // red is reused by the next call
+    return total;
+  }
+}
+
+template <int G>
+__device__ __forceinline__ double group_max(double v, double* red) {
+  v = warp_max(v);
+  if constexpr (G == kWarp) {
+    return v;
+  } else {
+    static_assert(G == kThreads, "groups are a warp or the block");
+    const int warp = threadIdx.x / kWarp;
+    if (threadIdx.x % kWarp == 0) red[warp] = v;
+    __syncthreads();
+    double total = red[0];
+#pragma unroll
+    for (int w = 1; w < kWarpsPerBlock; ++w) total = fmax(total, red[w]);
+    __syncthreads();
+    return total;
+  }
 }
 
 }  // namespace fde::ops::cuda

@@ -1,5 +1,9 @@
-// CUDA kernels of the fused ops, registered under the CUDA dispatch key. The schemas are defined in
-// ops/registration.cpp; the adapters come from the shared macro, so CPU and CUDA register the same way.
-#include "ops/registration_helpers.h"
+// The CUDA kernels of every op in ops::AllOps, registered under the CUDA dispatch key (the schemas and
+// the other keys: ../registration.cpp).
+#include <torch/library.h>
 
-FDE_REGISTER_DEVICE_KERNELS(CUDA, cuda)
+#include "ops/registry.h"
+
+FDE_TORCH_LIBRARY_IMPL(FDE_OP_NAMESPACE, CUDA, m) {
+  fde::ops::for_each_op(fde::ops::AllOps{}, [&]<class Op>() { m.impl(Op::kName, TORCH_FN(Op::cuda)); });
+}

@@ -1,25 +1,21 @@
-// Stage times t0 + c_i h, cast to the state's dtype as the vector field receives them.
+// rk_stage_times on the CPU: t0 + c_i h, cast to the state's dtype as the vector field receives them.
 #include <ATen/Dispatch.h>
 
 #include <cmath>
 
-#include "ops/checks.h"
-#include "ops/ops.h"
+#include "ops/rk_stage_times/op.h"
 
 namespace fde::ops {
 
-at::Tensor rk_stage_times_cpu(const at::Tensor& t0, const at::Tensor& h, at::ArrayRef<double> c,
-                              at::ScalarType dtype) {
-  TORCH_CHECK(t0.dim() == 1, "fastdiffeq: t0 must be 1-D, got ", t0.sizes());
-  check_time_vector(t0, t0.size(0), t0, "t0");
-  check_time_vector(h, t0.size(0), t0, "h");
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "fastdiffeq: dtype must be float32 or float64");
+at::Tensor RkStageTimes::cpu(const at::Tensor& t0, const at::Tensor& h, at::ArrayRef<double> c,
+                             at::ScalarType dtype) {
+  check(t0, h, c, dtype);
   const int64_t B = t0.size(0);
   const int64_t S = static_cast<int64_t>(c.size());
   auto out = at::empty({S, B}, t0.options().dtype(dtype));
   const double* tp = t0.data_ptr<double>();
   const double* hp = h.data_ptr<double>();
-  AT_DISPATCH_FLOATING_TYPES(dtype, "rk_stage_times_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(dtype, "rk_stage_times cpu", [&] {
     scalar_t* op = out.data_ptr<scalar_t>();
     for (int64_t s = 0; s < S; ++s) {
       for (int64_t b = 0; b < B; ++b) {

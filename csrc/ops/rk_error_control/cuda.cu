@@ -1,19 +1,23 @@
-// (2) Error estimate, error norm, accept decision and next step size (CUDA), and the controller alone.
+// rk_error_control on CUDA: error estimate, error norm, accept decision and next step size.
 //
-// rk_error_control runs in two kernels on the current stream, with no host synchronisation:
+// It runs in two kernels on the current stream, with no host synchronisation:
 //
 //   pass 1 (error_partial_kernel): the D elements of each row are cut, segment by segment, into
 //     chunks of `chunk` elements (a chunk never straddles a tolerance segment). One warp owns one
 //     (row, chunk) item at a time (grid-stride over the B * NB items, NB chunks per row); its lanes walk
 //     the chunk with stride 32 (coalesced), accumulate core::scaled_error_sq(h * sum_j e_j k_j, ...)
-//     in double and reduce with shuffles; lane 0 writes the item's partial sum to a [B, NB] float64
-//     buffer. chunk >= 1024 and grows with D so that NB stays near kMaxItemsPerRow: joint mode
-//     (B = 1, D up to 1e7 and more) gets thousands of warps over the whole device; per-sample mode
-//     gets one item per (row, segment) for rows up to 1024 elements.
+//     in double and reduce with shuffles; lane 0 writes the item's partial as a pair (scale, ssq) meaning
+//     scale^2 * ssq: (1, plain sum of squares), or, only when that sum overflowed to inf while no element
+//     was NaN, (m, sum (x/m)^2) with m the item's max |x| (two more passes over the item by the same warp;
+//     an inf element keeps (1, inf)). Two [B, NB] float64 buffers. chunk >= 1024 and grows with D so
+//     that NB stays near kMaxItemsPerRow: joint mode (B = 1, D up to 1e7 and more) gets thousands of
+//     warps over the whole device; per-sample mode gets one item per (row, segment) for rows up to 1024
+//     elements.
 //   pass 2 (error_finalize_kernel): one group of G threads per row (a warp, or the whole block when a
-//     row has many partials) sums each segment's partials in a fixed order, takes the RMS
-//     sqrt(sum / len), keeps the maximum over non-empty segments with NaN propagating, and applies
-//     core::accept_step / core::next_step_size with h's sign.
+//     row has many partials) sums each segment's partials scale^2 * ssq in a fixed order (with every
+//     scale 1, the plain sums), and takes the RMS by core::robust_rms: sqrt(sum / len), or, when the sum
+//     overflowed, from the partials' norms scale * sqrt(ssq) rescaled by their maximum; keeps the worst
+//     segment (core::worse_ratio: NaN propagates) and applies core::control_row.
 //   Partial sums are per item and reduced in a fixed order, so the result does not depend on the grid
 //   size or on scheduling (deterministic run to run).
 //
@@ -27,9 +31,8 @@
 
 #include "core/controller.h"
 #include "core/error_norm.h"
-#include "ops/checks.h"
 #include "ops/cuda/common.cuh"
-#include "ops/ops.h"
+#include "ops/rk_error_control/op.h"
 
 namespace fde::ops {
 namespace {
@@ -70,7 +73,8 @@ struct ErrorArgs {
   const double* atol;
   const double* rtol;
   int64_t B, D, NB, chunk;
-  double* partial;  // [B, NB]
+  double* scale;  // [B, NB]: the partials as pairs, scale^2 * ssq
+  double* ssq;    // [B, NB]
 };
 
 template <class T, int NE>
@@ -105,43 +109,46 @@ __global__ void __launch_bounds__(cuda::kThreads)
     const T* y0 = a.y0 + off;
     const T* y1 = a.y1 + off;
 
-    double acc = 0.0;
-#pragma unroll 4
-    for (int64_t i = begin + lane; i < end; i += cuda::kWarp) {
+    // The element's scaled error; the same arithmetic in every pass below.
+    auto element = [&](int64_t i) {
       double err = 0.0;
 #pragma unroll
       for (int j = 0; j < NE; ++j) err += a.st.coeff[j] * static_cast<double>(a.st.k[j][off + i]);
-      acc += core::scaled_error_sq(hb * err, static_cast<double>(y0[i]), static_cast<double>(y1[i]), atol,
-                                   rtol);
+      return core::scaled_error(hb * err, static_cast<double>(y0[i]), static_cast<double>(y1[i]), atol, rtol);
+    };
+    double acc = 0.0;
+#pragma unroll 4
+    for (int64_t i = begin + lane; i < end; i += cuda::kWarp) {
+      const double r = element(i);
+      acc += r * r;
     }
     acc = cuda::warp_sum(acc);  // NaN in any element makes the partial NaN
-    if (lane == 0) a.partial[item] = acc;
-  }
-}
-
-// Sum over a group of G threads (G = 32: a warp; G = kThreads: the block); every thread of the group
-// gets the same value. For G = kThreads it synchronises the block.
-template <int G>
-__device__ __forceinline__ double group_sum(double v, double* red) {
-  v = cuda::warp_sum(v);
-  if constexpr (G == cuda::kWarp) {
-    return v;
-  } else {
-    static_assert(G == cuda::kThreads, "groups are a warp or the block");
-    const int warp = threadIdx.x / cuda::kWarp;
-    if (threadIdx.x % cuda::kWarp == 0) red[warp] = v;
-    __syncthreads();
-    double total = 0.0;
-#pragma unroll
-    for (int w = 0; w < cuda::kWarpsPerBlock; ++w) total += red[w];
-    __syncthreads();  // red is reused by the next call
-    return total;
+    double scale = 1.0;
+    if (isinf(acc)) {  // warp-uniform: overflow, or an inf element
+      double m = 0.0;
+      for (int64_t i = begin + lane; i < end; i += cuda::kWarp) m = fmax(m, fabs(element(i)));
+      m = cuda::warp_max(m);
+      if (isfinite(m)) {
+        double ss = 0.0;
+        for (int64_t i = begin + lane; i < end; i += cuda::kWarp) {
+          const double q = element(i) / m;
+          ss += q * q;
+        }
+        acc = cuda::warp_sum(ss);
+        scale = m;
+      }
+    }
+    if (lane == 0) {
+      a.scale[item] = scale;
+      a.ssq[item] = acc;
+    }
   }
 }
 
 template <int G>
 __global__ void __launch_bounds__(cuda::kThreads)
-    error_finalize_kernel(const double* __restrict__ partial, const double* __restrict__ h, int64_t B,
+    error_finalize_kernel(const double* __restrict__ scale, const double* __restrict__ ssq,
+                          const double* __restrict__ h, int64_t B,
                           int64_t NB, SegmentTable seg, core::ControllerParams p, double* __restrict__ ratio,
                           bool* __restrict__ accept, double* __restrict__ h_next) {
   __shared__ int64_t sh[kTableMax];
@@ -158,41 +165,52 @@ __global__ void __launch_bounds__(cuda::kThreads)
        row0 += static_cast<int64_t>(gridDim.x) * kRowsPerBlock) {
     const int64_t b = row0 + threadIdx.x / G;
     const bool active = b < B;  // uniform within a group
-    const double* pb = partial + b * NB;
+    const double* ps = scale + b * NB;
+    const double* pq = ssq + b * NB;
     double worst = 0.0;
     for (int s = 0; s < S; ++s) {
       const int64_t begin = s == 0 ? 0 : ends[s - 1], end = ends[s];
       if (end == begin) continue;  // empty segments do not count
+      const int64_t q0 = blk[s], q1 = blk[s + 1];
       double sum = 0.0;
       if (active)
-        for (int64_t q = blk[s] + t; q < blk[s + 1]; q += G) sum += pb[q];
-      sum = group_sum<G>(sum, red);
-      // NaN must survive the max (a NaN stage makes the whole step non-finite).
-      const double rms = sqrt(sum / static_cast<double>(end - begin));
-      worst = (isnan(rms) || rms > worst) ? rms : worst;
+        for (int64_t q = q0 + t; q < q1; q += G) sum += ps[q] * ps[q] * pq[q];
+      sum = cuda::group_sum<G>(sum, red);
+      // Group-uniform branches inside (sum is the same on every thread of the group).
+      const double rms = core::robust_rms(
+          sum, end - begin,
+          [&] {
+            double m = 0.0;
+            if (active)
+              for (int64_t q = q0 + t; q < q1; q += G) m = fmax(m, ps[q] * sqrt(pq[q]));
+            return cuda::group_max<G>(m, red);
+          },
+          [&](double m) {
+            double ss = 0.0;
+            if (active)
+              for (int64_t q = q0 + t; q < q1; q += G) {
+                const double x = ps[q] * sqrt(pq[q]) / m;
+                ss += x * x;
+              }
+            return cuda::group_sum<G>(ss, red);
+          });
+      worst = core::worse_ratio(worst, rms);
     }
     if (active && t == 0) {
       ratio[b] = worst;
-      cuda::control_row(worst, h[b], p, accept + b, h_next + b);
+      core::control_row(worst, h[b], p, accept + b, h_next + b);
     }
   }
 }
 
-__global__ void __launch_bounds__(cuda::kThreads)
-    step_size_control_kernel(const double* __restrict__ ratio, const double* __restrict__ h, int64_t B,
-                             core::ControllerParams p, bool* __restrict__ accept, double* __restrict__ h_next) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; b < B; b += stride)
-    cuda::control_row(ratio[b], h[b], p, accept + b, h_next + b);
-}
-
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> rk_error_control_cuda(
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> RkErrorControl::cuda(
     const at::Tensor& y0, const at::Tensor& y1, at::TensorList ks, const at::Tensor& h,
-    at::ArrayRef<double> err_coeffs, const at::Tensor& rtol, const at::Tensor& atol,
-    at::IntArrayRef segment_ends, const ControlArgs& ctrl) {
-  check_error_control_args(y0, y1, ks, h, err_coeffs, rtol, atol, segment_ends, ctrl);
+    at::ArrayRef<double> err_coeffs, const at::Tensor& rtol, const at::Tensor& atol, at::IntArrayRef segment_ends,
+    at::ArrayRef<double> control) {
+  const core::ControllerParams params = check(y0, y1, ks, h, err_coeffs, rtol, atol, segment_ends, control);
   const int64_t B = y0.size(0), D = y0.size(1);
   const int64_t S = static_cast<int64_t>(segment_ends.size());
   TORCH_CHECK(S <= std::numeric_limits<int>::max() / 2 - 1, "fastdiffeq: too many tolerance segments: ", S);
@@ -239,11 +257,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rk_error_control_cuda(
 
   const cudaStream_t stream = cuda::current_stream();
   // Allocated on the current stream by the caching allocator; freed (stream-ordered) on return.
-  auto partial = at::empty({B * NB}, opts);
-  double* pp = partial.data_ptr<double>();
+  auto partial = at::empty({2, B * NB}, opts);
+  double* p_scale = partial.data_ptr<double>();
+  double* p_ssq = p_scale + B * NB;
 
   if (NB > 0) {
-    AT_DISPATCH_FLOATING_TYPES(y0.scalar_type(), "rk_error_control_cuda", [&] {
+    AT_DISPATCH_FLOATING_TYPES(y0.scalar_type(), "rk_error_control cuda", [&] {
       ErrorArgs<scalar_t> a{};
       a.y0 = y0.data_ptr<scalar_t>();
       a.y1 = y1.data_ptr<scalar_t>();
@@ -258,7 +277,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rk_error_control_cuda(
       a.D = D;
       a.NB = NB;
       a.chunk = chunk;
-      a.partial = pp;
+      a.scale = p_scale;
+      a.ssq = p_ssq;
       cuda::with_stage_count(n_e, [&](auto NE) {
         error_partial_kernel<scalar_t, decltype(NE)::value>
             <<<cuda::grid_for(B * NB, cuda::kWarpsPerBlock), cuda::kThreads, 0, stream>>>(a, seg);
@@ -267,34 +287,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rk_error_control_cuda(
     });
   }
 
-  const core::ControllerParams params = ctrl;
   // A warp per row, or the whole block when a row has many partials to add.
   if (NB > 2 * cuda::kWarp) {
     error_finalize_kernel<cuda::kThreads><<<cuda::grid_for(B, 1), cuda::kThreads, 0, stream>>>(
-        pp, h.data_ptr<double>(), B, NB, seg, params, ratio.data_ptr<double>(), accept.data_ptr<bool>(),
+        p_scale, p_ssq, h.data_ptr<double>(), B, NB, seg, params, ratio.data_ptr<double>(), accept.data_ptr<bool>(),
         h_next.data_ptr<double>());
   } else {
     error_finalize_kernel<cuda::kWarp><<<cuda::grid_for(B, cuda::kWarpsPerBlock), cuda::kThreads, 0, stream>>>(
-        pp, h.data_ptr<double>(), B, NB, seg, params, ratio.data_ptr<double>(), accept.data_ptr<bool>(),
+        p_scale, p_ssq, h.data_ptr<double>(), B, NB, seg, params, ratio.data_ptr<double>(), accept.data_ptr<bool>(),
         h_next.data_ptr<double>());
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {ratio, accept, h_next};
-}
-
-std::tuple<at::Tensor, at::Tensor> step_size_control_cuda(const at::Tensor& ratio, const at::Tensor& h,
-                                                           const ControlArgs& ctrl) {
-  check_step_size_control_args(ratio, h, ctrl);
-  const c10::cuda::CUDAGuard guard(h.device());
-  const int64_t B = h.size(0);
-  auto accept = at::empty({B}, h.options().dtype(at::kBool));
-  auto h_next = at::empty({B}, h.options());
-  if (B == 0) return {accept, h_next};
-  step_size_control_kernel<<<cuda::grid_for(B), cuda::kThreads, 0, cuda::current_stream()>>>(
-      ratio.data_ptr<double>(), h.data_ptr<double>(), B, ctrl, accept.data_ptr<bool>(),
-      h_next.data_ptr<double>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {accept, h_next};
 }
 
 }  // namespace fde::ops

@@ -1,12 +1,11 @@
-// Stage times t0 + c_i h, cast to the state's dtype as the vector field receives them (CUDA).
+// rk_stage_times on CUDA: t0 + c_i h, cast to the state's dtype as the vector field receives them.
 //
 // Grid: one thread per output element of the [S, B] result (grid-stride loop). The c_i travel by
 // value, kMaxTimesPerLaunch at a time (one launch for every tableau here; longer lists take more).
 #include <ATen/Dispatch.h>
 
-#include "ops/checks.h"
 #include "ops/cuda/common.cuh"
-#include "ops/ops.h"
+#include "ops/rk_stage_times/op.h"
 
 namespace fde::ops {
 namespace {
@@ -36,7 +35,7 @@ __global__ void __launch_bounds__(cuda::kThreads)
     for (int j = 0; j < kMaxTimesPerLaunch; ++j)
       if (j == s) c = fr.c[j];  // constant indices: fr stays in kernel-argument space
     if (c == 1.0) {
-      // One ulp before t0 + h, towards t0, in the output dtype (rk_stage_times_cpu).
+      // One ulp before t0 + h, towards t0, in the output dtype (RkStageTimes::cpu).
       out[i] = next_toward(static_cast<T>(t0[b] + h[b]), static_cast<T>(t0[b]));
     } else {
       // Rounded multiply then add, never contracted to an FMA: the same double as the CPU kernel (and
@@ -48,12 +47,9 @@ __global__ void __launch_bounds__(cuda::kThreads)
 
 }  // namespace
 
-at::Tensor rk_stage_times_cuda(const at::Tensor& t0, const at::Tensor& h, at::ArrayRef<double> c,
-                               at::ScalarType dtype) {
-  TORCH_CHECK(t0.dim() == 1, "fastdiffeq: t0 must be 1-D, got ", t0.sizes());
-  check_time_vector(t0, t0.size(0), t0, "t0");
-  check_time_vector(h, t0.size(0), t0, "h");
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "fastdiffeq: dtype must be float32 or float64");
+at::Tensor RkStageTimes::cuda(const at::Tensor& t0, const at::Tensor& h, at::ArrayRef<double> c,
+                              at::ScalarType dtype) {
+  check(t0, h, c, dtype);
   const c10::cuda::CUDAGuard guard(t0.device());
   const int64_t B = t0.size(0);
   const int64_t S = static_cast<int64_t>(c.size());
@@ -63,7 +59,7 @@ at::Tensor rk_stage_times_cuda(const at::Tensor& t0, const at::Tensor& h, at::Ar
   const cudaStream_t stream = cuda::current_stream();
   const double* tp = t0.data_ptr<double>();
   const double* hp = h.data_ptr<double>();
-  AT_DISPATCH_FLOATING_TYPES(dtype, "rk_stage_times_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES(dtype, "rk_stage_times cuda", [&] {
     scalar_t* op = out.data_ptr<scalar_t>();
     for (int64_t s0 = 0; s0 < S; s0 += kMaxTimesPerLaunch) {
       StageFractions fr{};

@@ -1,21 +1,21 @@
-// (3) Dense output at the output times that fall inside an accepted step.
+// rk_dense_output on the CPU: the rows each sample passes (core::outputs_passed), the interpolant as
+// weights per written row (core::dense_weights), then one vectorised pass per row (cpu::weighted_sum).
 #include <ATen/Dispatch.h>
 
 #include <vector>
 
 #include "core/dense_output.h"
-#include "ops/checks.h"
+#include "core/step_commit.h"
 #include "ops/cpu/row_chunks.h"
 #include "ops/cpu/weighted_sum.h"
-#include "ops/ops.h"
+#include "ops/rk_dense_output/op.h"
 
 namespace fde::ops {
 
-void rk_dense_output_cpu(at::Tensor& out, const at::Tensor& y0, const at::Tensor& y1, at::TensorList ks,
-                         const at::Tensor& h, const at::Tensor& t0, const at::Tensor& accept,
-                         const at::Tensor& t_out, const at::Tensor& out_index,
-                         at::ArrayRef<double> mid_coeffs) {
-  const int64_t T = check_dense_output_args(out, y0, y1, ks, h, t0, accept, t_out, out_index, mid_coeffs);
+void RkDenseOutput::cpu(at::Tensor& out, const at::Tensor& y0, const at::Tensor& y1, at::TensorList ks,
+                        const at::Tensor& h, const at::Tensor& t0, const at::Tensor& accept, const at::Tensor& t_out,
+                        const at::Tensor& out_index, at::ArrayRef<double> mid_coeffs) {
+  const int64_t T = check(out, y0, y1, ks, h, t0, accept, t_out, out_index, mid_coeffs);
   const int64_t B = y0.size(0), D = y0.size(1);
 
   // Which output rows each sample fills in this step: [first[b], last[b]).
@@ -28,12 +28,10 @@ void rk_dense_output_cpu(at::Tensor& out, const at::Tensor& y0, const at::Tensor
   std::vector<int64_t> first(B), last(B);
   bool any = false;
   for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK(ip[b] >= 0 && ip[b] <= T, "fastdiffeq: out_index[", b, "] = ", ip[b], " is outside [0, ", T, "]");
     first[b] = last[b] = ip[b];
     if (!ap[b]) continue;
-    const double t1 = tp[b] + hp[b];
-    const double dir = hp[b] > 0 ? 1.0 : -1.0;
-    const double* tb = top + b * t_stride;
-    while (last[b] < T && dir * (tb[last[b]] - t1) <= 0.0) ++last[b];
+    last[b] = core::outputs_passed(top + b * t_stride, T, first[b], tp[b], hp[b]);
     any = any || last[b] > first[b];
   }
   if (!any) return;
@@ -54,7 +52,7 @@ void rk_dense_output_cpu(at::Tensor& out, const at::Tensor& y0, const at::Tensor
       weights.insert(weights.end(), dw.k, dw.k + S);
     }
   }
-  AT_DISPATCH_FLOATING_TYPES(y0.scalar_type(), "rk_dense_output_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(y0.scalar_type(), "rk_dense_output cpu", [&] {
     const scalar_t* y0p = y0.data_ptr<scalar_t>();
     const scalar_t* y1p = y1.data_ptr<scalar_t>();
     const scalar_t* k[core::kMaxStages];

@@ -1,9 +1,8 @@
-// (1) Stage combination out = y + h * sum_j a_j k_j in one pass over memory.
+// rk_stage on the CPU: out = y + h * sum_j a_j k_j in one pass over memory.
 #include <ATen/Dispatch.h>
 
-#include "ops/checks.h"
 #include "ops/cpu/row_chunks.h"
-#include "ops/ops.h"
+#include "ops/rk_stage/op.h"
 
 namespace fde::ops {
 namespace {
@@ -42,11 +41,8 @@ void combine_row_dispatch(int s, T* out, const T* y, const T* const* k, const T*
 
 }  // namespace
 
-at::Tensor rk_stage_cpu(const at::Tensor& y, at::TensorList ks, const at::Tensor& h,
-                        at::ArrayRef<double> coeffs) {
-  check_state(y, "y");
-  check_stages(ks, y, coeffs.size(), "coeffs");
-  check_time_vector(h, y.size(0), y, "h");
+at::Tensor RkStage::cpu(const at::Tensor& y, at::TensorList ks, const at::Tensor& h, at::ArrayRef<double> coeffs) {
+  check(y, ks, h, coeffs);
   auto out = at::empty_like(y);
   const int64_t B = y.size(0), D = y.size(1);
   // Only the stages with a non-zero coefficient are read.
@@ -55,7 +51,7 @@ at::Tensor rk_stage_cpu(const at::Tensor& y, at::TensorList ks, const at::Tensor
   for (size_t j = 0; j < coeffs.size(); ++j)
     if (coeffs[j] != 0.0) nz[s++] = static_cast<int>(j);
   const double* hp = h.data_ptr<double>();
-  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "rk_stage_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "rk_stage cpu", [&] {
     const scalar_t* k[core::kMaxStages];
     for (int j = 0; j < s; ++j) k[j] = ks[nz[j]].data_ptr<scalar_t>();
     const scalar_t* yp = y.data_ptr<scalar_t>();

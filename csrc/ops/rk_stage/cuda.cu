@@ -1,14 +1,13 @@
-// (1) Stage combination out = y + h * sum_j a_j k_j in one pass over memory (CUDA).
+// rk_stage on CUDA: out = y + h * sum_j a_j k_j in one pass over memory.
 //
 // Grid: a grid-stride loop over the B * D elements, kThreads per block. Each thread reads h[b] of its
 // row (a cached broadcast load) and forms the weights h[b] * a_j in double, cast to the state's dtype,
 // then accumulates in the state's dtype over the stages with a non-zero coefficient, in order, as
-// rk_stage_cpu does. The stage count is a template parameter so the loop unrolls.
+// RkStage::cpu does. The stage count is a template parameter so the loop unrolls.
 #include <ATen/Dispatch.h>
 
-#include "ops/checks.h"
 #include "ops/cuda/common.cuh"
-#include "ops/ops.h"
+#include "ops/rk_stage/op.h"
 
 namespace fde::ops {
 namespace {
@@ -30,11 +29,8 @@ __global__ void __launch_bounds__(cuda::kThreads)
 
 }  // namespace
 
-at::Tensor rk_stage_cuda(const at::Tensor& y, at::TensorList ks, const at::Tensor& h,
-                         at::ArrayRef<double> coeffs) {
-  check_state(y, "y");
-  check_stages(ks, y, coeffs.size(), "coeffs");
-  check_time_vector(h, y.size(0), y, "h");
+at::Tensor RkStage::cuda(const at::Tensor& y, at::TensorList ks, const at::Tensor& h, at::ArrayRef<double> coeffs) {
+  check(y, ks, h, coeffs);
   const c10::cuda::CUDAGuard guard(y.device());
   auto out = at::empty_like(y);
   const int64_t B = y.size(0), D = y.size(1), n = B * D;
@@ -47,7 +43,7 @@ at::Tensor rk_stage_cuda(const at::Tensor& y, at::TensorList ks, const at::Tenso
     if (coeffs[j] != 0.0) nz[s++] = static_cast<int>(j);
 
   const cudaStream_t stream = cuda::current_stream();
-  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "rk_stage_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "rk_stage cuda", [&] {
     cuda::Stages<scalar_t> st{};
     for (int j = 0; j < s; ++j) {
       st.k[j] = ks[nz[j]].data_ptr<scalar_t>();

@@ -1,4 +1,6 @@
-// (2) Error estimate, error norm, accept decision and next step size in one pass.
+// rk_error_control on the CPU: error estimate, error norm, accept decision and next step size in one
+// pass. The element's scaled error, the overflow-free RMS, the segments' combination and the controller
+// are the core's (core/error_norm.h, core/controller.h); this file is the vectorised loop around them.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
@@ -8,23 +10,11 @@
 
 #include "core/controller.h"
 #include "core/error_norm.h"
-#include "ops/checks.h"
 #include "ops/cpu/row_chunks.h"
-#include "ops/ops.h"
+#include "ops/rk_error_control/op.h"
 
 namespace fde::ops {
 namespace {
-
-// core::scaled_error_sq with std::fmax written as a select, so that the element loop vectorises
-// (GCC does not vectorise std::fmax). Same arithmetic, same NaN rule as fmax: a NaN argument yields
-// the other one (NaN only when both are).
-[[gnu::always_inline]] inline double scaled_error_sq_v(double err, double y0, double y1, double atol, double rtol) {
-  const double a0 = std::fabs(y0), a1 = std::fabs(y1);
-  const double m = (a0 > a1 || a1 != a1) ? a0 : a1;  // == fmax(a0, a1)
-  const double tol = atol + rtol * m;
-  const double r = err / tol;
-  return r * r;
-}
 
 // Sum over [d0, d1) of one row of the squared scaled error. S (the number of non-zero error weights)
 // is a template parameter so the stage loop unrolls; the element loop keeps kLanes partial sums
@@ -46,7 +36,7 @@ template <class T, int S>
   auto element = [&](int64_t i) __attribute__((always_inline)) {
     double err = 0.0;
     for (int j = 0; j < S; ++j) err += ee[j] * static_cast<double>(kk[j][i]);
-    return scaled_error_sq_v(h * err, static_cast<double>(y0[i]), static_cast<double>(y1[i]), atol, rtol);
+    return core::scaled_error_sq(h * err, static_cast<double>(y0[i]), static_cast<double>(y1[i]), atol, rtol);
   };
   double acc[kLanes] = {};
   int64_t i = d0;
@@ -111,20 +101,13 @@ RowSumFn<T> row_sum_fn(int s) {
   }
 }
 
-void control_row(double ratio, double h, const core::ControllerParams& p, bool* accept, double* h_next) {
-  const double abs_h = std::fabs(h);
-  *accept = core::accept_step(abs_h, ratio, p);
-  const double next = core::next_step_size(abs_h, ratio, p);
-  *h_next = h >= 0 ? next : -next;
-}
-
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> rk_error_control_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> RkErrorControl::cpu(
     const at::Tensor& y0, const at::Tensor& y1, at::TensorList ks, const at::Tensor& h,
-    at::ArrayRef<double> err_coeffs, const at::Tensor& rtol, const at::Tensor& atol,
-    at::IntArrayRef segment_ends, const ControlArgs& ctrl) {
-  check_error_control_args(y0, y1, ks, h, err_coeffs, rtol, atol, segment_ends, ctrl);
+    at::ArrayRef<double> err_coeffs, const at::Tensor& rtol, const at::Tensor& atol, at::IntArrayRef segment_ends,
+    at::ArrayRef<double> control) {
+  const core::ControllerParams params = check(y0, y1, ks, h, err_coeffs, rtol, atol, segment_ends, control);
   const int64_t B = y0.size(0), D = y0.size(1);
   const int64_t S = static_cast<int64_t>(segment_ends.size());
 
@@ -138,7 +121,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rk_error_control_cpu(
   double* rp = ratio.data_ptr<double>();
   bool* ap = accept.data_ptr<bool>();
   double* hn = h_next.data_ptr<double>();
-  const core::ControllerParams& params = ctrl;
 
   int nz[core::kMaxStages];
   double e[core::kMaxStages];
@@ -149,7 +131,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rk_error_control_cpu(
       e[s_nz++] = err_coeffs[j];
     }
 
-  AT_DISPATCH_FLOATING_TYPES(y0.scalar_type(), "rk_error_control_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(y0.scalar_type(), "rk_error_control cpu", [&] {
     const scalar_t* y0p = y0.data_ptr<scalar_t>();
     const scalar_t* y1p = y1.data_ptr<scalar_t>();
     const scalar_t* k[core::kMaxStages];
@@ -175,13 +157,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rk_error_control_cpu(
         } else {
           sum = row_sum_sq(y0p + off, y1p + off, kb, e, hp[b], at_[s], rt[s], begin, end);
         }
-        // NaN must survive the max (a NaN stage makes the whole step non-finite).
-        const double rms = std::sqrt(sum / static_cast<double>(end - begin));
-        worst = (std::isnan(rms) || rms > worst) ? rms : worst;
+        // The element again, for the overflow fallback of robust_rms (two more passes, only when the sum
+        // of squares overflowed).
+        auto element = [&](int64_t i) {
+          double err = 0.0;
+          for (int j = 0; j < s_nz; ++j) err += e[j] * static_cast<double>(kb[j][i]);
+          return core::scaled_error(hp[b] * err, static_cast<double>(y0p[off + i]), static_cast<double>(y1p[off + i]),
+                                    at_[s], rt[s]);
+        };
+        const double rms = core::robust_rms(
+            sum, end - begin,
+            [&] {
+              double m = 0.0;
+              for (int64_t i = begin; i < end; ++i) m = std::max(m, std::fabs(element(i)));
+              return m;
+            },
+            [&](double m) {
+              double ss = 0.0;
+              for (int64_t i = begin; i < end; ++i) {
+                const double q = element(i) / m;
+                ss += q * q;
+              }
+              return ss;
+            });
+        worst = core::worse_ratio(worst, rms);
         if (std::isnan(worst)) break;
       }
       rp[b] = worst;
-      control_row(worst, hp[b], params, ap + b, hn + b);
+      core::control_row(worst, hp[b], params, ap + b, hn + b);
     };
 
     if (B == 1) {
@@ -194,20 +197,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rk_error_control_cpu(
     }
   });
   return {ratio, accept, h_next};
-}
-
-std::tuple<at::Tensor, at::Tensor> step_size_control_cpu(const at::Tensor& ratio, const at::Tensor& h,
-                                                          const ControlArgs& ctrl) {
-  check_step_size_control_args(ratio, h, ctrl);
-  const int64_t B = h.size(0);
-  auto accept = at::empty({B}, h.options().dtype(at::kBool));
-  auto h_next = at::empty({B}, h.options());
-  const core::ControllerParams& params = ctrl;
-  const double* rp = ratio.data_ptr<double>();
-  const double* hp = h.data_ptr<double>();
-  for (int64_t b = 0; b < B; ++b)
-    control_row(rp[b], hp[b], params, accept.data_ptr<bool>() + b, h_next.data_ptr<double>() + b);
-  return {accept, h_next};
 }
 
 }  // namespace fde::ops
