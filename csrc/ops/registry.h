@@ -13,6 +13,8 @@
 #pragma once
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 
 #include <string>
 #include <utility>
@@ -74,10 +76,19 @@ const c10::TypedOperatorHandle<typename Op::Fn>& handle() {
   return h;
 }
 
-// Calls the op through the dispatcher (device kernels, autograd, fake tensors alike).
+// Calls the op through the dispatcher (device kernels, autograd, fake tensors alike). An op without an
+// autograd formula is called below the Autograd keys: the solver treats its outputs (error ratios, step
+// sizes, flags, in-place bookkeeping) as constants of the solve, and the boxed autograd-not-implemented
+// fallback it would otherwise pass through cost a measurable share of a step. (Called from Python, such
+// an op still goes through that fallback, which refuses to differentiate it.)
 template <class Op, class... Args>
 decltype(auto) call(Args&&... args) {
-  return handle<Op>().call(std::forward<Args>(args)...);
+  if constexpr (HasAutograd<Op>) {
+    return handle<Op>().call(std::forward<Args>(args)...);
+  } else {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return handle<Op>().call(std::forward<Args>(args)...);
+  }
 }
 
 }  // namespace fde::ops
