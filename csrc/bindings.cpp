@@ -12,6 +12,7 @@
 #include "core/status.h"
 #include "core/tableau.h"
 #include "solver/autograd_vjp.h"
+#include "solver/finite.h"
 #include "solver/rk_adjoint.h"
 #include "solver/rk_solve.h"
 
@@ -315,6 +316,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rk_checkpoint_backward", &checkpoint_backward_py, py::arg("func"), py::arg("tape"), py::arg("grad_ys"),
         py::arg("params"), py::arg("user_shape"), py::arg("joint"));
   m.def("tableau", &tableau_py, py::arg("name"));
+  m.def("all_finite", &fde::solver::all_finite, py::arg("x"),
+        "Whether every element of x is finite (no allocation for contiguous CPU float tensors).");
   std::vector<std::string> methods;
   for (const auto* t : fde::core::kAllTableaus) methods.emplace_back(t->name);
   m.attr("methods") = methods;

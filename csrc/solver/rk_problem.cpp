@@ -3,6 +3,7 @@
 #include "solver/initial_step.h"
 #include "solver/norms.h"
 #include "ops/registry.h"
+#include "solver/finite.h"
 #include "solver/solve_args.h"
 
 namespace fde::solver {
@@ -44,8 +45,7 @@ at::Tensor RkProblem::initial_time() const {
 bool RkProblem::first_derivative(const at::Tensor& t0, const at::Tensor& y, at::Tensor& k0, int64_t& nfe) {
   k0 = field_.eval(t0.to(dtype_), y);
   ++nfe;
-  at::NoGradGuard no_grad;
-  return at::isfinite(k0).all().item<bool>();
+  return all_finite(k0);
 }
 
 at::Tensor RkProblem::first_step(const at::Tensor& t0, const at::Tensor& y, const at::Tensor& k0, int64_t& nfe) {

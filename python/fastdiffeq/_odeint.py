@@ -46,9 +46,19 @@ def _needs_grad(func: Any, y0s: Tuple[torch.Tensor, ...], t: torch.Tensor) -> bo
     return True  # a closure may capture tensors that require grad: keep the graph
 
 
+_DEFAULT_OPTIONS: Dict[str, Any] = {}
+
+
 def _parse_options(options: Optional[Dict[str, Any]], n_parts: int) -> Dict[str, Any]:
-    if options is None:
-        options = {}
+    """Validated options (the defaults, parsed once, when none are given: a solve's fixed cost)."""
+    if options is None or (isinstance(options, dict) and not options):
+        if not _DEFAULT_OPTIONS:
+            _DEFAULT_OPTIONS.update(_parse_given_options({}))
+        return dict(_DEFAULT_OPTIONS)
+    return _parse_given_options(options)
+
+
+def _parse_given_options(options: Dict[str, Any]) -> Dict[str, Any]:
     if not isinstance(options, dict):
         raise TypeError(f"`options` must be a dict or None, got {type(options).__name__}")
     unknown = sorted(set(options) - _ADAPTIVE_OPTIONS)

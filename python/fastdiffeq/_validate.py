@@ -36,7 +36,7 @@ def check_state_tensor(y: Any, name: str) -> torch.Tensor:
             f"`{name}` is on {y.device} but this fastdiffeq build has no CUDA kernels "
             "(it was built against a CPU-only torch or without nvcc)"
         )
-    if y.numel() > 0 and not bool(torch.isfinite(y).all()):
+    if not _C.all_finite(y):
         raise ValueError(f"`{name}` contains NaN or inf")
     return y
 
