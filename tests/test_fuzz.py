@@ -105,3 +105,13 @@ def test_harness_catches_each_kind_of_failure():
     assert got == {k: [v] if v else [] for k, v in expected.items()}
     crash = next(r for r in recs if r.target == "selftest:crash")
     assert "os').abort()" in crash.failures[0]["program"]  # the culprit's program is in the report
+
+
+def test_every_C_entry_point_is_a_target():
+    # A new solver entry point in _C needs an argument builder in tests/fuzz/gen.py (ENTRY_POINTS).
+    from fastdiffeq import _C
+
+    not_fuzzed = {"tableau"}  # a lookup by name, covered by test_ops.py
+    entry = {n for n in dir(_C) if not n.startswith("_") and callable(getattr(_C, n))
+             and not isinstance(getattr(_C, n), type)}
+    assert entry - not_fuzzed <= set(TARGETS), f"add fuzz targets for: {sorted(entry - not_fuzzed - set(TARGETS))}"

@@ -21,7 +21,7 @@ from fastdiffeq import _C
 OPS = torch.ops.fastdiffeq
 nan, inf = math.nan, math.inf
 
-__all__ = ["torch", "fde", "_C", "OPS", "nan", "inf", "mk", "F", "FieldError", "Lin", "api_call", "assert_guards",
+__all__ = ["torch", "fde", "_C", "OPS", "nan", "inf", "mk", "F", "N", "FieldError", "Lin", "api_call", "assert_guards",
            "check_guards", "SUCCESS", "RUNNING", "all_finite", "shape_of", "odeint_shape_ok", "grad_direct", "close", "solved_ok", "defined_part",
            "inplace_then_read", "write_past_end"]
 
@@ -103,7 +103,7 @@ def mk(shape, dtype="float64", fill="randn", seed=0, values=None, value=0.0, lo=
     if device == "meta":
         x = torch.empty_strided(x.shape, x.stride(), dtype=dt, device="meta")
     elif guard and layout == "contig":
-        sentinel = True if dt == torch.bool else (-777 if not dt.is_floating_point else -7.77e7)
+        sentinel = True if dt == torch.bool else (-777 if not dt.is_floating_point else -384.0)  # exact in f16
         buf = torch.full((n + 2 * _PAD,), sentinel, dtype=dt)
         view = buf[_PAD:_PAD + n].view(shape)
         view.copy_(x)
@@ -148,7 +148,8 @@ F = types.SimpleNamespace(
     identity=lambda t, y: y,                                 # y' = y, returns its input itself (aliasing)
     square=lambda t, y: _map(lambda v: v * v, y),            # blows up in finite time
     nan_late=lambda t, y: _map(lambda v: -v if not _late(t) else torch.full_like(v, nan), y),
-    huge=lambda t, y: _map(lambda v: torch.full_like(v, 1e300 if v.dtype == torch.float64 else 1e38), y),
+    # 1e300 (1e20 in float32): finite, but its square overflows a naive RMS norm
+    huge=lambda t, y: _map(lambda v: torch.full_like(v, 1e300 if v.dtype == torch.float64 else 1e20), y),
     inf=lambda t, y: _map(lambda v: torch.full_like(v, inf), y),
     wrong_shape=lambda t, y: _map(lambda v: torch.zeros(v.numel() + 1, dtype=v.dtype), y),
     wrong_dtype=lambda t, y: _map(lambda v: (-v).to(torch.float32 if v.dtype == torch.float64 else torch.float64), y),
@@ -164,6 +165,24 @@ def _raises(t, y):
 
 
 F.raises = _raises
+
+# Error norms for options['norm'] / rk_solve(norm=...): x is a tensor, or a tuple for a tuple y0.
+N = types.SimpleNamespace(
+    max_abs=lambda x: max((v.abs().max() for v in (x if isinstance(x, tuple) else (x,)) if v.numel()),
+                          default=torch.tensor(0.0, dtype=torch.float64)),
+    zero=lambda x: 0.0,
+    nan=lambda x: nan,
+    negative=lambda x: -1.0,
+    huge=lambda x: 1e300,
+    elementwise=lambda x: x[0].abs() if isinstance(x, tuple) else x.abs(),   # one value per element
+    string=lambda x: "small",
+    empty=lambda x: torch.zeros(0),
+    meta=lambda x: torch.zeros((), device="meta"),
+)
+
+# Functions that stand for the user's code: an exception raised inside them (or in a lambda of the
+# program) is the user's, and must come out of fastdiffeq unchanged.
+USER_CODE = {"<lambda>", "_map", "_late", "_raises", "forward", "inplace_then_read", "write_past_end"}
 
 
 class Lin(torch.nn.Module):
