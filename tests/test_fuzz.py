@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fuzz import gen, runner  # noqa: E402
 
 CI_SEEDS = (0,)
-CI_CALLS = int(os.environ.get("FDE_FUZZ_CALLS", 40))  # per target and seed
+CI_CALLS = int(os.environ.get("FDE_FUZZ_CALLS", 30))  # per target and seed
 TIMEOUT = float(os.environ.get("FDE_FUZZ_TIMEOUT", 10))
 WORKERS = int(os.environ.get("FDE_FUZZ_WORKERS", 2))
 TARGETS = gen.targets()

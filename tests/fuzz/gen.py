@@ -409,8 +409,6 @@ HINTS: Dict[str, Any] = {
     "safety": 0.9, "ifactor": 10.0, "dfactor": 0.2, "exponent": 0.2, "min_step": 0.0, "max_step": math.inf,
     "control": [0.9, 10.0, 0.2, 0.2, 0.0, math.inf], "max_num_steps": 100,
 }
-# Controller field order inside a float[] `control` (for must-raise checks on it).
-CONTROL_FIELDS = ["safety", "ifactor", "dfactor", "exponent", "min_step", "max_step"]
 
 
 @dataclass
@@ -646,13 +644,13 @@ def op_must_raise(call: Call, kinds: Dict[str, Any], d: Dims) -> List[str]:
         if kind == "index" and isinstance(spec, Ten) and spec.device == "cpu":
             vals = spec.numbers()
             if vals and any(v < 0 or v > d.T for v in vals):
-                reasons.append(f"{name} outside [0, {d.T}]")
+                reasons.append(f"index out of range: {name} outside [0, {d.T}]")
     for p, s in paths.items():
         if isinstance(s, Alias) and p in call.mutable and s.src in call.mutable:
-            reasons.append(f"mutable {p} shares memory with mutable {s.src}")
+            reasons.append(f"two mutable arguments share memory: {p} and {s.src}")
         if isinstance(s, Ten) and p in call.mutable and s.layout == "expand" and s.shape and s.shape[0] > 1 \
                 and math.prod(s.shape[1:]) > 0:
-            reasons.append(f"mutable {p} overlaps itself (stride 0)")
+            reasons.append(f"a mutable argument overlaps itself (stride 0): {p}")
     return reasons
 
 
@@ -854,7 +852,7 @@ def backward_call(g: Gen) -> Call:
     if gy.device != "cpu":
         call.must_raise.append("meta grad_ys")
     if tuple(gy.shape) not in ((T, 1, D),):
-        call.must_raise.append(f"grad_ys must be [{T}, 1, {D}], got {list(gy.shape)}")
+        call.must_raise.append(f"grad_ys shape: must be [{T}, 1, {D}], got {list(gy.shape)}")
     call.checks = [
         ("wrong-gradient-shape", f"tuple(RESULT[0].shape) == (1, {D})"),
         ("wrong-gradient-shape", "len(RESULT[1]) == len(params) and all(r.shape == p.shape for r, p in "

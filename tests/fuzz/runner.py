@@ -179,7 +179,7 @@ def check_call(call, emit) -> Tuple[str, List[Dict[str, str]]]:
         # with it) means nothing, so the metamorphic checks are skipped.
         for reason in call.must_raise:
             fail("accepted-invalid-input", reason)
-        return ("returned" if r.exc is None else "raised in user code"), fails
+        return ("returned" if r.exc is None else f"raised {type(r.exc).__name__} in user code"), fails
     if r.exc is not None:
         ok, label = classify(r.exc, call.level)
         outcome = f"raised {label}" if ok else "unclear error"
@@ -301,7 +301,7 @@ def run_keys(keys: Sequence[Tuple], timeout: float, workdir: str, startup_timeou
         with open(err, "w") as errf:
             proc = subprocess.Popen([sys.executable, "-c", _BOOT.format(tests=TESTS_DIR), job, log],
                                     stdout=subprocess.DEVNULL, stderr=errf, start_new_session=True)
-        finished, current, t_mark, buf, hung = set(), None, time.monotonic(), b"", False
+        finished, current, last_start, t_mark, buf, hung = set(), None, None, time.monotonic(), b"", False
         with open(log, "rb") as lf:
             while True:
                 rc = proc.poll()
@@ -310,7 +310,7 @@ def run_keys(keys: Sequence[Tuple], timeout: float, workdir: str, startup_timeou
                 for line in lines:
                     rec = json.loads(line)
                     if rec["ev"] == "start":
-                        current, t_mark = rec, time.monotonic()
+                        current, last_start, t_mark = rec, rec, time.monotonic()
                     else:
                         key = tuple(rec["key"])
                         finished.add(key)
@@ -335,6 +335,12 @@ def run_keys(keys: Sequence[Tuple], timeout: float, workdir: str, startup_timeou
             records.append(Record(key, cls, [{"cls": cls, "detail": detail, "program": current["program"],
                                               "variant": current["variant"]}]))
             finished.add(key)
+        elif rc != 0 and last_start is not None:
+            # Died between calls (typically freeing memory a call corrupted): blame the call that just ended.
+            rec = next(r for r in reversed(records) if r.key == tuple(last_start["key"]))
+            rec.failures.append({"cls": "crash", "detail": _signal_name(rc) + " after the call returned" + (
+                ": " + " | ".join(tail)[-240:] if tail else ""), "program": last_start["program"],
+                "variant": last_start["variant"]})
         elif rc != 0 or not finished:
             raise RuntimeError(f"fuzz worker failed outside any call ({_signal_name(rc)}): " + "\n".join(tail))
         remaining = [k for k in remaining if k not in finished]
@@ -378,6 +384,8 @@ def failure_groups(records: Sequence[Record]) -> Dict[Tuple[str, str], List[Tupl
             detail = _norm(f["detail"])
             if f["cls"] in ("crash", "hang"):  # one group per target and signal (allocator messages vary)
                 detail = f"{r.target}: {f['detail'].split(':')[0]}"
+            elif f["cls"] == "accepted-invalid-input":  # one group per rule, whatever the values or names
+                detail = re.split(r"[=:]", f["detail"])[0]
             groups[(f["cls"], detail)].append((r, f))
     for g in groups.values():
         g.sort(key=lambda rf: (len(rf[1]["program"]), rf[0].key))
@@ -390,7 +398,7 @@ def outcome_counts(records: Sequence[Record]) -> Dict[str, collections.Counter]:
         c = counts[r.target]
         c["calls"] += 1
         label = r.outcome.split(":")[0] if r.outcome.startswith(("setup-error", "generator-error")) else r.outcome
-        label = re.sub(r"^raised (\w+).*", r"raised \1", label)
+        label = re.sub(r"^raised (\w+)( in user code)?.*", r"raised \1\2", label)
         c[label] += 1
         for cls in sorted({f["cls"] for f in r.failures}):
             c["FAIL " + cls] += 1
