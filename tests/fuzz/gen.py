@@ -906,7 +906,7 @@ def api_call(g: Gen, fn: str) -> Call:
     options: Dict[str, Any] = {}
     for _ in range(g.choice([0, 0, 1, 1, 2, 3])):
         name = g.choice(["y0", "t", "t", "rtol", "atol", "method", "options", "options", "options", "func",
-                         "gradient", "adjoint", "event_fn"])
+                         "gradient", "adjoint", "event_fn", "far_grid_point"])
         if name == "y0":
             if n_parts and g.p(0.5):
                 j = g.randint(0, n_parts - 1)
@@ -954,6 +954,12 @@ def api_call(g: Gen, fn: str) -> Call:
                              ("adjoint_params", [Code("torch.zeros(2)")]), ("adjoint_params", [1.0])])
             a[k] = v
             m = f"{k}={lit(v)}"
+        elif name == "far_grid_point":  # t far from 0 with a step_t/jump_t point inside: t + h == t
+            lo = g.choice([1e18, -1e18, 1e16])
+            a["t"] = Ten((2,), "float64", fill="values", values=[lo, lo + 1e4])
+            k = g.choice(["step_t", "jump_t"])
+            options[k] = Rel([(0.5, 0.0)])
+            m = f"t = [{lo:g}, {lo:g} + 1e4], options[{k!r}] at the midpoint"
         elif name == "event_fn":
             a["event_fn"] = Code("lambda t, y: 0.0")
             m = "event_fn"
@@ -972,7 +978,7 @@ def api_call(g: Gen, fn: str) -> Call:
     if any(s.device == "meta" for s in ten):
         must.append("meta tensors")
     for s in ys:
-        if isinstance(s, Ten) and s.dtype.startswith("float") and s.dtype != "float16" and s.specials and any(
+        if isinstance(s, Ten) and s.dtype in ("float32", "float64") and math.prod(s.shape) and s.specials and any(
                 not math.isfinite(v) for _, v in s.specials):
             must.append("y0 not finite")
     t = a["t"]
