@@ -10,7 +10,7 @@ DEPS := numpy pybind11 scikit-build-core cmake ninja pytest scipy \
 SOURCES := $(shell find csrc python -type f \( -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.py' \) 2>/dev/null) \
            CMakeLists.txt pyproject.toml
 
-.PHONY: all venv build test demo bench microbench cuda-check wheel clean
+.PHONY: all venv build test demo bench microbench cuda-check fuzz wheel clean
 
 all: test
 
@@ -39,6 +39,10 @@ demo: build
 
 bench: build
 	$(PY) benchmarks/bench_forward.py
+
+# A long fuzz campaign of every op and entry point (tests/fuzz; CI runs a short one in tests/test_fuzz.py).
+fuzz: build
+	$(PY) -m tests.fuzz --calls $${FDE_FUZZ_CALLS:-2000} --workers $${FDE_FUZZ_WORKERS:-2}
 
 microbench: venv
 	bash benchmarks/cpp/run_microbench.sh $(PY)

@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 
 #include <iterator>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -15,6 +16,7 @@
 #include "solver/finite.h"
 #include "solver/rk_adjoint.h"
 #include "solver/rk_solve.h"
+#include "solver/solve_args.h"
 
 namespace py = pybind11;
 
@@ -125,10 +127,47 @@ std::unique_ptr<PyErrorNorm> make_norm(const py::object& norm, const std::vector
   return std::make_unique<PyErrorNorm>(norm.cast<py::function>(), user_shape);
 }
 
+// The shape the field sees the state in: non-negative sizes whose product is the state's numel; in joint mode
+// (t passed as a 0-dim tensor) the state is one error group (B == 1).
+void check_user_shape(const std::vector<int64_t>& user_shape, int64_t numel, int64_t B, bool joint) {
+  int64_t product = 1;
+  bool overflow = false;
+  for (int64_t n : user_shape) {
+    if (n < 0) throw py::value_error("fastdiffeq: user_shape must have sizes >= 0, got " + shape_str(user_shape));
+    if (n != 0 && product > std::numeric_limits<int64_t>::max() / n) overflow = true;
+    product = overflow ? 0 : product * n;
+  }
+  if (overflow || product != numel)
+    throw py::value_error("fastdiffeq: user_shape " + shape_str(user_shape) + " does not hold the state's " +
+                          std::to_string(numel) + " elements");
+  if (joint && B != 1)
+    throw py::value_error("fastdiffeq: joint mode (one step size for the whole state) needs B == 1, got B = " +
+                          std::to_string(B));
+}
+
+// A tape argument: None or an RkTape from rk_solve(..., mode='record').
+std::shared_ptr<fde::solver::RkTape> tape_arg(const py::object& tape) {
+  if (tape.is_none()) return nullptr;
+  if (!py::isinstance<fde::solver::RkTape>(tape))
+    throw py::type_error("fastdiffeq: tape must be an RkTape (rk_solve(..., mode='record')['tape']) or None, got " +
+                         py_type_name(tape));
+  return tape.cast<std::shared_ptr<fde::solver::RkTape>>();
+}
+
+// An optional tensor argument: None or a torch.Tensor.
+at::Tensor optional_tensor_arg(const py::object& x, const char* name) {
+  if (x.is_none()) return at::Tensor();
+  if (!THPVariable_Check(x.ptr()))
+    throw py::type_error(std::string("fastdiffeq: ") + name + " must be a torch.Tensor or None, got " +
+                         py_type_name(x));
+  return THPVariable_Unpack(x.ptr());
+}
+
 py::dict rk_solve_py(py::function func, const at::Tensor& y0, const at::Tensor& t_out,
                      const fde::solver::RkOptions& options, py::object norm, std::vector<int64_t> user_shape,
                      bool joint, const std::string& mode) {
   const fde::solver::LoopMode loop_mode = parse_mode(mode);
+  if (y0.dim() == 2) check_user_shape(user_shape, y0.numel(), y0.size(0), joint);
   PyVectorField field(std::move(func), user_shape, joint);
   std::unique_ptr<PyErrorNorm> user_norm = make_norm(norm, user_shape);
   fde::solver::RkResult r = fde::solver::rk_solve(field, user_norm.get(), y0, t_out, options, loop_mode);
@@ -146,7 +185,7 @@ py::dict rk_solve_py(py::function func, const at::Tensor& y0, const at::Tensor& 
 
 // The adjoint's backward solve: dL/dy0 and dL/dparams (one tensor per parameter, its shape and dtype).
 py::dict rk_adjoint_py(py::function func, std::vector<at::Tensor> params, const at::Tensor& t_out,
-                       const std::optional<at::Tensor>& ys, std::shared_ptr<fde::solver::RkTape> tape,
+                       const py::object& ys_arg, const py::object& tape_obj,
                        const at::Tensor& grad_ys, const fde::solver::RkOptions& options, bool seminorm,
                        const std::string& trajectory, py::object norm, std::vector<int64_t> user_shape, bool joint) {
   fde::solver::AdjointOptions opt;
@@ -164,13 +203,16 @@ py::dict rk_adjoint_py(py::function func, std::vector<at::Tensor> params, const 
     opt.param_sizes.push_back(q.numel());
     P += q.numel();
   }
+  const at::Tensor ys = optional_tensor_arg(ys_arg, "ys");
+  const std::shared_ptr<fde::solver::RkTape> tape = tape_arg(tape_obj);
+  if (grad_ys.dim() == 3) check_user_shape(user_shape, grad_ys.size(1) * grad_ys.size(2), grad_ys.size(1), joint);
+  fde::solver::check_vjp_params(params, grad_ys.device());
   PyVectorField field(std::move(func), user_shape, joint, params);
   // A user norm sees the flat augmented state [(y,) a, theta_bar].
   const int64_t D = grad_ys.dim() == 3 ? grad_ys.size(2) : 0;
   const int64_t N = (opt.trajectory == fde::solver::AdjointTrajectory::kResolve ? 2 * D : D) + P;
   std::unique_ptr<PyErrorNorm> user_norm = make_norm(norm, {N});
-  fde::solver::AdjointResult r = fde::solver::rk_adjoint(field, user_norm.get(), t_out, ys.value_or(at::Tensor()),
-                                                         tape.get(), grad_ys, opt);
+  fde::solver::AdjointResult r = fde::solver::rk_adjoint(field, user_norm.get(), t_out, ys, tape.get(), grad_ys, opt);
   py::dict out;
   out["status"] = r.status;
   out["t"] = r.t;
@@ -190,10 +232,12 @@ py::dict rk_adjoint_py(py::function func, std::vector<at::Tensor> params, const 
   return out;
 }
 
-py::tuple checkpoint_backward_py(py::function func, std::shared_ptr<fde::solver::RkTape> tape,
+py::tuple checkpoint_backward_py(py::function func, const py::object& tape_obj,
                                  const at::Tensor& grad_ys, std::vector<at::Tensor> params,
                                  std::vector<int64_t> user_shape, bool joint) {
+  const std::shared_ptr<fde::solver::RkTape> tape = tape_arg(tape_obj);
   if (!tape) throw py::value_error("fastdiffeq: no checkpoint tape");
+  if (tape->y0.defined()) check_user_shape(user_shape, tape->y0.numel(), tape->y0.size(0), joint);
   PyVectorField field(std::move(func), std::move(user_shape), joint, params);
   fde::solver::CheckpointGradients g = fde::solver::rk_checkpoint_backward(field, *tape, grad_ys, params);
   return py::make_tuple(g.grad_y0, g.grad_params, g.nfe);

@@ -501,7 +501,7 @@ def test_rk_solve_per_sample_t_out_must_be_monotone_per_row():
     y0 = torch.ones(2, 2, dtype=F64)
     t_out = torch.tensor([[0.0, 0.5, 1.0], [0.0, 0.7, 0.6]], dtype=F64)
     with pytest.raises(ValueError, match=r"row 1 has t_out\[1\] = 0.7 and t_out\[2\] = 0.6"):
-        _rk_solve(y0=y0, t_out=t_out, joint=False)
+        _rk_solve(y0=y0, t_out=t_out, joint=False, user_shape=[2, 2])
 
 
 def test_rk_solve_unreachable_max_step_raises_at_once():
@@ -598,3 +598,72 @@ def test_meta_t_names_the_argument():
 def test_status_enum_comes_from_the_compiled_core():
     assert {s.name.lower(): int(s) for s in Status} == _C.status_codes
     assert fastdiffeq.Status is Status and Status.SUCCESS != Status.RUNNING
+
+
+@pytest.mark.parametrize("over, pattern", [
+    (dict(user_shape=[3]), r"user_shape \[3\] does not hold the state's 2 elements"),
+    (dict(user_shape=[-1, -2]), r"user_shape must have sizes >= 0"),
+    (dict(user_shape=[2**62, 2**62]), r"does not hold the state's 2 elements"),
+])
+def test_rk_solve_validates_user_shape(over, pattern):
+    # A mismatched user_shape reached torch's view() ("shape '[..]' is invalid for input of size N").
+    with pytest.raises(ValueError, match=pattern):
+        _rk_solve(**over)
+
+
+def test_rk_solve_joint_mode_needs_one_group():
+    with pytest.raises(ValueError, match=r"joint mode .* needs B == 1, got B = 2"):
+        _rk_solve(y0=torch.ones(2, 2, dtype=F64), user_shape=[2, 2], joint=True)
+
+
+@pytest.mark.parametrize("mode", ["masked", "graph", "record"])
+def test_failed_solve_outputs_keep_their_shape_with_nan_rows(mode):
+    """A solve that stops early returns ys [T, B, D] with the rows it did not reach as NaN (graph mode gave
+    None, a non-finite f(t0) a [1, B, D] tensor)."""
+
+    def blows_up(t, y):
+        return y * float("nan") if float(t) > 0.6 else -y
+
+    res = _rk_solve(mode=mode, **{} if mode != "graph" else dict(y0=torch.tensor([[1.0, 2.0]], dtype=F64)))
+    assert res["ys"].shape == (5, 1, 2)
+    opts = _C.RkOptions()
+    opts.rtol, opts.atol, opts.segment_ends = [1e-7], [1e-9], [2]
+    res = _C.rk_solve(blows_up, torch.tensor([[1.0, 2.0]], dtype=F64), T, opts, norm=None, user_shape=[2],
+                      joint=True, mode=mode)
+    assert int(res["status"][0]) == Status.NON_FINITE
+    ys = res["ys"]
+    assert ys.shape == (5, 1, 2)
+    assert torch.isfinite(ys[:3]).all() and torch.isnan(ys[3:]).all()
+    res = _C.rk_solve(lambda t, y: y * float("nan"), torch.tensor([[1.0, 2.0]], dtype=F64), T, opts, norm=None,
+                      user_shape=[2], joint=True, mode=mode)
+    assert int(res["status"][0]) == Status.NON_FINITE and res["ys"].shape == (5, 1, 2)
+    assert torch.isnan(res["ys"][1:]).all()
+
+
+def test_checkpoint_and_adjoint_entry_points_validate_their_objects():
+    res = _rk_solve(mode="record")
+    grad_ys = torch.ones(5, 1, 2, dtype=F64)
+    with pytest.raises(TypeError, match=r"tape must be an RkTape"):
+        _C.rk_checkpoint_backward(decay, res["ys"], grad_ys, [], [2], True)
+    theta = torch.tensor(0.5, dtype=F64)
+    with pytest.raises(ValueError, match=r"params\[0\] does not require grad"):
+        _C.rk_checkpoint_backward(decay, res["tape"], grad_ys, [theta], [2], True)
+    opts = _C.RkOptions()
+    opts.rtol, opts.atol, opts.segment_ends = [1e-7], [1e-9], [2]
+    kw = dict(seminorm=False, norm=None, user_shape=[2], joint=True)
+    with pytest.raises(TypeError, match=r"ys must be a torch.Tensor or None"):
+        _C.rk_adjoint(decay, [], T, res["tape"], None, grad_ys, opts, trajectory="resolve", **kw)
+    with pytest.raises(ValueError, match=r"needs the forward outputs ys"):
+        _C.rk_adjoint(decay, [], T, None, None, grad_ys, opts, trajectory="resolve", **kw)
+    with pytest.raises(ValueError, match=r"needs a dense record"):
+        _C.rk_adjoint(decay, [], T, None, res["tape"], grad_ys, opts, trajectory="interpolated", **kw)
+    with pytest.raises(ValueError, match=r"grad_ys must match the tape's state"):
+        _C.rk_adjoint(decay, [], T, None, res["tape"], torch.ones(5, 1, 3, dtype=F64), opts,
+                      trajectory="interpolated", **dict(kw, user_shape=[3]))
+    with pytest.raises(ValueError, match=r"trajectory must be 'resolve' or 'interpolated'"):
+        _C.rk_adjoint(decay, [], T, res["ys"], None, grad_ys, opts, trajectory="bogus", **kw)
+    with pytest.raises(ValueError, match=r"params\[0\] does not require grad"):
+        _C.rk_adjoint(decay, [theta], T, res["ys"], None, grad_ys, opts, trajectory="resolve", **kw)
+    opts.rtol, opts.atol, opts.segment_ends = [1e-7, 1e-7], [1e-9, 1e-9], [1, 2]
+    with pytest.raises(ValueError, match=r"the adjoint takes one rtol and one atol, got 2 and 2"):
+        _C.rk_adjoint(decay, [], T, res["ys"], None, grad_ys, opts, trajectory="resolve", **kw)

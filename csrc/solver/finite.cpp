@@ -8,6 +8,8 @@
 namespace fde::solver {
 
 bool all_finite(const at::Tensor& x) {
+  TORCH_CHECK_TYPE(x.defined(), "fastdiffeq: all_finite needs a tensor");
+  TORCH_CHECK_VALUE(x.is_cpu() || x.is_cuda(), "fastdiffeq: all_finite needs a CPU or CUDA tensor, got ", x.device());
   if (x.numel() == 0) return true;
   if (!x.is_cpu() || !x.is_contiguous() || !(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble)) {
     at::NoGradGuard no_grad;

@@ -10,6 +10,7 @@
 #include "ops/registry.h"
 #include "solver/rk_problem.h"
 #include "solver/rk_step.h"
+#include "solver/solve_args.h"
 
 namespace fde::solver {
 namespace {
@@ -95,48 +96,31 @@ std::vector<int64_t> adjoint_segments(const std::vector<int64_t>& state_segments
 AdjointResult rk_adjoint(VectorField& field, ErrorNorm* norm, const at::Tensor& t_out, const at::Tensor& ys,
                          const RkTape* tape, const at::Tensor& grad_ys, const AdjointOptions& options) {
   const bool resolve = options.trajectory == AdjointTrajectory::kResolve;
-  TORCH_CHECK(t_out.dim() == 1 && t_out.scalar_type() == at::kDouble && t_out.size(0) >= 1,
-              "fastdiffeq: t_out must be a non-empty float64 [T] tensor, got ", t_out.sizes(), " ",
-              t_out.scalar_type());
+  const int64_t D = check_adjoint_args(t_out, ys, tape, grad_ys, !resolve);
   const int64_t T = t_out.size(0);
-  TORCH_CHECK(grad_ys.dim() == 3 && grad_ys.size(0) == T && grad_ys.size(1) == 1,
-              "fastdiffeq: grad_ys must have shape [", T, ", 1, D], got ", grad_ys.sizes());
-  const int64_t D = grad_ys.size(2);
-  if (resolve) {
-    TORCH_CHECK(ys.defined() && ys.sizes() == grad_ys.sizes() && ys.scalar_type() == grad_ys.scalar_type(),
-                "fastdiffeq: ys must have grad_ys' shape ", grad_ys.sizes(), " and dtype");
-  } else {
-    TORCH_CHECK(tape != nullptr && T == 1 || (tape != nullptr && !tape->steps.empty() &&
-                                              tape->steps.front().mid_slope.defined()),
-                "fastdiffeq: the interpolated adjoint needs the forward solve's dense record");
-  }
   int64_t P = 0;
   for (int64_t n : options.param_sizes) {
-    TORCH_CHECK(n >= 0, "fastdiffeq: parameter sizes must be >= 0");
+    TORCH_CHECK_VALUE(n >= 0, "fastdiffeq: parameter sizes must be >= 0");
     P += n;
   }
-  TORCH_CHECK(P == field.num_params(), "fastdiffeq: param_sizes add up to ", P, " but the field has ",
+  TORCH_CHECK_VALUE(P == field.num_params(), "fastdiffeq: param_sizes add up to ", P, " but the field has ",
               field.num_params(), " parameter elements");
-  TORCH_CHECK(options.solve.rtol.size() == 1 && options.solve.atol.size() == 1,
-              "fastdiffeq: the adjoint takes one rtol and one atol");
+  TORCH_CHECK_VALUE(options.solve.rtol.size() == 1 && options.solve.atol.size() == 1,
+                    "fastdiffeq: the adjoint takes one rtol and one atol, got ", options.solve.rtol.size(), " and ",
+                    options.solve.atol.size());
 
   const auto dtype = grad_ys.scalar_type();
   const auto dev = grad_ys.device();
   const auto time_opts = at::TensorOptions().dtype(at::kDouble).device(dev);
   AdjointResult res;
-  if (T == 1) {
-    res.grad_y0 = grad_ys.select(0, 0).clone();
-    res.grad_params = at::zeros({P}, grad_ys.options());
-    res.status = core::kSuccess;
-    res.t = t_out.cpu().data_ptr<double>()[0];
-    return res;
-  }
-
   // The augmented problem: its segments and tolerances (the seminorm gives the parameter channels an
   // infinite atol, so their terms vanish from the error norm).
   std::vector<int64_t> state_segments = options.solve.segment_ends;
   if (state_segments.empty()) state_segments.push_back(D);
-  TORCH_CHECK(state_segments.back() == D, "fastdiffeq: segment_ends must end at D = ", D);
+  for (size_t i = 0; i < state_segments.size(); ++i)
+    TORCH_CHECK_VALUE(state_segments[i] >= (i == 0 ? 0 : state_segments[i - 1]) && state_segments[i] <= D,
+                      "fastdiffeq: segment_ends must be non-decreasing from 0 and at most D = ", D);
+  TORCH_CHECK_VALUE(state_segments.back() == D, "fastdiffeq: segment_ends must end at D = ", D);
   RkOptions aug = options.solve;
   aug.segment_ends = adjoint_segments(state_segments, D, options.param_sizes, resolve);
   const size_t n_state_segments = (resolve ? 2 : 1) * state_segments.size();
@@ -160,7 +144,14 @@ AdjointResult rk_adjoint(VectorField& field, ErrorNorm* norm, const at::Tensor& 
   if (resolve) s.narrow(1, 0, D).copy_(ys.select(0, T - 1));
   s.narrow(1, a_off, D).copy_(grad_ys.select(0, T - 1));
 
-  RkProblem p(aug_field, norm, s, t_rev, aug);
+  RkProblem p(aug_field, norm, s, t_rev, aug);  // validates the options
+  if (T == 1) {  // nothing to integrate: dL/dy0 is the output's cotangent
+    res.grad_y0 = grad_ys.select(0, 0).clone();
+    res.grad_params = at::zeros({P}, grad_ys.options());
+    res.status = core::kSuccess;
+    res.t = t_host[0];
+    return res;
+  }
   const core::Tableau& tab = p.tab_;
   at::Tensor t0_t = p.initial_time();
   at::Tensor k0;

@@ -3,6 +3,7 @@
 #include <c10/util/Exception.h>
 
 #include <cmath>
+#include <limits>
 
 #include "core/controller.h"
 #include "core/status.h"
@@ -35,11 +36,22 @@ std::vector<at::Tensor> detached(const std::vector<at::Tensor>& ks) {
   return out;
 }
 
+// The outputs of a solve whose rows [0, n) are `rows` (each [r, B, D]): the remaining rows of the [T, B, D]
+// result are NaN (the solve stopped before reaching them; with B > 1, rows of the samples that failed are
+// NaN from their failure on, see rk_dense_output). Keeps the graph of `rows`.
+at::Tensor with_missing_rows(const std::vector<at::Tensor>& rows, int64_t T) {
+  const at::Tensor done = rows.size() == 1 ? rows[0] : at::cat(rows, 0);
+  if (done.size(0) >= T) return done;
+  auto shape = done.sizes().vec();
+  shape[0] = T - done.size(0);
+  return at::cat({done, at::full(shape, std::numeric_limits<double>::quiet_NaN(), done.options())}, 0);
+}
+
 // Results of a solve that ends before its first step (T == 1, or a non-finite f(t0, y0)).
 RkResult early_result(const RkProblem& p, const at::Tensor& y0, const at::Tensor& t0, const at::Tensor& h,
                       core::Status status, int64_t nfe) {
   RkResult res;
-  res.ys = y0.unsqueeze(0);
+  res.ys = with_missing_rows({y0.unsqueeze(0)}, p.T_);
   res.status = at::full({p.B_}, static_cast<int>(status), y0.options().dtype(at::kInt));
   res.counters = at::zeros({p.B_, core::kNumCounters}, y0.options().dtype(at::kLong));
   res.t = t0;
@@ -60,7 +72,8 @@ RkResult run_masked(RkProblem& p, const at::Tensor& y0_in) {
   at::Tensor h = p.first_step(t0, y, k0, res.nfe);
   if (p.T_ == 1) return early_result(p, y0_in, t0, h, core::kSuccess, res.nfe);
 
-  res.ys = at::empty({p.T_, p.B_, p.D_}, y0_in.options());
+  // Rows the solve never reaches (a failure) stay NaN.
+  res.ys = at::full({p.T_, p.B_, p.D_}, std::numeric_limits<double>::quiet_NaN(), y0_in.options());
   res.ys.select(0, 0).copy_(y0_in);
   res.status = at::full({p.B_}, static_cast<int32_t>(core::kRunning), y0_in.options().dtype(at::kInt));
   res.counters = at::zeros({p.B_, core::kNumCounters}, y0_in.options().dtype(at::kLong));
@@ -179,7 +192,7 @@ RkResult run_host(RkProblem& p, const at::Tensor& y0_in, LoopMode mode) {
     h = h_commit;
     ++res.n_steps;
   }
-  res.ys = status == core::kSuccess ? at::cat(rows, 0) : at::Tensor();
+  res.ys = with_missing_rows(rows, p.T_);
   res.status = at::full({1}, status, at::TensorOptions().dtype(at::kInt));
   res.counters = at::tensor(std::vector<int64_t>(counters, counters + core::kNumCounters)).reshape({1, -1});
   res.t = at::full({1}, t0, time_opts);

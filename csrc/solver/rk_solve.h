@@ -68,7 +68,7 @@ struct RkTape {
 };
 
 struct RkResult {
-  at::Tensor ys;        // [T, B, D], rows past a failure are undefined
+  at::Tensor ys;        // [T, B, D]; rows a sample did not reach (it failed first) are NaN
   at::Tensor status;    // int32 [B], core::Status
   at::Tensor counters;  // int64 [B, 4], core::Counter
   at::Tensor t;         // float64 [B], time each sample reached

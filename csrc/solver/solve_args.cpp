@@ -99,8 +99,54 @@ void check_checkpoint_args(const RkTape& tape, const at::Tensor& grad_ys, const 
                    tape.y0.scalar_type(), ", got ", grad_ys.scalar_type());
   TORCH_CHECK_VALUE(grad_ys.device() == tape.y0.device(), "fastdiffeq: grad_ys must be on ", tape.y0.device(),
                     ", got ", grad_ys.device());
-  for (size_t i = 0; i < params.size(); ++i)
-    TORCH_CHECK_TYPE(params[i].defined(), "fastdiffeq: params[", i, "] must be a tensor");
+  check_vjp_params(params, grad_ys.device());
+}
+
+void check_vjp_params(const std::vector<at::Tensor>& params, const at::Device& device) {
+  for (size_t i = 0; i < params.size(); ++i) {
+    TORCH_CHECK_TYPE(params[i].defined() && params[i].is_floating_point(), "fastdiffeq: params[", i,
+                     "] must be a floating-point tensor");
+    TORCH_CHECK_VALUE(params[i].device() == device, "fastdiffeq: params[", i, "] must be on ", device, ", got ",
+                      params[i].device());
+    TORCH_CHECK_VALUE(params[i].requires_grad(), "fastdiffeq: params[", i,
+                      "] does not require grad (pass only the tensors to differentiate)");
+  }
+}
+
+int64_t check_adjoint_args(const at::Tensor& t_out, const at::Tensor& ys, const RkTape* tape,
+                           const at::Tensor& grad_ys, bool interpolated) {
+  TORCH_CHECK_TYPE(t_out.defined() && t_out.scalar_type() == at::kDouble, "fastdiffeq: t_out must be a float64 tensor");
+  TORCH_CHECK_VALUE(t_out.dim() == 1 && t_out.size(0) >= 1, "fastdiffeq: t_out must be a non-empty [T] tensor, got ",
+                    t_out.sizes());
+  const int64_t T = t_out.size(0);
+  TORCH_CHECK_TYPE(grad_ys.defined() && (grad_ys.scalar_type() == at::kFloat || grad_ys.scalar_type() == at::kDouble),
+                   "fastdiffeq: grad_ys must be a float32 or float64 tensor");
+  TORCH_CHECK_VALUE(grad_ys.is_cpu() || grad_ys.is_cuda(), "fastdiffeq: grad_ys must be on a CPU or CUDA device, got ",
+                    grad_ys.device());
+  TORCH_CHECK_VALUE(grad_ys.dim() == 3 && grad_ys.size(0) == T && grad_ys.size(1) == 1,
+                    "fastdiffeq: grad_ys must have shape [", T, ", 1, D] (one row per output time), got ",
+                    grad_ys.sizes());
+  const int64_t D = grad_ys.size(2);
+  if (!interpolated) {
+    TORCH_CHECK_VALUE(ys.defined(), "fastdiffeq: the adjoint (trajectory 'resolve') needs the forward outputs ys");
+    TORCH_CHECK_VALUE(ys.sizes() == grad_ys.sizes() && ys.scalar_type() == grad_ys.scalar_type() &&
+                          ys.device() == grad_ys.device(),
+                      "fastdiffeq: ys must have grad_ys' shape ", grad_ys.sizes(), ", dtype and device, got ",
+                      ys.sizes(), " ", ys.scalar_type(), " on ", ys.device());
+  } else {
+    TORCH_CHECK_VALUE(tape != nullptr && tape->y0.defined() && tape->t_out.defined(),
+                      "fastdiffeq: the interpolated adjoint needs the forward solve's tape");
+    TORCH_CHECK_VALUE(tape->y0.size(1) == D && tape->y0.scalar_type() == grad_ys.scalar_type() &&
+                          tape->y0.device() == grad_ys.device(),
+                      "fastdiffeq: grad_ys must match the tape's state: [", T, ", 1, ", tape->y0.size(1), "] ",
+                      tape->y0.scalar_type(), " on ", tape->y0.device());
+    TORCH_CHECK_VALUE(tape->t_out.dim() == 1 && at::equal(tape->t_out.cpu(), t_out.cpu()),
+                      "fastdiffeq: t_out must be the output times the tape was recorded with");
+    TORCH_CHECK_VALUE(T == 1 || (!tape->steps.empty() && tape->steps.front().mid_slope.defined()),
+                      "fastdiffeq: the interpolated adjoint needs a dense record (rk_solve with "
+                      "options.record_dense = True, mode 'record')");
+  }
+  return D;
 }
 
 }  // namespace fde::solver

@@ -29,4 +29,13 @@ SolveArgs check_solve_args(const at::Tensor& y0, const at::Tensor& t_out, const 
 // grad_ys: [T, 1, D] in the tape's dtype and on its device.
 void check_checkpoint_args(const RkTape& tape, const at::Tensor& grad_ys, const std::vector<at::Tensor>& params);
 
+// The tensors a VectorField::vjp differentiates: floating, on `device`, requiring grad.
+void check_vjp_params(const std::vector<at::Tensor>& params, const at::Device& device);
+
+// rk_adjoint: t_out float64 [T]; grad_ys float32/64 [T, 1, D] on a CPU/CUDA device; ys like grad_ys (resolve)
+// or a dense tape of the same state and output times (interpolated). Returns D. (The field's parameters:
+// check_vjp_params, where they are known.)
+int64_t check_adjoint_args(const at::Tensor& t_out, const at::Tensor& ys, const RkTape* tape,
+                           const at::Tensor& grad_ys, bool interpolated);
+
 }  // namespace fde::solver

@@ -279,7 +279,7 @@ class Gen:
             menu += ["bad_index"] * 4
         if kind == "grid":
             menu += ["grid"] * 4
-        if kind in ("step", "time", "ratio", "tol"):
+        if kind in ("step", "time", "ratio", "tol", "abs_step"):
             menu += ["scalar_values"] * 2
         m = self.choice(menu)
         if m == "dtype":
@@ -405,6 +405,8 @@ HINTS: Dict[str, Any] = {
     "status": "status", "counters": "counters", "out_index": "index", "t_out": "grid", "t_eval": "eval_times",
     "rtol": "rtol", "atol": "atol", "segment_ends": "segments", "coeffs": "coeffs", "err_coeffs": "err",
     "mid_coeffs": "mid", "c": "nodes", "dtype": "dtype",
+    # Hairer's initial step (initial_step_probe / initial_step_final)
+    "f0": "state", "f1": "state", "h0": "abs_step", "d1": "ratio", "direction": "direction", "order": 4,
     # controller: loose doubles today, one float[] `control` after F9
     "safety": 0.9, "ifactor": 10.0, "dfactor": 0.2, "exponent": 0.2, "min_step": 0.0, "max_step": math.inf,
     "control": [0.9, 10.0, 0.2, 0.2, 0.0, math.inf], "max_num_steps": 100,
@@ -457,6 +459,10 @@ def _baseline(g: Gen, kind: Any, d: Dims) -> Any:
         return Ten((B,), f64, fill="values", values=[d.direction * g.uniform(0.05, 0.5) for _ in range(B)])
     if kind == "time":
         return Ten((B,), f64, fill="values", values=[d.direction * g.uniform(0.0, 0.5) for _ in range(B)])
+    if kind == "abs_step":
+        return Ten((B,), f64, fill="values", values=[g.uniform(1e-3, 0.5) for _ in range(B)])
+    if kind == "direction":
+        return d.direction
     if kind == "ratio":
         return Ten((B,), f64, fill="values", values=[g.uniform(0.0, 2.0) for _ in range(B)])
     if kind == "mask":
@@ -683,7 +689,8 @@ def _is_monotone(vals: list, T: int) -> bool:
 
 def _control_must_raise(c: Dict[str, Any]) -> List[str]:
     bad = []
-    ok = {"safety": lambda v: 0 < v <= 1, "ifactor": lambda v: v >= 1, "dfactor": lambda v: 0 < v <= 1,
+    # The core's range rules (core::check_controller): safety in (0, 1], 0 < dfactor < 1 < ifactor.
+    ok = {"safety": lambda v: 0 < v <= 1, "ifactor": lambda v: v > 1, "dfactor": lambda v: 0 < v < 1,
           "min_step": lambda v: v >= 0, "max_step": lambda v: v > 0, "max_num_steps": lambda v: v > 0}
     for k, test in ok.items():
         v = c.get(k)
@@ -696,8 +703,9 @@ def _control_must_raise(c: Dict[str, Any]) -> List[str]:
 
 
 def solve_call(g: Gen) -> Call:
-    """_C.rk_solve(func, y0, t_out, *, method, rtol, atol, segment_ends, safety, ifactor, dfactor, min_step,
-    max_step, first_step, max_num_steps, step_t, jump_t, norm, user_shape, joint, check_every, mode)."""
+    """_C.rk_solve(func, y0, t_out, options, *, norm, user_shape, joint, mode), through helpers.rk_solve (the
+    options' fields flat: method, rtol, atol, segment_ends, safety, ifactor, dfactor, min_step, max_step,
+    first_step, max_num_steps, step_t, jump_t, check_every)."""
     from fastdiffeq import _C
 
     B = g.choice([1, 1, 1, 2, 3])
@@ -719,7 +727,7 @@ def solve_call(g: Gen) -> Call:
         "user_shape": user_shape, "joint": joint, "check_every": 1,
         "mode": g.choice(["masked", "graph", "record"]) if B == 1 else "masked",
     }
-    call = Call(target="rk_solve", callee="_C.rk_solve", args=a, positional=3, level="C")
+    call = Call(target="rk_solve", callee="rk_solve", args=a, positional=3, level="C")
     for _ in range(g.choice([0, 1, 1, 1, 2, 2, 3])):
         name = g.choice(list(a))
         v = a[name]
@@ -814,7 +822,7 @@ def backward_call(g: Gen) -> Call:
         kw[g.choice(["step_t", "jump_t"])] = [0.5 * (tv[0] + tv[1])]
     env = {"y0": Ten((1, D), "float64", seed=g.seed()), "t_out": grid}
     setup = [f"field = Lin({g.uniform(0.2, 2.0)})", f"kw = {lit(kw)}",
-             "tape = _C.rk_solve(field, y0, t_out, mode='record', **kw)['tape']"]
+             "tape = rk_solve(field, y0, t_out, mode='record', **kw)['tape']"]
     a = {"func": Code("field"), "tape": Code("tape"), "grad_ys": Ten((T, 1, D), "float64", seed=g.seed()),
          "params": [Code("field.theta")], "user_shape": [D], "joint": True}
     call = Call(target="rk_checkpoint_backward", callee="_C.rk_checkpoint_backward", args=a, positional=6,
@@ -838,7 +846,7 @@ def backward_call(g: Gen) -> Call:
             a[name] = Code(g.choice(["F.decay", "F.wrong_shape", "F.raises", "F.identity", "Lin(0.5)"]))
             m = a[name].text
         elif name == "tape":
-            a[name] = Code(g.choice(["None", "_C.rk_solve(field, y0[:, :0], t_out, mode='record', "
+            a[name] = Code(g.choice(["None", "rk_solve(field, y0[:, :0], t_out, mode='record', "
                                              "**dict(kw, segment_ends=[0], user_shape=[0]))['tape']"]))
             m = a[name].text
         elif name == "user_shape":
@@ -861,6 +869,105 @@ def backward_call(g: Gen) -> Call:
     if valid:
         call.checks.append(("checkpoint-gradient-differs-from-direct",
                             "close(RESULT[0], grad_direct(field, y0, t_out, grad_ys, **kw), 1e-6, 1e-9)"))
+    return call
+
+
+def adjoint_call(g: Gen) -> Call:
+    """_C.rk_adjoint(func, params, t_out, ys, tape, grad_ys, options, *, seminorm, trajectory, norm, user_shape,
+    joint) after a forward solve (recording the dense trajectory), through helpers.rk_adjoint."""
+    from fastdiffeq import _C
+
+    D = g.choice([1, 2, 3, 5])
+    T = g.choice([1, 2, 3, 4])
+    method = g.choice(list(_C.methods))
+    trajectory = g.choice(["resolve", "interpolated"])
+    grid = _grid(g, T)
+    kw = dict(method=method, rtol=[1e-6], atol=[1e-8], segment_ends=[D], max_num_steps=10000)
+    env = {"y0": Ten((1, D), "float64", seed=g.seed()), "t_out": grid}
+    setup = [f"field = Lin({g.uniform(0.2, 2.0)})", f"kw = {lit(kw)}",
+             "fwd = rk_solve(field, y0, t_out, mode='record', record_dense=True, user_shape=[" + str(D) + "], "
+             "**kw)"]
+    a: Dict[str, Any] = {
+        "func": Code("field"), "params": [Code("field.theta")], "t_out": Code("t_out"),
+        "ys": Code("fwd['ys']") if trajectory == "resolve" else None,
+        "tape": Code("fwd['tape']") if trajectory == "interpolated" else None,
+        "grad_ys": Ten((T, 1, D), "float64", seed=g.seed()),
+        "seminorm": g.p(0.5), "trajectory": trajectory, "norm": None, "user_shape": [D], "joint": True, **kw,
+    }
+    call = Call(target="rk_adjoint", callee="rk_adjoint", args=a, positional=6, env=env, setup=setup, level="C")
+    valid = True
+    for _ in range(g.choice([0, 0, 1, 1, 2])):
+        valid = False
+        name = g.choice(["grad_ys", "params", "func", "ys", "tape", "trajectory", "rtol", "segment_ends",
+                         "user_shape", "norm", "seminorm"])
+        if name == "grad_ys":
+            if g.p(0.5):
+                shape = g.choice([(T + 2, 1, D), (max(T - 1, 0), 1, D), (T, D), (), (T, 1, D + 1), (T, 2, D)])
+                a[name] = replace(a[name], shape=shape)
+                m = f"shape {shape}"
+            else:
+                a[name], m = g.mutate_tensor(a[name])
+        elif name == "params":
+            a[name] = g.choice([[], [Code("field.theta.detach()")], [Code("field.theta")] * 2, [Code("y0")],
+                                [Ten((2,), "float64", device="meta")]])
+            m = "params variant"
+        elif name == "func":
+            a[name] = Code(g.choice(["F.decay", "F.wrong_shape", "F.raises", "F.nan_late", "Lin(0.5)"]))
+            m = a[name].text
+        elif name in ("ys", "tape"):
+            a[name] = Code(g.choice(["None", "fwd['ys'][:1]", "fwd['ys'].float()", "fwd['tape']"]))
+            m = a[name].text
+        elif name == "trajectory":
+            a[name] = g.choice(["bogus", "interpolated", "resolve"])
+            m = a[name]
+        elif name == "rtol":
+            a[name] = g.choice([[1e-6, 1e-6], [], [-1.0], [math.nan]])
+            m = lit(a[name])
+        elif name == "segment_ends":
+            a[name] = g.choice([[D + 1], [0, D], [-1], []])
+            m = lit(a[name])
+        elif name == "user_shape":
+            a[name] = g.choice([[D + 1], [], [-1], [1, D]])
+            m = lit(a[name])
+        elif name == "norm":
+            a[name] = Code(g.choice(NORMS))
+            m = a[name].text
+        else:
+            a[name] = not a[name]
+            m = str(a[name])
+        call.muts.append(f"{name}: {m}")
+    gy = a["grad_ys"]
+    if gy.device != "cpu":
+        call.must_raise.append("meta grad_ys")
+    if tuple(gy.shape) != (T, 1, D):
+        call.must_raise.append(f"grad_ys shape: must be [{T}, 1, {D}], got {list(gy.shape)}")
+    if a["trajectory"] not in ("resolve", "interpolated"):
+        call.must_raise.append("trajectory must be 'resolve' or 'interpolated'")
+    if isinstance(a["rtol"], list) and len(a["rtol"]) != 1:
+        call.must_raise.append("one adjoint rtol")
+    call.checks = [("wrong-gradient-shape", f"tuple(RESULT['grad_y0'].shape) == (1, {D}) and "
+                                            "len(RESULT['grad_params']) == len(params)")]
+    if valid:
+        call.checks.append(("adjoint-gradient-differs-from-exact",
+                            "all(close(a.reshape(b.shape), b, 1e-4, 1e-6) for a, b in zip((RESULT['grad_y0'], "
+                            "RESULT['grad_params'][0]), lin_exact_grads(field, y0, t_out, grad_ys)))"))
+    return call
+
+
+def finite_call(g: Gen) -> Call:
+    """_C.all_finite(x): whether every element is finite (the solvers' check of y0 and f(t0, y0))."""
+    shape = g.choice([(3,), (2, 4), (), (0,), (1, 257)])
+    x = Ten(shape, g.choice(["float64", "float32"]), seed=g.seed())
+    if g.p(0.5):
+        x, m = g.mutate_tensor(x)
+    elif g.p(0.4):
+        x, m = replace(x, device="meta"), "meta"
+    else:
+        m = "none"
+    call = Call(target="all_finite", callee="_C.all_finite", args={"x": x}, positional=1, level="C", muts=[m])
+    if x.device != "cpu":
+        call.must_raise.append("meta tensor")
+    call.checks = [("wrong-answer", "RESULT == bool(torch.isfinite(x).all())")]
     return call
 
 
@@ -1007,6 +1114,8 @@ def api_call(g: Gen, fn: str) -> Call:
 ENTRY_POINTS: Dict[str, Callable[[Gen], Call]] = {
     "rk_solve": solve_call,
     "rk_checkpoint_backward": backward_call,
+    "rk_adjoint": adjoint_call,
+    "all_finite": finite_call,
     "odeint": lambda g: api_call(g, "odeint"),
     "odeint_adjoint": lambda g: api_call(g, "odeint_adjoint"),
 }

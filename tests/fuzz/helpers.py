@@ -21,14 +21,45 @@ from fastdiffeq import _C
 OPS = torch.ops.fastdiffeq
 nan, inf = math.nan, math.inf
 
-__all__ = ["torch", "fde", "_C", "OPS", "nan", "inf", "mk", "F", "N", "FieldError", "Lin", "api_call", "assert_guards",
+__all__ = ["torch", "fde", "_C", "OPS", "rk_solve", "rk_adjoint", "options", "nan", "inf", "mk", "F", "N", "FieldError", "Lin", "api_call", "assert_guards",
            "check_guards", "SUCCESS", "RUNNING", "all_finite", "shape_of", "odeint_shape_ok", "grad_direct", "close", "solved_ok", "defined_part",
-           "inplace_then_read", "write_past_end"]
+           "inplace_then_read", "write_past_end", "lin_exact_grads"]
 
 # Status codes: taken from the extension when it exports them (F9), else today's values.
 _codes = getattr(_C, "status_codes", None) or {}
 RUNNING = int(_codes.get("running", 0))
 SUCCESS = int(_codes.get("success", 1))
+
+
+_OPTION_FIELDS = ("method", "rtol", "atol", "segment_ends", "first_step", "max_num_steps", "step_t", "jump_t",
+                  "check_every", "record_dense")
+
+
+def options(*, safety=0.9, ifactor=10.0, dfactor=0.2, min_step=0.0, max_step=inf, **fields):
+    """_C.RkOptions (one object carries a solve's settings into C++) from the flat keyword arguments the
+    generators draw; the controller as one _C.ControllerParams."""
+    o = _C.RkOptions()
+    for name in _OPTION_FIELDS:
+        if name in fields:
+            setattr(o, name, fields.pop(name))
+    if fields:
+        raise TypeError(f"unknown option fields {sorted(fields)}")
+    o.control = _C.ControllerParams(safety=safety, ifactor=ifactor, dfactor=dfactor, min_step=min_step,
+                                    max_step=max_step)
+    return o
+
+
+def rk_solve(func, y0, t_out, *, norm=None, user_shape=None, joint=True, mode="masked", **settings):
+    """_C.rk_solve(func, y0, t_out, options, norm=, user_shape=, joint=, mode=) with the options flat."""
+    return _C.rk_solve(func, y0, t_out, options(**settings), norm=norm, user_shape=user_shape, joint=joint,
+                       mode=mode)
+
+
+def rk_adjoint(func, params, t_out, ys, tape, grad_ys, *, seminorm=False, trajectory="resolve", norm=None,
+               user_shape=None, joint=True, **settings):
+    """_C.rk_adjoint(func, params, t_out, ys, tape, grad_ys, options, ...) with the options flat."""
+    return _C.rk_adjoint(func, params, t_out, ys, tape, grad_ys, options(**settings), seminorm=seminorm,
+                         trajectory=trajectory, norm=norm, user_shape=user_shape, joint=joint)
 
 
 class FieldError(Exception):
@@ -272,9 +303,19 @@ def grad_direct(func, y0, t_out, grad_ys, **solve_kwargs):
     """dL/dy0 for L = <grad_ys, ys> by back-propagating through the graph-mode solve (the reference for
     the checkpoint replay)."""
     y = y0.detach().clone().requires_grad_(True)
-    res = _C.rk_solve(func, y, t_out, mode="graph", **solve_kwargs)
+    res = rk_solve(func, y, t_out, mode="graph", **solve_kwargs)
     (g,) = torch.autograd.grad(res["ys"], y, grad_ys)
     return g
+
+
+def lin_exact_grads(field, y0, t_out, grad_ys):
+    """(dL/dy0, dL/dtheta) of L = <grad_ys, ys> for Lin (y(t) = y0 exp(-theta (t - t0))): the adjoint's
+    reference."""
+    th = float(field.theta)
+    dt = (t_out.double() - float(t_out[0])).reshape(-1, 1, 1)
+    e = torch.exp(-th * dt)
+    g = grad_ys.double()
+    return (g * e).sum(0), (g * (-dt) * e * y0.double()).sum()
 
 
 def close(a, b, rtol=1e-7, atol=1e-9) -> bool:
