@@ -99,6 +99,9 @@ class PyErrorNorm final : public fde::solver::ErrorNorm {
     at::Tensor v;
     if (THPVariable_Check(r.ptr())) {
       v = THPVariable_Unpack(r.ptr()).detach();
+      if (!(v.is_cpu() || v.device() == x.device()))
+        throw py::value_error("fastdiffeq: options['norm'] returned a tensor on " + v.device().str() +
+                              " (expected the state's device, " + x.device().str() + ", or the CPU)");
     } else if (py::isinstance<py::float_>(r) || py::isinstance<py::int_>(r)) {
       v = at::tensor(r.cast<double>(), at::kDouble);
     } else {

@@ -475,7 +475,8 @@ def test_rk_solve_entry_point_sanity():
     (dict(control=_C.ControllerParams(dfactor=1.0)), r"control.dfactor must be in \(0, 1\)"),
     (dict(first_step=float("nan")), r"first_step must be finite and >= 0"),
     (dict(max_num_steps=0), r"max_num_steps must be positive"),
-    (dict(check_every=0), r"check_every must be positive"),
+    (dict(check_every=0), r"check_every must be in \[1, 64\], got 0"),
+    (dict(check_every=2**62), r"check_every must be in \[1, 64\]"),
     (dict(step_t=[float("inf")]), r"step_t must be finite"),
 ])
 def test_rk_solve_validates_before_indexing(over, pattern):
@@ -667,3 +668,29 @@ def test_checkpoint_and_adjoint_entry_points_validate_their_objects():
     opts.rtol, opts.atol, opts.segment_ends = [1e-7, 1e-7], [1e-9, 1e-9], [1, 2]
     with pytest.raises(ValueError, match=r"the adjoint takes one rtol and one atol, got 2 and 2"):
         _C.rk_adjoint(decay, [], T, res["ys"], None, grad_ys, opts, trajectory="resolve", **kw)
+
+
+@pytest.mark.parametrize("mode", ["masked", "graph"])
+def test_overflowing_state_is_never_accepted(mode):
+    """A first step so large that y1 overflows float32 used to be accepted with error ratio 0 (a constant field:
+    every stage agrees, err = 0, and the tolerance max(|y0|, |y1|) was inf), ending in 'success' with inf
+    outputs. A non-finite y1 is now a rejected step: the step shrinks until the state is finite, or, when 10
+    attempts in a row stay non-finite, the solve stops with NON_FINITE."""
+
+    def solve(first_step):
+        opts = _C.RkOptions()
+        opts.rtol, opts.atol, opts.segment_ends, opts.first_step = [1e-6], [1e-8], [2], first_step
+        return _C.rk_solve(lambda t, y: torch.ones_like(y), torch.zeros(1, 2), torch.tensor([0.0, 1.0], dtype=F64),
+                           opts, norm=None, user_shape=[2], joint=True, mode=mode)
+
+    res = solve(1e40)  # overflows float32 (max 3.4e38) for two attempts, then shrinks into range
+    assert int(res["status"][0]) == Status.SUCCESS
+    assert int(res["counters"][0, fastdiffeq._status.Counter.REJECTED]) >= 2
+    torch.testing.assert_close(res["ys"][-1], torch.ones(1, 2))
+    res = solve(1e300)  # 0.2**10 cannot bring it into range: a clear failure, never 'success' with inf
+    assert int(res["status"][0]) == Status.NON_FINITE
+
+
+def test_user_norm_returning_a_meta_tensor_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"options\['norm'\] returned a tensor on meta"):
+        fastdiffeq.odeint(decay, torch.ones(2, dtype=F64), T, options=dict(norm=lambda x: torch.zeros((), device="meta")))

@@ -19,11 +19,14 @@ namespace fde::core {
 
 // max(|y0|, |y1|) written as a select (the CPU element loop vectorises it, GCC does not vectorise
 // fmax); the same value and NaN rule as fmax: a NaN argument yields the other one.
+// A non-finite propagated state (y1 overflowed, or NaN) makes the element NaN, so such a step is never
+// accepted, even where the tolerance is infinite (the seminorm's channels) or the error estimate is exactly
+// 0 (a constant field: every stage agrees, and inf / inf tolerance gave 0). y1 - y1 is 0 for finite y1.
 FDE_INLINE double scaled_error(double err, double y0, double y1, double atol, double rtol) {
   const double a0 = fabs(y0), a1 = fabs(y1);
   const double m = (a0 > a1 || a1 != a1) ? a0 : a1;
   const double tol = atol + rtol * m;
-  return err / tol;
+  return (err + (y1 - y1)) / tol;
 }
 
 FDE_INLINE double scaled_error_sq(double err, double y0, double y1, double atol, double rtol) {

@@ -1,5 +1,7 @@
 #include "solver/rk_problem.h"
 
+#include <limits>
+
 #include "solver/initial_step.h"
 #include "solver/norms.h"
 #include "ops/registry.h"
@@ -83,7 +85,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> RkProblem::control(const at::Tens
   }
   const auto err = ops::call<ops::RkStage>(at::zeros_like(y), ks, h, e);
   const auto tol = atol_el_ + rtol_el_ * at::maximum(y.abs(), y1.abs());
-  at::Tensor ratio = group_norm(err / tol, segments_, norm_).abs().contiguous();
+  at::Tensor ratio = group_norm(err / tol, segments_, norm_).abs();
+  // As in the fused norm (core::scaled_error): a non-finite propagated state is never accepted.
+  ratio = at::where(at::isfinite(y1).all(1), ratio, std::numeric_limits<double>::quiet_NaN()).contiguous();
   auto [accept, h_next] = ops::call<ops::StepSizeControl>(ratio, h, ctrl_packed_);
   return {ratio, accept, h_next};
 }

@@ -56,7 +56,9 @@ SolveArgs check_solve_args(const at::Tensor& y0, const at::Tensor& t_out, const 
   TORCH_CHECK_VALUE(std::isfinite(opt.first_step) && opt.first_step >= 0,
                     "fastdiffeq: first_step must be finite and >= 0 (0 selects it), got ", opt.first_step);
   TORCH_CHECK_VALUE(opt.max_num_steps > 0, "fastdiffeq: max_num_steps must be positive, got ", opt.max_num_steps);
-  TORCH_CHECK_VALUE(opt.check_every > 0, "fastdiffeq: check_every must be positive, got ", opt.check_every);
+  // The masked loop runs up to check_every - 1 iterations past the end (it reads "all done" that rarely).
+  TORCH_CHECK_VALUE(opt.check_every > 0 && opt.check_every <= kMaxCheckEvery, "fastdiffeq: check_every must be in [1, ",
+                    kMaxCheckEvery, "], got ", opt.check_every);
   TORCH_CHECK_VALUE((opt.step_t.empty() && opt.jump_t.empty()) || B == 1,
                     "fastdiffeq: step_t and jump_t are supported in joint mode (B == 1) only");
   for (double v : opt.step_t) TORCH_CHECK_VALUE(std::isfinite(v), "fastdiffeq: step_t must be finite, got ", v);

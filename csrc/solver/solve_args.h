@@ -11,6 +11,9 @@
 
 namespace fde::solver {
 
+// The masked loop reads "all samples done" once every check_every steps, at most this rarely.
+inline constexpr int64_t kMaxCheckEvery = 64;
+
 // What the loops need from a validated call.
 struct SolveArgs {
   std::vector<int64_t> segments;  // segment_ends, or [D] when none were given
