@@ -11,7 +11,7 @@ import torch
 
 import fastdiffeq
 
-from test_gradients import CASES, TIGHT, _assert_close_all, _case, _grads
+from test_gradients import CASES, TIGHT, Switch, _assert_close_all, _case, _grads
 
 DT = torch.float64
 
@@ -146,15 +146,6 @@ def test_one_backward_solve_reevaluates_once_per_inner_output_time(trajectory):
 @pytest.mark.parametrize("trajectory", ["resolve", "interpolated"])
 def test_adjoint_jump_t_both_trajectories(trajectory):
     """A field with a jump at t=0.5 (options['jump_t']): the backward solve stops on it, both trajectories."""
-
-    class Switch(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a = torch.nn.Parameter(torch.tensor([-0.5, 0.3], dtype=DT))
-
-        def forward(self, t, y):
-            return self.a * y * torch.where(t < 0.5, 1.0, 2.0).to(y)
-
     f = Switch()
     y0 = torch.tensor([1.0, 2.0], dtype=DT, requires_grad=True)
     t = torch.linspace(0.0, 1.0, 3, dtype=DT)

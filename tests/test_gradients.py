@@ -82,6 +82,17 @@ class LinearField(torch.nn.Module):
         return y @ self.A.T + self.b
 
 
+class Switch(torch.nn.Module):
+    """y' = a y, twice as fast after t = 0.5: a field with a jump (options['jump_t'])."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor([-0.5, 0.3], dtype=DT))
+
+    def forward(self, t, y):
+        return self.a * y * torch.where(t < 0.5, 1.0, 2.0).to(y)
+
+
 def _weights(shape, seed):
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=DT)
 
@@ -167,14 +178,6 @@ def test_adjoint_with_jump_t_option_matches_torchdiffeq():
     torchdiffeq infers adjoint_options from options (dropping only 'norm') and its backward solves honour
     jump_t; fastdiffeq must accept the same call (drop-in) and give the same gradients.
     """
-
-    class Switch(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a = torch.nn.Parameter(torch.tensor([-0.5, 0.3], dtype=DT))
-
-        def forward(self, t, y):
-            return self.a * y * torch.where(t < 0.5, 1.0, 2.0).to(y)
 
     f = Switch()
     y0 = torch.tensor([1.0, 2.0], dtype=DT, requires_grad=True)
@@ -399,14 +402,6 @@ def test_grid_options_checkpoint_equals_direct(key):
 def test_jump_t_handles_a_discontinuity_in_both_modes():
     """A field that switches at t=0.5: with jump_t there, direct and checkpoint agree and match the analytic
     gradient of y(1) = y0 * exp(a * (0.5 + 2 * 0.5))."""
-
-    class Switch(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a = torch.nn.Parameter(torch.tensor([-0.5, 0.3], dtype=DT))
-
-        def forward(self, t, y):
-            return self.a * y * torch.where(t < 0.5, 1.0, 2.0).to(y)
 
     f = Switch()
     y0 = torch.tensor([1.0, 2.0], dtype=DT, requires_grad=True)

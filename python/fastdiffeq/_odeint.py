@@ -128,8 +128,9 @@ class _Problem:
 
     def flat_y0(self) -> torch.Tensor:
         """y0 as [1, D], keeping its autograd graph."""
-        flat = torch.cat([p.reshape(-1) for p in self.parts]) if self.is_tuple else self.parts[0].reshape(-1)
-        return flat.contiguous().reshape(1, -1)
+        if not self.is_tuple:
+            return self.parts[0].reshape(1, -1).contiguous()  # one op for the common case (a view when contiguous)
+        return torch.cat([p.reshape(-1) for p in self.parts]).reshape(1, -1)
 
     def flat_field(self, t_scalar: torch.Tensor, y_flat: torch.Tensor) -> torch.Tensor:
         """f(t, y) on the flat [D] layout (t a 0-dim float64 or state-dtype tensor)."""
@@ -260,8 +261,9 @@ def _run(p: _Problem, y_flat: torch.Tensor, mode: str, *, who: str = "odeint", r
     options = solver_options(p.method, p.rtols, p.atols, p.segment_ends, p.opts, p.step_t, p.jump_t, p.device,
                              record_dense=dense)
     with gc_paused():
-        res = _C.rk_solve(p.field, y_flat, p.t64.to(p.device), options, norm=p.user_norm,
-                          user_shape=p.user_shape, joint=True, mode=mode)
+        t_out = p.t64 if p.device.type == "cpu" else p.t64.to(p.device)  # t64 lives on the CPU
+        res = _C.rk_solve(p.field, y_flat, t_out, options, norm=p.user_norm, user_shape=p.user_shape, joint=True,
+                          mode=mode)
     status = res["status"].tolist()[0]
     counters = res["counters"].tolist()[0]
     t_final = res["t"].tolist()[0]
