@@ -694,3 +694,79 @@ def test_overflowing_state_is_never_accepted(mode):
 def test_user_norm_returning_a_meta_tensor_is_a_clear_error():
     with pytest.raises(ValueError, match=r"options\['norm'\] returned a tensor on meta"):
         fastdiffeq.odeint(decay, torch.ones(2, dtype=F64), T, options=dict(norm=lambda x: torch.zeros((), device="meta")))
+
+
+def _options(**fields):
+    opts = _C.RkOptions()
+    opts.rtol, opts.atol, opts.segment_ends = [1e-2], [1e-2], [1]
+    for k, v in fields.items():
+        setattr(opts, k, v)
+    return opts
+
+
+@pytest.mark.parametrize("B, check_every", [(2, 1), (1, 8)])
+def test_a_stopped_sample_writes_no_more_outputs(B, check_every):
+    """After a sample stops (here max_num_steps), later iterations of the masked loop (other samples still
+    running, or the CUDA-style check_every > 1) used to write the rows its frozen step passed: wrong values
+    instead of NaN. A stopped sample's step is now 0."""
+    y0 = torch.ones(B, 1, dtype=F64)
+    t = torch.tensor([[0.0, 1.0, 2.0, 3.0], [0.0, 0.1, 1.0, 10.0]], dtype=F64)[:B]
+    if B == 1:
+        t = t[0]
+    res = _C.rk_solve(lambda tt, y: -y, y0, t, _options(max_num_steps=1, check_every=check_every), norm=None,
+                      user_shape=[B, 1], joint=False, mode="masked")
+    ys = res["ys"][:, :, 0]
+    for b in range(B):
+        assert int(res["status"][b]) == Status.MAX_STEPS
+        reached = int((ys[:, b] == ys[:, b]).sum())  # rows before the failure
+        assert torch.isnan(ys[reached:, b]).all()
+        tb = t[b] if t.dim() == 2 else t
+        torch.testing.assert_close(ys[:reached, b], torch.exp(-tb[:reached]), rtol=0, atol=0.05)  # rtol=atol=1e-2
+    assert float(res["h"].abs().max()) == 0.0  # stopped samples do not move
+
+
+def test_masked_loop_lands_exactly_on_a_jump_point():
+    """A step cut onto a jump_t point g could end one ulp short of g in the masked loop (t0 + (g - t0) != g),
+    then take a one-ulp step and evaluate f 'after the jump' at g itself: 111 evaluations where the host
+    loop needs 14. Both loops now land on g and evaluate f just past it."""
+    t0, g = 0.4182316567018517, 1.6133804742970745
+    nfe, y_end = {}, {}
+    for mode in ("masked", "graph"):
+        calls = []
+
+        def f(tt, y):
+            calls.append(float(tt))
+            return (tt > g).to(y.dtype).reshape(1, 1) + 0 * y
+
+        with torch.no_grad():
+            res = _C.rk_solve(f, torch.zeros(1, 1, dtype=F64), torch.tensor([t0, 3.0], dtype=F64),
+                              _options(rtol=[1e-6], atol=[1e-9], jump_t=[g], first_step=5.0), norm=None,
+                              user_shape=[1, 1], joint=False, mode=mode)
+        assert g not in calls and math.nextafter(g, 10.0) in calls, mode
+        nfe[mode], y_end[mode] = res["nfe"], float(res["ys"][-1, 0, 0])
+    assert nfe["masked"] == nfe["graph"] < 30, nfe
+    assert y_end["masked"] == pytest.approx(3.0 - g, rel=1e-9)
+
+
+@pytest.mark.parametrize("mode", ["masked", "graph", "record"])
+def test_one_group_accepts_a_2d_output_grid(mode):
+    # [1, T] passes validation for B == 1; the host-driven loops sliced it as [T] and failed.
+    flat = _rk_solve(mode=mode)["ys"]
+    rows = _rk_solve(mode=mode, t_out=T.unsqueeze(0), joint=False, user_shape=[1, 2])["ys"]
+    torch.testing.assert_close(rows, flat, rtol=0, atol=0)
+
+
+def test_checkpoint_tape_does_not_alias_y0():
+    """Changing y0 in place between the forward and the backward pass must not change the gradient (the tape
+    used to keep a view of the caller's y0)."""
+    A = torch.tensor([[-0.5, 1.0], [-1.0, -0.2]], dtype=F64, requires_grad=True)
+    t = torch.linspace(0.0, 1.0, 3, dtype=F64)
+
+    def grad(modify):
+        y0 = torch.tensor([1.0, 0.5], dtype=F64)
+        ys = fastdiffeq.odeint(lambda tt, y: A @ y, y0, t, gradient="checkpoint", gradient_params=(A,))
+        if modify:
+            y0.mul_(3.0)
+        return torch.autograd.grad(ys.sum(), A)[0]
+
+    torch.testing.assert_close(grad(True), grad(False), rtol=0, atol=0)

@@ -52,18 +52,22 @@ def test_ops_match_cpu_without_host_sync(dtype, B, D):
     }
     h0, d1 = expected["probe"][0], expected["probe"][1]
     expected["final"] = ops.initial_step_final(y, ks[0], ks[1], h0, d1, 1.0, rtol, atol, segs, 4, CONTROL)
+    # Every argument on the device first: the host-to-device copies themselves synchronise.
+    dev = {name: cu(x) for name, x in dict(y=y, y1=y1, ks=ks, h=h, t0=t0, rtol=rtol, atol=atol, t_out=t_out, h0=h0,
+                                           d1=d1).items()}
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")  # any device->host sync inside an op raises
     try:
         got = {
-            "stage": ops.rk_stage(cu(y), cu(ks), cu(h), TAB["a"][6]),
-            "times": ops.rk_stage_times(cu(t0), cu(h), TAB["c"], dtype),
-            "ctrl": ops.rk_error_control(cu(y), cu(y1), cu(ks), cu(h), TAB["e"], cu(rtol), cu(atol), segs, CONTROL),
-            "weights": ops.rk_dense_weights(cu(h), cu(t0), cu(t_out), TAB["mid"]),
-            "dense": ops.rk_dense_eval(cu(y), cu(y1), cu(ks), cu(h), cu(t0), cu(t_out), TAB["mid"]),
-            "probe": ops.initial_step_probe(cu(y), cu(ks[0]), cu(t0), 1.0, cu(rtol), cu(atol), segs),
-            "final": ops.initial_step_final(cu(y), cu(ks[0]), cu(ks[1]), cu(h0), cu(d1), 1.0, cu(rtol), cu(atol),
-                                            segs, 4, CONTROL),
+            "stage": ops.rk_stage(dev["y"], dev["ks"], dev["h"], TAB["a"][6]),
+            "times": ops.rk_stage_times(dev["t0"], dev["h"], TAB["c"], dtype),
+            "ctrl": ops.rk_error_control(dev["y"], dev["y1"], dev["ks"], dev["h"], TAB["e"], dev["rtol"],
+                                         dev["atol"], segs, CONTROL),
+            "weights": ops.rk_dense_weights(dev["h"], dev["t0"], dev["t_out"], TAB["mid"]),
+            "dense": ops.rk_dense_eval(dev["y"], dev["y1"], dev["ks"], dev["h"], dev["t0"], dev["t_out"], TAB["mid"]),
+            "probe": ops.initial_step_probe(dev["y"], dev["ks"][0], dev["t0"], 1.0, dev["rtol"], dev["atol"], segs),
+            "final": ops.initial_step_final(dev["y"], dev["ks"][0], dev["ks"][1], dev["h0"], dev["d1"], 1.0,
+                                            dev["rtol"], dev["atol"], segs, 4, CONTROL),
         }
     finally:
         torch.cuda.set_sync_debug_mode("default")
@@ -124,7 +128,9 @@ def test_odeint_on_cuda_matches_cpu(dtype):
         ref = fastdiffeq.odeint(lambda s, y: net(y) * torch.cos(s), y0, t, rtol=1e-6, atol=1e-6)
         net_cu = net.cuda()
         got = fastdiffeq.odeint(lambda s, y: net_cu(y) * torch.cos(s), y0.cuda(), t.cuda(), rtol=1e-6, atol=1e-6)
-    tol = 1e-4 if dtype == torch.float32 else 1e-8
+    # CUDA contracts multiply-adds (FMA) and its pow differs by an ulp: a step decision near ratio 1 may flip,
+    # so the two solves agree to the solve's tolerance, not to rounding.
+    tol = 1e-4 if dtype == torch.float32 else 1e-5
     torch.testing.assert_close(got.cpu(), ref, rtol=tol, atol=tol)
 
 

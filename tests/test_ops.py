@@ -601,6 +601,8 @@ def ref_commit(st, ins, t_out, max_num_steps):
             st["status"][b] = UNDERFLOW
         elif int(c[SINCE_OUT]) >= max_num_steps:
             st["status"][b] = MAX_STEPS
+        if int(st["status"][b]) != RUNNING:
+            st["h"][b] = 0.0  # a sample that stops stops moving
     return st
 
 
@@ -1355,3 +1357,18 @@ def test_rk_commit_zero_step_is_underflow_not_success():
                         dtype=torch.float64), torch.ones(1, dtype=torch.bool), t_out, torch.ones(1, dtype=torch.long),
                         tab["mid"])
     assert (out == 0).all()
+
+
+def test_rk_error_control_does_not_depend_on_the_thread_count():
+    """One group of 1e5 elements is summed over fixed chunks in index order: the same ratio bits with 1 or 2
+    threads (at::parallel_reduce's thread-dependent split made them differ)."""
+    D = 100_003
+    y0, y1, *ks = [_randn(1, D, dtype=torch.float64, seed=s) for s in range(9)]
+    h = torch.tensor([0.1], dtype=torch.float64)
+    tol = torch.tensor([1e-6], dtype=torch.float64)
+    e = _C.tableau("dopri5")["e"]
+    out = []
+    for n in (1, 2):
+        with _threads(n):
+            out.append(OPS.rk_error_control(y0, y1, ks, h, e, tol, tol, [D], _C.ControllerParams().pack())[0])
+    assert float(out[0]) == float(out[1])

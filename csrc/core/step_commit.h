@@ -62,6 +62,10 @@ FDE_INLINE void commit_sample_to(double& t0, double t1, double& h, int32_t& stat
   } else if (counters[kAttemptsSinceOutput] >= max_num_steps) {
     status = kMaxSteps;
   }
+  // A sample that stops stops moving: with h = 0 the masked loop's later iterations (other samples still
+  // running, or up to check_every - 1 iterations on CUDA) neither write its outputs (a step of size 0 passes
+  // none) nor evaluate the field beyond where it stopped.
+  if (status != kRunning) h = 0.0;
 }
 
 // ... for the step from t0 by h (the fused commit kernels).

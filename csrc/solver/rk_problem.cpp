@@ -28,6 +28,7 @@ RkProblem::RkProblem(VectorField& field, ErrorNorm* norm, const at::Tensor& y0, 
   T_ = t_out.size(-1);
   dtype_ = y0.scalar_type();
   t_out_ = t_out.to(y0.device()).contiguous();
+  if (t_out_.dim() == 2 && B_ == 1) t_out_ = t_out_.reshape({T_});  // one group: [1, T] is the shared grid [T]
   segments_ = std::move(args.segments);
   ctrl_ = args.control;
   ctrl_packed_ = core::pack(ctrl_);

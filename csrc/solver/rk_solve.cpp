@@ -84,24 +84,27 @@ RkResult run_masked(RkProblem& p, const at::Tensor& y0_in) {
   const int64_t check_every = std::max<int64_t>(1, p.opt_.check_every);
   for (int64_t iter = 0;; ++iter) {
     at::Tensor h_step = h;
+    ClippedStep cut{0.0, 0.0};  // the step cut onto a step_t / jump_t point, when grid.on_step / on_jump
     if (grid.active()) {
-      h_step = at::full({1}, grid.clip(t0.item<double>(), h.item<double>()).h, h.options());
+      cut = grid.clip(t0.item<double>(), h.item<double>());
+      h_step = at::full({1}, cut.h, h.options());
     }
     StepStages st = rk_stages(p.field_, tab, y, k0, t0, h_step, res.nfe);
     auto [ratio, accept, h_next] = p.control(y, st.y1, st.ks, h_step);
     ops::call<ops::RkDenseOutput>(res.ys, y, st.y1, st.ks, h_step, t0, accept, p.t_out_, out_index, mid);
 
     at::Tensor k_last = st.ks.back();
-    const bool accepted_on_grid = grid.active() && accept.item<bool>();
+    const bool accepted_on_grid = grid.active() && (grid.on_step || grid.on_jump) && accept.item<bool>();
     if (accepted_on_grid && grid.on_jump) {
       // Past a discontinuity f is re-evaluated on the new side; FSAL is broken for this step.
-      const double t1 = t0.item<double>() + h_step.item<double>();
-      k_last = p.field_.eval(after_jump_time(t1, p.direction_, p.dtype_, y.device()), st.y1);
+      k_last = p.field_.eval(after_jump_time(cut.t1, p.direction_, p.dtype_, y.device()), st.y1);
       ++res.nfe;
     }
     ops::call<ops::RkCommit>(y, k0, t0, h_step, res.status, res.counters, out_index, st.y1, k_last, h_next, accept,
                              ratio, p.t_out_, p.opt_.max_num_steps);
     h = h_step;  // rk_commit wrote the next step size into it
+    // rk_commit moved t0 by h (t0 + (g - t0) may miss g by an ulp): a step cut onto a grid point ends on it.
+    if (accepted_on_grid) t0.fill_(cut.t1);
     if (accepted_on_grid) grid.accepted();
     ++res.n_steps;
     if ((iter + 1) % check_every == 0 && all_done(res.status)) break;
@@ -121,7 +124,9 @@ RkResult run_host(RkProblem& p, const at::Tensor& y0_in, LoopMode mode) {
   const auto dev = y0_in.device();
   const auto time_opts = at::TensorOptions().dtype(at::kDouble).device(dev);
   at::Tensor t0_t = p.initial_time();
-  at::Tensor y = y0_in;
+  // The tape keeps its own copy of y0 (the caller's tensor may change in place before the backward pass);
+  // the differentiable loop must start from y0_in itself (its graph).
+  at::Tensor y = mode == LoopMode::kRecord ? y0_in.clone() : y0_in;
   at::Tensor k0;
   if (!p.first_derivative(t0_t, y, k0, res.nfe)) return early_result(p, y0_in, t0_t, {}, core::kNonFinite, res.nfe);
   at::Tensor h_t = p.first_step(t0_t, y, k0, res.nfe);
@@ -129,7 +134,7 @@ RkResult run_host(RkProblem& p, const at::Tensor& y0_in, LoopMode mode) {
     res.tape = std::make_shared<RkTape>();
     res.tape->tableau = &tab;
     res.tape->t_out = p.t_out_;
-    res.tape->y0 = y0_in;
+    res.tape->y0 = y;
     res.tape->direction = p.direction_;
     res.tape->t0 = t0_t.cpu()[0].item<double>();
   }

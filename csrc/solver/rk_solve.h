@@ -72,7 +72,7 @@ struct RkResult {
   at::Tensor status;    // int32 [B], core::Status
   at::Tensor counters;  // int64 [B, 4], core::Counter
   at::Tensor t;         // float64 [B], time each sample reached
-  at::Tensor h;         // float64 [B], the next step size each sample would take
+  at::Tensor h;         // float64 [B], the next step size of each sample still running (0 once stopped)
   int64_t nfe = 0;      // vector-field evaluations (each evaluates every sample)
   int64_t n_steps = 0;  // loop iterations (step attempts of the batch)
   std::shared_ptr<RkTape> tape;  // kRecord only

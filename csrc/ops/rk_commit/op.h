@@ -6,6 +6,8 @@
 //   Then the status (core::Status): kSuccess when every output is passed, kNonFinite after
 //   core::kMaxNonFiniteRetries non-finite attempts in a row, kStepUnderflow when an accepted step did not
 //   move t or t0 + h_next == t0, kMaxSteps when max_num_steps attempts were made since the last output.
+//   A sample whose status leaves kRunning gets h = 0: it stops moving (later masked iterations write none
+//   of its outputs and evaluate the field only where it stopped).
 // counters: int64 [B, core::kNumCounters] indexed by core::Counter.
 // The seven written tensors may not overlap each other or any input. out_index must lie in [0, T]: the
 // CPU kernel raises otherwise (before writing anything); the CUDA kernel sets such a sample's status to

@@ -146,16 +146,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> RkErrorControl::cpu(
       for (int64_t s = 0; s < S; ++s) {
         const int64_t begin = s == 0 ? 0 : segment_ends[s - 1], end = segment_ends[s];
         if (end == begin) continue;
-        double sum;
-        if (parallel_inside) {
-          sum = at::parallel_reduce(
-              begin, end, cpu::kGrain, 0.0,
-              [&](int64_t i0, int64_t i1, double acc) {
-                return acc + row_sum_sq(y0p + off, y1p + off, kb, e, hp[b], at_[s], rt[s], i0, i1);
-              },
-              std::plus<double>());
+        // The sum over fixed chunks of kGrain elements, added in index order: the same bits whatever the
+        // number of threads and whether the row is split across them (B == 1) or not (one row per task).
+        auto chunk_sum = [&](int64_t c) {
+          const int64_t i0 = begin + c * cpu::kGrain;
+          return row_sum_sq(y0p + off, y1p + off, kb, e, hp[b], at_[s], rt[s], i0, std::min(end, i0 + cpu::kGrain));
+        };
+        const int64_t n_chunks = (end - begin + cpu::kGrain - 1) / cpu::kGrain;
+        double sum = 0.0;
+        if (parallel_inside && n_chunks > 1) {
+          std::vector<double> partial(n_chunks);
+          at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
+            for (int64_t c = c0; c < c1; ++c) partial[c] = chunk_sum(c);
+          });
+          for (double x : partial) sum += x;
         } else {
-          sum = row_sum_sq(y0p + off, y1p + off, kb, e, hp[b], at_[s], rt[s], begin, end);
+          for (int64_t c = 0; c < n_chunks; ++c) sum += chunk_sum(c);
         }
         // The element again, for the overflow fallback of robust_rms (two more passes, only when the sum
         // of squares overflowed).

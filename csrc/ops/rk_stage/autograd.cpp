@@ -33,10 +33,10 @@ class RkStageFunction : public torch::autograd::Function<RkStageFunction> {
     variable_list grads;
     grads.reserve(n + 3);
     grads.push_back(g);
-    const at::Tensor h_col = h.to(g.scalar_type()).unsqueeze(1);
     for (int64_t j = 0; j < n; ++j) {
       if (j < static_cast<int64_t>(coeffs.size()) && coeffs[j] != 0.0 && g.defined()) {
-        grads.push_back(g * h_col.mul(coeffs[j]));
+        // The forward's weight h * a_j, formed in float64 then rounded to the state's dtype (RkStage::cpu).
+        grads.push_back(g * h.mul(coeffs[j]).to(g.scalar_type()).unsqueeze(1));
       } else {
         grads.emplace_back();
       }
