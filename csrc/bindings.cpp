@@ -1,7 +1,10 @@
 // pybind11 bindings: the only file that knows Python. Wraps Python callables into the solver's
 // VectorField / ErrorNorm interfaces and exposes the solver loop and the tableaus.
+// Only torch's pybind11 glue (<torch/csrc/utils/pybind.h>: pybind11 and the at::Tensor caster), not
+// <torch/extension.h>, which pulls in every ATen operator and the whole C++ frontend (a third of the build).
+#include <ATen/ops/tensor.h>
 #include <ATen/ops/view_native.h>
-#include <torch/extension.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <iterator>
 #include <limits>
@@ -36,6 +39,14 @@ at::Tensor cheap_view(const at::Tensor& x, at::IntArrayRef shape) {
 
 std::string py_type_name(const py::handle& obj) { return py::str(py::type::of(obj).attr("__name__")); }
 
+// The tensor a Python object holds (a torch.Tensor or subclass), or false.
+bool unpack_tensor(const py::handle& obj, at::Tensor& out) {
+  py::detail::make_caster<at::Tensor> caster;
+  if (!caster.load(obj, /*convert=*/false)) return false;
+  out = py::detail::cast_op<at::Tensor&&>(std::move(caster));
+  return true;
+}
+
 // func(t, y) -> dy/dt. `joint`: t is passed as a 0-dim tensor (torchdiffeq's convention), else as [B].
 // `params`: the tensors its vector-Jacobian products differentiate (through torch autograd).
 class PyVectorField final : public fde::solver::VectorField {
@@ -52,9 +63,9 @@ class PyVectorField final : public fde::solver::VectorField {
     const at::Tensor t_arg = joint_ ? cheap_view(t, at::IntArrayRef()) : t;
     const at::Tensor y_arg = cheap_view(y, user_shape_);
     py::object r = func_(t_arg, y_arg);
-    if (!THPVariable_Check(r.ptr()))
+    at::Tensor out;
+    if (!unpack_tensor(r, out))
       throw py::type_error("fastdiffeq: func must return a torch.Tensor, got " + py_type_name(r));
-    at::Tensor out = THPVariable_Unpack(r.ptr());
     if (out.sizes() != at::IntArrayRef(user_shape_))
       throw py::value_error("fastdiffeq: func returned shape " + shape_str(out.sizes()) +
                             " but the state has shape " + shape_str(user_shape_));
@@ -97,8 +108,8 @@ class PyErrorNorm final : public fde::solver::ErrorNorm {
   at::Tensor norm(const at::Tensor& x) override {
     py::object r = norm_(x.view(user_shape_));
     at::Tensor v;
-    if (THPVariable_Check(r.ptr())) {
-      v = THPVariable_Unpack(r.ptr()).detach();
+    if (unpack_tensor(r, v)) {
+      v = v.detach();
     } else if (py::isinstance<py::float_>(r) || py::isinstance<py::int_>(r)) {
       v = at::tensor(r.cast<double>(), at::kDouble);
     } else {
@@ -156,11 +167,12 @@ std::shared_ptr<fde::solver::RkTape> tape_arg(const py::object& tape) {
 
 // An optional tensor argument: None or a torch.Tensor.
 at::Tensor optional_tensor_arg(const py::object& x, const char* name) {
-  if (x.is_none()) return at::Tensor();
-  if (!THPVariable_Check(x.ptr()))
+  at::Tensor out;
+  if (x.is_none()) return out;
+  if (!unpack_tensor(x, out))
     throw py::type_error(std::string("fastdiffeq: ") + name + " must be a torch.Tensor or None, got " +
                          py_type_name(x));
-  return THPVariable_Unpack(x.ptr());
+  return out;
 }
 
 py::dict rk_solve_py(py::function func, const at::Tensor& y0, const at::Tensor& t_out,

@@ -1,5 +1,8 @@
 #include "solver/rk_adjoint.h"
 
+#include <ATen/ops/full.h>
+#include <ATen/ops/zeros.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>

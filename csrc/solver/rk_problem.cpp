@@ -1,5 +1,12 @@
 #include "solver/rk_problem.h"
 
+#include <ATen/ops/full.h>
+#include <ATen/ops/maximum.h>
+#include <ATen/ops/stack.h>
+#include <ATen/ops/tensor.h>
+#include <ATen/ops/zeros_like.h>
+#include <ATen/TensorOperators.h>
+
 #include "solver/initial_step.h"
 #include "solver/norms.h"
 #include "ops/registry.h"

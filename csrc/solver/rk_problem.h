@@ -3,7 +3,7 @@
 // one attempt.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <cstdint>
 #include <tuple>

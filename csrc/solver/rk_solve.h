@@ -2,7 +2,7 @@
 // the checkpoint tape they can record.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <cstdint>
 #include <memory>

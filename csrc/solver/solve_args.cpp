@@ -1,5 +1,6 @@
 #include "solver/solve_args.h"
 
+#include <ATen/ops/equal.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
