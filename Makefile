@@ -5,9 +5,11 @@ PY         := $(VENV)/bin/python
 PIP        := $(VENV)/bin/pip
 TORCH_VERSION      := 2.13.0
 TORCH_CUDA_VERSION := 2.14.1
-DEPS := numpy pybind11 scikit-build-core cmake ninja pytest scipy \
+# make wheel TORCH=2.14.1: a wheel for another torch release (tools/build_wheel.sh); empty: the venv's torch.
+TORCH ?=
+DEPS := numpy pybind11 'scikit-build-core>=1.1' cmake ninja pytest scipy \
         torchdiffeq==0.2.5 torchsde==0.2.6 torchode==1.0.1 tqdm matplotlib
-SOURCES := $(shell find csrc python -type f \( -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.py' \) 2>/dev/null) \
+SOURCES := $(shell find csrc python tools/build_meta -type f \( -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.py' \) 2>/dev/null) \
            CMakeLists.txt pyproject.toml
 
 .PHONY: all venv build test demo bench microbench cuda-check fuzz wheel clean
@@ -52,8 +54,13 @@ microbench: venv
 cuda-check: venv
 	bash tools/cuda_check.sh $(PY) $(TORCH_CUDA_VERSION)
 
+# dist/fastdiffeq-<version>+torch<X.Y>.<cpu|cuNNN>-...whl, pinned to torch==X.Y.* (README: "Wheels").
 wheel: venv
-	$(PIP) wheel -q --no-build-isolation --no-deps . -w dist
+ifeq ($(strip $(TORCH)),)
+	FASTDIFFEQ_LOCAL_VERSION=1 $(PIP) wheel -v --no-build-isolation --no-deps . -w dist
+else
+	bash tools/build_wheel.sh $(PYTHON_SYS) $(TORCH) dist
+endif
 
 clean:
 	rm -rf build dist $(VENV)/.build-stamp

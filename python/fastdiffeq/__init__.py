@@ -10,6 +10,10 @@ Public API:
 
 import torch  # noqa: F401  (loads libtorch before the extension, which has no RPATH to it)
 
+from . import _torch_compat
+
+_torch_compat.check()  # a clear ImportError when torch is not the one _C was compiled against
+
 from . import _C  # noqa: F401
 from ._errors import MaxStepsError, NonFiniteStateError, SolverError, StepSizeUnderflowError
 from ._adjoint import odeint_adjoint
