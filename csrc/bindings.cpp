@@ -17,6 +17,7 @@
 #include "core/tableau.h"
 #include "solver/autograd_vjp.h"
 #include "solver/finite.h"
+#include "solver/progress.h"
 #include "solver/rk_adjoint.h"
 #include "solver/rk_solve.h"
 #include "solver/solve_args.h"
@@ -126,6 +127,33 @@ class PyErrorNorm final : public fde::solver::ErrorNorm {
   std::vector<int64_t> user_shape_;
 };
 
+// progress(fraction, t): told how far a solve has come (fastdiffeq._progress.ProgressBar), at most every
+// min_interval_s seconds. Exceptions it raises propagate out of the solve.
+class PyProgressSink final : public fde::solver::ProgressSink {
+ public:
+  PyProgressSink(py::function callback, double min_interval_s) : callback_(std::move(callback)) {
+    if (!(min_interval_s >= 0.0))
+      throw py::value_error("fastdiffeq: progress_interval must be >= 0, got " + std::to_string(min_interval_s));
+    this->min_interval_s = min_interval_s;
+  }
+  void update(double fraction, double t) override {
+    py::gil_scoped_acquire gil;
+    callback_(fraction, t);
+  }
+
+ private:
+  py::function callback_;
+};
+
+// A progress argument: None (no progress: nothing is computed) or a callable.
+std::unique_ptr<PyProgressSink> make_progress(const py::object& progress, double min_interval_s) {
+  if (progress.is_none()) return nullptr;
+  if (!PyCallable_Check(progress.ptr()))
+    throw py::type_error("fastdiffeq: progress must be None or a callable progress(fraction, t), got " +
+                         py_type_name(progress));
+  return std::make_unique<PyProgressSink>(progress.cast<py::function>(), min_interval_s);
+}
+
 fde::solver::LoopMode parse_mode(const std::string& mode) {
   if (mode == "masked") return fde::solver::LoopMode::kMasked;
   if (mode == "graph") return fde::solver::LoopMode::kGraph;
@@ -177,12 +205,15 @@ at::Tensor optional_tensor_arg(const py::object& x, const char* name) {
 
 py::dict rk_solve_py(py::function func, const at::Tensor& y0, const at::Tensor& t_out,
                      const fde::solver::RkOptions& options, py::object norm, std::vector<int64_t> user_shape,
-                     bool joint, const std::string& mode) {
+                     bool joint, const std::string& mode, const py::object& progress, double progress_interval) {
   const fde::solver::LoopMode loop_mode = parse_mode(mode);
   if (y0.dim() == 2) check_user_shape(user_shape, y0.numel(), y0.size(0), joint);
   PyVectorField field(std::move(func), user_shape, joint);
   std::unique_ptr<PyErrorNorm> user_norm = make_norm(norm, user_shape);
-  fde::solver::RkResult r = fde::solver::rk_solve(field, user_norm.get(), y0, t_out, options, loop_mode);
+  const std::unique_ptr<PyProgressSink> sink = make_progress(progress, progress_interval);
+  fde::solver::RkOptions opts = options;
+  opts.progress = sink.get();
+  fde::solver::RkResult r = fde::solver::rk_solve(field, user_norm.get(), y0, t_out, opts, loop_mode);
   py::dict out;
   out["ys"] = r.ys;
   out["status"] = r.status;
@@ -199,9 +230,12 @@ py::dict rk_solve_py(py::function func, const at::Tensor& y0, const at::Tensor& 
 py::dict rk_adjoint_py(py::function func, std::vector<at::Tensor> params, const at::Tensor& t_out,
                        const py::object& ys_arg, const py::object& tape_obj,
                        const at::Tensor& grad_ys, const fde::solver::RkOptions& options, bool seminorm,
-                       const std::string& trajectory, py::object norm, std::vector<int64_t> user_shape, bool joint) {
+                       const std::string& trajectory, py::object norm, std::vector<int64_t> user_shape, bool joint,
+                       const py::object& progress, double progress_interval) {
+  const std::unique_ptr<PyProgressSink> sink = make_progress(progress, progress_interval);
   fde::solver::AdjointOptions opt;
   opt.solve = options;
+  opt.solve.progress = sink.get();
   opt.seminorm = seminorm;
   if (trajectory == "resolve") {
     opt.trajectory = fde::solver::AdjointTrajectory::kResolve;
@@ -363,12 +397,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("check_every", &RkOptions::check_every)
       .def_readwrite("record_dense", &RkOptions::record_dense);
   m.def("rk_solve", &rk_solve_py, py::arg("func"), py::arg("y0"), py::arg("t_out"), py::arg("options"),
-        py::kw_only(), py::arg("norm"), py::arg("user_shape"), py::arg("joint"), py::arg("mode") = "masked");
+        py::kw_only(), py::arg("norm"), py::arg("user_shape"), py::arg("joint"), py::arg("mode") = "masked",
+        py::arg("progress") = py::none(), py::arg("progress_interval") = 0.1);
   py::class_<fde::solver::RkTape, std::shared_ptr<fde::solver::RkTape>>(m, "RkTape")
       .def_property_readonly("n_steps", [](const fde::solver::RkTape& t) { return t.steps.size(); });
   m.def("rk_adjoint", &rk_adjoint_py, py::arg("func"), py::arg("params"), py::arg("t_out"), py::arg("ys"),
         py::arg("tape"), py::arg("grad_ys"), py::arg("options"), py::kw_only(), py::arg("seminorm"),
-        py::arg("trajectory"), py::arg("norm"), py::arg("user_shape"), py::arg("joint"));
+        py::arg("trajectory"), py::arg("norm"), py::arg("user_shape"), py::arg("joint"),
+        py::arg("progress") = py::none(), py::arg("progress_interval") = 0.1);
   m.def("rk_checkpoint_backward", &checkpoint_backward_py, py::arg("func"), py::arg("tape"), py::arg("grad_ys"),
         py::arg("params"), py::arg("user_shape"), py::arg("joint"));
   m.def("tableau", &tableau_py, py::arg("name"));

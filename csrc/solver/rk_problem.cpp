@@ -33,6 +33,7 @@ RkProblem::RkProblem(VectorField& field, ErrorNorm* norm, const at::Tensor& y0, 
   T_ = t_out.size(-1);
   dtype_ = y0.scalar_type();
   t_out_ = t_out.to(y0.device()).contiguous();
+  t_out_host_ = args.t_out_host;
   segments_ = std::move(args.segments);
   ctrl_ = args.control;
   ctrl_packed_ = core::pack(ctrl_);

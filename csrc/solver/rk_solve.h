@@ -14,6 +14,8 @@
 
 namespace fde::solver {
 
+class ProgressSink;  // solver/progress.h
+
 struct RkOptions {
   const core::Tableau* tableau = &core::kDopri5;
   // Tolerances per segment of the state's D elements (one segment per tuple element); segment_ends
@@ -32,6 +34,9 @@ struct RkOptions {
   // Host-driven recording loop: also record each step's dense output (RecordedStep::mid_slope), so the
   // tape is a dense trajectory (the interpolated adjoint reads y(t) from it).
   bool record_dense = false;
+  // Optional, not owned: told how far the solve has come, at most every progress->min_interval_s seconds
+  // (solver/progress.h). Null: no progress is computed.
+  ProgressSink* progress = nullptr;
 };
 
 enum class LoopMode {
