@@ -123,6 +123,8 @@ class _AdjointConfig:
         return res["grad_y0"], res["grad_params"]
 
 
+# Opaque to torch.compile, as odeint (one graph break; the solver runs eagerly).
+@torch.compiler.disable
 def odeint_adjoint(
     func: Callable,
     y0: TensorOrTuple,

@@ -373,6 +373,9 @@ def _gradient_params(func: Callable, gradient_params: Optional[Sequence[torch.Te
     return tuple(q for q in params if q.requires_grad)
 
 
+# Opaque to torch.compile: a compiled caller graph-breaks once at the call and the solver runs eagerly (its
+# C++ loop and Python callbacks cannot be traced); a vector field the user compiled stays compiled inside.
+@torch.compiler.disable
 def odeint(
     func: Callable,
     y0: TensorOrTuple,
