@@ -121,3 +121,10 @@ def test_progress_argument_is_checked():
         fastdiffeq._C.rk_solve(lambda t, y: -y, torch.ones(1, 2), torch.linspace(0, 1, 3, dtype=torch.float64), o,
                                norm=None, user_shape=[1, 2], joint=True, progress=print, progress_interval=-1.0)
 
+
+def test_solve_stats_repr_shows_every_field():
+    fastdiffeq.odeint(lambda t, y: -y, torch.ones(2), torch.linspace(0, 1, 3))
+    stats = fastdiffeq.last_stats()
+    text = repr(stats)
+    for name in ("method", "nfe", "n_steps", "n_accepted", "n_rejected", "t_final", "status"):
+        assert f"{name}={getattr(stats, name)!r}" in text, text

@@ -1,9 +1,15 @@
-"""fastdiffeq: fused, compiled ODE solvers for PyTorch.
+"""fastdiffeq: compiled, fused Runge-Kutta ODE solvers for PyTorch, drop-in for torchdiffeq.
+
+The adaptive loop (dopri5, tsit5, bosh3) runs in C++; every per-step operation (stage combination, error
+norm with accept/reject and step-size control, dense output, state update) is a fused CPU/CUDA kernel
+(``torch.ops.fastdiffeq.*``); only the calls of the vector field go back to Python. Gradients: direct
+backprop through the fused ops, exact checkpointed replay (``gradient="checkpoint"``), or the adjoint method
+(``odeint_adjoint``, with seminorm and an interpolated-trajectory option).
 
 Public API:
-    odeint(func, y0, t, *, rtol, atol, method, options, gradient)  -- drop-in for torchdiffeq.odeint
-    odeint_adjoint(func, y0, t, *, ..., adjoint_options, adjoint_params) -- drop-in for torchdiffeq's
-    last_stats(), last_backward_stats() -> SolveStats  -- NFE, accepted/rejected steps
+    odeint(func, y0, t, *, rtol, atol, method, options, gradient, progress)  -- drop-in for torchdiffeq.odeint
+    odeint_adjoint(func, y0, t, *, ..., adjoint_options, adjoint_params, progress) -- drop-in for torchdiffeq's
+    last_stats(), last_backward_stats() -> SolveStats  -- NFE, accepted/rejected steps, status
     SolverError, MaxStepsError, StepSizeUnderflowError, NonFiniteStateError
     Status  -- the solver's status codes (an IntEnum of the values the compiled core defines)
 """
