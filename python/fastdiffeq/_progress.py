@@ -71,16 +71,18 @@ class ProgressBar:
         self._bar.close()
 
 
-@contextlib.contextmanager
-def progress_bar(enabled: bool, t: torch.Tensor, desc: str, reverse: bool = False) -> Iterator[Optional[ProgressBar]]:
-    """A :class:`ProgressBar` for one solve over the span of the 1-D CPU tensor ``t`` (``reverse``: from t[-1]
-    to t[0]), or None when ``enabled`` is False (then nothing is read or imported). The bar is completed when
-    the block exits normally and closed where it stood when it raises."""
+def progress_bar(enabled: bool, t: torch.Tensor, desc: str, reverse: bool = False):
+    """A context manager giving a :class:`ProgressBar` for one solve over the span of the 1-D CPU tensor ``t``
+    (``reverse``: from t[-1] to t[0]), or None when ``enabled`` is False (then nothing is read or imported).
+    The bar is completed when the block exits normally and left where the solve stopped when it raises."""
     if not enabled:
-        yield None
-        return
+        return contextlib.nullcontext()
     t0, t1 = float(t[0]), float(t[-1])
-    bar = ProgressBar(t1, t0, desc) if reverse else ProgressBar(t0, t1, desc)
+    return _bar_context(ProgressBar(t1, t0, desc) if reverse else ProgressBar(t0, t1, desc))
+
+
+@contextlib.contextmanager
+def _bar_context(bar: ProgressBar) -> Iterator[ProgressBar]:
     try:
         yield bar
     except BaseException as e:
