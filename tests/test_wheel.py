@@ -9,6 +9,7 @@ from local disk, then a solve there) took 26 s, so it is not marked slow.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -17,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import tarfile
 import venv
 import zipfile
 
@@ -139,3 +141,36 @@ def test_torch_mismatch_rules(built, built_cuda, running, running_cuda, expect):
     else:
         assert problem is not None and expect in problem, problem
         assert "--no-build-isolation" in problem
+
+
+def test_sdist_stays_unpinned(tmp_path):
+    """The sdist builds against whatever torch is installed: open range, Requires-Dist marked dynamic."""
+    code = f"from scikit_build_core.build import build_sdist; print(build_sdist({str(tmp_path)!r}))"
+    name = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT,
+                          timeout=300, env=_clean_env(FASTDIFFEQ_LOCAL_VERSION="1")).stdout.split()[-1]
+    with tarfile.open(tmp_path / name) as tar:
+        pkg_info = tar.extractfile(f"{name[:-len('.tar.gz')]}/PKG-INFO").read().decode()
+    assert re.search(r"^Version: " + re.escape(fastdiffeq.__version__) + "$", pkg_info, re.M), "no local label"
+    assert re.findall(r"^Requires-Dist: (torch\b[^;\n]*)$", pkg_info, re.M) == ["torch>=2.4"]
+    assert re.search(r"^Dynamic: Requires-Dist$", pkg_info, re.M)
+
+
+def _build_meta():
+    spec = importlib.util.spec_from_file_location("fastdiffeq_build_meta",
+                                                  ROOT / "tools" / "build_meta" / "fastdiffeq_build_meta.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("torch_version, torch_cuda, mode, nvcc, label", [
+    ("2.14.1+cu130", "13.0", "AUTO", True, "torch2.14.cu130"),
+    ("2.14.1", "13.0", "AUTO", False, "torch2.14.cpu"),      # no nvcc: CPU kernels only
+    ("2.14.1", "13.0", "OFF", True, "torch2.14.cpu"),
+    ("2.13.0+cpu", None, "ON", True, "torch2.13.cpu"),       # (CMake refuses ON without a CUDA torch)
+    ("2.12.0+cu126", "12.6", "ON", False, "torch2.12.cu126"),
+])
+def test_local_version_label(torch_version, torch_cuda, mode, nvcc, label):
+    meta = _build_meta()
+    assert meta.local_label(torch_version, torch_cuda, mode, nvcc) == label
+    assert meta.torch_pin(torch_version) == "torch==" + ".".join(torch_version.split("+")[0].split(".")[:2]) + ".*"
