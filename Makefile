@@ -55,10 +55,11 @@ cuda-check: venv
 	bash tools/cuda_check.sh $(PY) $(TORCH_CUDA_VERSION)
 
 # dist/fastdiffeq-<version>+torch<X.Y>.<cpu|cuNNN>-...whl, pinned to torch==X.Y.* (README: "Wheels").
-wheel: venv
 ifeq ($(strip $(TORCH)),)
+wheel: venv
 	FASTDIFFEQ_LOCAL_VERSION=1 $(PIP) wheel -v --no-build-isolation --no-deps . -w dist
 else
+wheel:
 	bash tools/build_wheel.sh $(PYTHON_SYS) $(TORCH) dist
 endif
 

@@ -7,8 +7,8 @@
 # torch from pip's configured sources (here: the local indexes and /opt/wheels), plus the build tools; the
 # wheel is compiled against it with --no-build-isolation, in its own build directory
 # (build/wheel-torchVERSION/). CUDA kernels are compiled in when that torch has CUDA and nvcc is found
-# (FASTDIFFEQ_CUDA=ON|OFF in the environment overrides; CUDA architectures: CMAKE_CUDA_ARCHITECTURES,
-# default "80;90"). The wheel's version carries a local label naming the torch and the kernels' CUDA
+# (FASTDIFFEQ_CUDA=ON|OFF in the environment overrides; CUDA architectures: TORCH_CUDA_ARCH_LIST,
+# default "8.0;9.0"). The wheel's version carries a local label naming the torch and the kernels' CUDA
 # version (fastdiffeq-0.1.0+torch2.14.cu130-...whl, or +torch2.13.cpu) and its metadata pins torch==2.14.*.
 set -euo pipefail
 
@@ -38,7 +38,6 @@ if [[ $MODE == AUTO ]]; then
 fi
 echo "build_wheel: torch $("$ENV/bin/python" -c 'import torch; print(torch.__version__)')" \
      "(CUDA: ${TORCH_CUDA:-none}), CUDA kernels: $MODE"
-
 mkdir -p "$OUT"
 start=$SECONDS
 FASTDIFFEQ_CUDA=$MODE FASTDIFFEQ_LOCAL_VERSION=1 \
