@@ -27,7 +27,7 @@ $(VENV)/.deps-stamp: Makefile
 venv: $(VENV)/.deps-stamp
 
 # --no-build-isolation: compile against the torch installed in the venv. pip -v shows CMake's configure
-# summary and one "[n/27] Building CXX object ..." line per compiled file.
+# summary and one "[n/28] Building CXX object ..." line per compiled file.
 $(VENV)/.build-stamp: $(VENV)/.deps-stamp $(SOURCES)
 	@echo "fastdiffeq: compiling the C++ extension (a fresh build takes about 1.5 minutes on 2 cores)"
 	$(PIP) install -v --no-build-isolation --no-deps .
