@@ -1,7 +1,10 @@
 // pybind11 bindings: the only file that knows Python. Wraps Python callables into the solver's
 // VectorField / ErrorNorm interfaces and exposes the solver loop and the tableaus.
+// Only torch's pybind11 glue (<torch/csrc/utils/pybind.h>: pybind11 and the at::Tensor caster), not
+// <torch/extension.h>, which pulls in every ATen operator and the whole C++ frontend (a third of the build).
+#include <ATen/ops/tensor.h>
 #include <ATen/ops/view_native.h>
-#include <torch/extension.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <iterator>
 #include <limits>
@@ -14,6 +17,7 @@
 #include "core/tableau.h"
 #include "solver/autograd_vjp.h"
 #include "solver/finite.h"
+#include "solver/progress.h"
 #include "solver/rk_adjoint.h"
 #include "solver/rk_solve.h"
 #include "solver/solve_args.h"
@@ -36,6 +40,14 @@ at::Tensor cheap_view(const at::Tensor& x, at::IntArrayRef shape) {
 
 std::string py_type_name(const py::handle& obj) { return py::str(py::type::of(obj).attr("__name__")); }
 
+// The tensor a Python object holds (a torch.Tensor or subclass), or false.
+bool unpack_tensor(const py::handle& obj, at::Tensor& out) {
+  py::detail::make_caster<at::Tensor> caster;
+  if (!caster.load(obj, /*convert=*/false)) return false;
+  out = py::detail::cast_op<at::Tensor&&>(std::move(caster));
+  return true;
+}
+
 // func(t, y) -> dy/dt. `joint`: t is passed as a 0-dim tensor (torchdiffeq's convention), else as [B].
 // `params`: the tensors its vector-Jacobian products differentiate (through torch autograd).
 class PyVectorField final : public fde::solver::VectorField {
@@ -52,9 +64,9 @@ class PyVectorField final : public fde::solver::VectorField {
     const at::Tensor t_arg = joint_ ? cheap_view(t, at::IntArrayRef()) : t;
     const at::Tensor y_arg = cheap_view(y, user_shape_);
     py::object r = func_(t_arg, y_arg);
-    if (!THPVariable_Check(r.ptr()))
+    at::Tensor out;
+    if (!unpack_tensor(r, out))
       throw py::type_error("fastdiffeq: func must return a torch.Tensor, got " + py_type_name(r));
-    at::Tensor out = THPVariable_Unpack(r.ptr());
     if (out.sizes() != at::IntArrayRef(user_shape_))
       throw py::value_error("fastdiffeq: func returned shape " + shape_str(out.sizes()) +
                             " but the state has shape " + shape_str(user_shape_));
@@ -97,8 +109,8 @@ class PyErrorNorm final : public fde::solver::ErrorNorm {
   at::Tensor norm(const at::Tensor& x) override {
     py::object r = norm_(x.view(user_shape_));
     at::Tensor v;
-    if (THPVariable_Check(r.ptr())) {
-      v = THPVariable_Unpack(r.ptr()).detach();
+    if (unpack_tensor(r, v)) {
+      v = v.detach();
       if (!(v.is_cpu() || v.device() == x.device()))
         throw py::value_error("fastdiffeq: options['norm'] returned a tensor on " + v.device().str() +
                               " (expected the state's device, " + x.device().str() + ", or the CPU)");
@@ -117,6 +129,33 @@ class PyErrorNorm final : public fde::solver::ErrorNorm {
   py::function norm_;
   std::vector<int64_t> user_shape_;
 };
+
+// progress(fraction, t): told how far a solve has come (fastdiffeq._progress.ProgressBar), at most every
+// min_interval_s seconds. Exceptions it raises propagate out of the solve.
+class PyProgressSink final : public fde::solver::ProgressSink {
+ public:
+  PyProgressSink(py::function callback, double min_interval_s) : callback_(std::move(callback)) {
+    if (!(min_interval_s >= 0.0))
+      throw py::value_error("fastdiffeq: progress_interval must be >= 0, got " + std::to_string(min_interval_s));
+    this->min_interval_s = min_interval_s;
+  }
+  void update(double fraction, double t) override {
+    py::gil_scoped_acquire gil;
+    callback_(fraction, t);
+  }
+
+ private:
+  py::function callback_;
+};
+
+// A progress argument: None (no progress: nothing is computed) or a callable.
+std::unique_ptr<PyProgressSink> make_progress(const py::object& progress, double min_interval_s) {
+  if (progress.is_none()) return nullptr;
+  if (!PyCallable_Check(progress.ptr()))
+    throw py::type_error("fastdiffeq: progress must be None or a callable progress(fraction, t), got " +
+                         py_type_name(progress));
+  return std::make_unique<PyProgressSink>(progress.cast<py::function>(), min_interval_s);
+}
 
 fde::solver::LoopMode parse_mode(const std::string& mode) {
   if (mode == "masked") return fde::solver::LoopMode::kMasked;
@@ -159,21 +198,25 @@ std::shared_ptr<fde::solver::RkTape> tape_arg(const py::object& tape) {
 
 // An optional tensor argument: None or a torch.Tensor.
 at::Tensor optional_tensor_arg(const py::object& x, const char* name) {
-  if (x.is_none()) return at::Tensor();
-  if (!THPVariable_Check(x.ptr()))
+  at::Tensor out;
+  if (x.is_none()) return out;
+  if (!unpack_tensor(x, out))
     throw py::type_error(std::string("fastdiffeq: ") + name + " must be a torch.Tensor or None, got " +
                          py_type_name(x));
-  return THPVariable_Unpack(x.ptr());
+  return out;
 }
 
 py::dict rk_solve_py(py::function func, const at::Tensor& y0, const at::Tensor& t_out,
                      const fde::solver::RkOptions& options, py::object norm, std::vector<int64_t> user_shape,
-                     bool joint, const std::string& mode) {
+                     bool joint, const std::string& mode, const py::object& progress, double progress_interval) {
   const fde::solver::LoopMode loop_mode = parse_mode(mode);
   if (y0.dim() == 2) check_user_shape(user_shape, y0.numel(), y0.size(0), joint);
   PyVectorField field(std::move(func), user_shape, joint);
   std::unique_ptr<PyErrorNorm> user_norm = make_norm(norm, user_shape);
-  fde::solver::RkResult r = fde::solver::rk_solve(field, user_norm.get(), y0, t_out, options, loop_mode);
+  const std::unique_ptr<PyProgressSink> sink = make_progress(progress, progress_interval);
+  fde::solver::RkOptions opts = options;
+  opts.progress = sink.get();
+  fde::solver::RkResult r = fde::solver::rk_solve(field, user_norm.get(), y0, t_out, opts, loop_mode);
   py::dict out;
   out["ys"] = r.ys;
   out["status"] = r.status;
@@ -190,9 +233,12 @@ py::dict rk_solve_py(py::function func, const at::Tensor& y0, const at::Tensor& 
 py::dict rk_adjoint_py(py::function func, std::vector<at::Tensor> params, const at::Tensor& t_out,
                        const py::object& ys_arg, const py::object& tape_obj,
                        const at::Tensor& grad_ys, const fde::solver::RkOptions& options, bool seminorm,
-                       const std::string& trajectory, py::object norm, std::vector<int64_t> user_shape, bool joint) {
+                       const std::string& trajectory, py::object norm, std::vector<int64_t> user_shape, bool joint,
+                       const py::object& progress, double progress_interval) {
+  const std::unique_ptr<PyProgressSink> sink = make_progress(progress, progress_interval);
   fde::solver::AdjointOptions opt;
   opt.solve = options;
+  opt.solve.progress = sink.get();
   opt.seminorm = seminorm;
   if (trajectory == "resolve") {
     opt.trajectory = fde::solver::AdjointTrajectory::kResolve;
@@ -354,12 +400,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("check_every", &RkOptions::check_every)
       .def_readwrite("record_dense", &RkOptions::record_dense);
   m.def("rk_solve", &rk_solve_py, py::arg("func"), py::arg("y0"), py::arg("t_out"), py::arg("options"),
-        py::kw_only(), py::arg("norm"), py::arg("user_shape"), py::arg("joint"), py::arg("mode") = "masked");
+        py::kw_only(), py::arg("norm"), py::arg("user_shape"), py::arg("joint"), py::arg("mode") = "masked",
+        py::arg("progress") = py::none(), py::arg("progress_interval") = 0.1);
   py::class_<fde::solver::RkTape, std::shared_ptr<fde::solver::RkTape>>(m, "RkTape")
       .def_property_readonly("n_steps", [](const fde::solver::RkTape& t) { return t.steps.size(); });
   m.def("rk_adjoint", &rk_adjoint_py, py::arg("func"), py::arg("params"), py::arg("t_out"), py::arg("ys"),
         py::arg("tape"), py::arg("grad_ys"), py::arg("options"), py::kw_only(), py::arg("seminorm"),
-        py::arg("trajectory"), py::arg("norm"), py::arg("user_shape"), py::arg("joint"));
+        py::arg("trajectory"), py::arg("norm"), py::arg("user_shape"), py::arg("joint"),
+        py::arg("progress") = py::none(), py::arg("progress_interval") = 0.1);
   m.def("rk_checkpoint_backward", &checkpoint_backward_py, py::arg("func"), py::arg("tape"), py::arg("grad_ys"),
         py::arg("params"), py::arg("user_shape"), py::arg("joint"));
   m.def("tableau", &tableau_py, py::arg("name"));

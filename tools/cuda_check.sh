@@ -66,6 +66,7 @@ FLAGS=(
   -std=c++20 --expt-relaxed-constexpr -O2 -Xcompiler -fPIC
   "${GENCODE[@]}"
   -DFDE_WITH_CUDA=1 -D_GLIBCXX_USE_CXX11_ABI=1 -DTORCH_EXTENSION_NAME=_C
+  -DAT_PER_OPERATOR_HEADERS -DTORCH_ASSERT_ONLY_METHOD_OPERATORS  # as CMakeLists.txt (FDE_LEAN_ATEN)
   -Icsrc -I"$INC" -I"$INC/torch/csrc/api/include" -I"$PY_INC"
 )
 

@@ -1,7 +1,7 @@
 // Shared by the ops' autograd.cpp files.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <initializer_list>
 

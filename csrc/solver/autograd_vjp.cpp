@@ -1,6 +1,7 @@
 #include "solver/autograd_vjp.h"
 
-#include <torch/autograd.h>
+#include <ATen/ops/zeros_like.h>
+#include <torch/csrc/autograd/autograd.h>
 
 namespace fde::solver {
 

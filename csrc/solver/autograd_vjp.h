@@ -2,7 +2,7 @@
 // operators (a Python callable): the engine runs from C++ with the field's interpreter lock released.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <vector>
 

@@ -1,7 +1,8 @@
 #include "solver/finite.h"
 
-#include <ATen/Dispatch.h>
 #include <ATen/core/grad_mode.h>
+#include <ATen/Dispatch.h>
+#include <ATen/ops/isfinite.h>
 
 #include <cmath>
 

@@ -2,7 +2,7 @@
 // y0 and f(t0, y0) at the start of every solve, where at::isfinite(x).all() cost a few microseconds).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 namespace fde::solver {
 

@@ -3,7 +3,10 @@
 // pay a synchronisation per step.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/nextafter.h>
+#include <ATen/TensorOperators.h>
 
 #include <cmath>
 #include <vector>

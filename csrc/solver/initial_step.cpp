@@ -2,6 +2,9 @@
 // and the path taken with a user-supplied norm.
 #include "solver/initial_step.h"
 
+#include <ATen/ops/empty.h>
+#include <ATen/TensorOperators.h>
+
 #include "core/controller.h"
 #include "core/rounding.h"
 #include "solver/norms.h"

@@ -2,7 +2,7 @@
 // counting f0; returns |h| per group as float64 [B].
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <cstdint>
 #include <vector>

@@ -1,5 +1,9 @@
 #include "solver/norms.h"
 
+#include <ATen/ops/empty.h>
+#include <ATen/ops/maximum.h>
+#include <ATen/ops/zeros.h>
+
 namespace fde::solver {
 
 at::Tensor expand_segments(const std::vector<double>& values, const std::vector<int64_t>& segment_ends,

@@ -1,7 +1,7 @@
 // Norms over error groups outside the fused kernel: for the initial step and for user-supplied norms.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <cstdint>
 #include <vector>

@@ -1,5 +1,8 @@
 #include "solver/rk_adjoint.h"
 
+#include <ATen/ops/full.h>
+#include <ATen/ops/zeros.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -8,6 +11,7 @@
 #include "core/step_commit.h"
 #include "solver/grid_clip.h"
 #include "ops/registry.h"
+#include "solver/progress.h"
 #include "solver/rk_problem.h"
 #include "solver/rk_step.h"
 #include "solver/solve_args.h"
@@ -168,6 +172,7 @@ AdjointResult rk_adjoint(VectorField& field, ErrorNorm* norm, const at::Tensor& 
   int64_t counters[core::kNumCounters] = {0, 0, 0, 0};
   int64_t out_index = 1;
   GridClip grid{options.solve.step_t, options.solve.jump_t};
+  ProgressReporter progress(aug.progress, p.t_out_host_);
   while (status == core::kRunning) {
     // Step onto the next output time (the adjoint jumps there) or step_t / jump_t point, whichever
     // comes first.
@@ -214,6 +219,7 @@ AdjointResult rk_adjoint(VectorField& field, ErrorNorm* norm, const at::Tensor& 
     core::commit_sample_to(t0, t1, h_commit, status, counters, out_index, d.accept, d.ratio, h_after, t_host, T,
                            options.solve.max_num_steps);
     h = h_commit;
+    progress.report(t0);
   }
   res.status = status;
   res.t = t0;

@@ -8,7 +8,7 @@
 // output; the derivative is then re-evaluated there (the state changed) and the step size carries on.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <cstdint>
 #include <vector>

@@ -1,7 +1,9 @@
 // Checkpoint gradients: replay each recorded accepted step under autograd, in reverse, and
 // back-propagate through it alone. Exact gradients of the discrete solve (step sizes are constants),
 // memory O(steps x state) for the tape plus one step's graph.
-#include <torch/autograd.h>
+#include <ATen/ops/zeros_like.h>
+#include <ATen/TensorOperators.h>
+#include <torch/csrc/autograd/autograd.h>
 
 #include "solver/autograd_vjp.h"
 #include "solver/grid_clip.h"

@@ -2,6 +2,13 @@
 
 #include <limits>
 
+#include <ATen/ops/full.h>
+#include <ATen/ops/maximum.h>
+#include <ATen/ops/stack.h>
+#include <ATen/ops/tensor.h>
+#include <ATen/ops/zeros_like.h>
+#include <ATen/TensorOperators.h>
+
 #include "solver/initial_step.h"
 #include "solver/norms.h"
 #include "ops/registry.h"
@@ -29,6 +36,7 @@ RkProblem::RkProblem(VectorField& field, ErrorNorm* norm, const at::Tensor& y0, 
   dtype_ = y0.scalar_type();
   t_out_ = t_out.to(y0.device()).contiguous();
   if (t_out_.dim() == 2 && B_ == 1) t_out_ = t_out_.reshape({T_});  // one group: [1, T] is the shared grid [T]
+  t_out_host_ = args.t_out_host;
   segments_ = std::move(args.segments);
   ctrl_ = args.control;
   ctrl_packed_ = core::pack(ctrl_);

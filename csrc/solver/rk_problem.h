@@ -3,7 +3,7 @@
 // one attempt.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <cstdint>
 #include <tuple>
@@ -50,6 +50,7 @@ class RkProblem {
   int64_t B_ = 0, D_ = 0, T_ = 0;
   at::ScalarType dtype_;
   at::Tensor t_out_, rtol_seg_, atol_seg_, rtol_el_, atol_el_;
+  at::Tensor t_out_host_;  // t_out_ on the CPU (copied once, by the argument checks)
   std::vector<int64_t> segments_;
   core::ControllerParams ctrl_;  // exponent set from the method's order
   core::PackedControl ctrl_packed_;  // ctrl_ as the ops take it

@@ -1,5 +1,10 @@
 #include "solver/rk_solve.h"
 
+#include <ATen/ops/cat.h>
+#include <ATen/ops/ones.h>
+#include <ATen/ops/tensor.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
@@ -12,6 +17,7 @@
 #include "solver/grid_clip.h"
 #include "solver/initial_step.h"
 #include "solver/norms.h"
+#include "solver/progress.h"
 #include "solver/rk_problem.h"
 #include "solver/rk_step.h"
 #include "solver/solve_args.h"
@@ -81,6 +87,7 @@ RkResult run_masked(RkProblem& p, const at::Tensor& y0_in) {
   const at::ArrayRef<double> mid(tab.mid, tab.stages);
 
   GridClip grid{p.opt_.step_t, p.opt_.jump_t};
+  ProgressReporter progress(p.opt_.progress, p.t_out_host_);
   const int64_t check_every = std::max<int64_t>(1, p.opt_.check_every);
   for (int64_t iter = 0;; ++iter) {
     at::Tensor h_step = h;
@@ -107,7 +114,11 @@ RkResult run_masked(RkProblem& p, const at::Tensor& y0_in) {
     if (accepted_on_grid) t0.fill_(cut.t1);
     if (accepted_on_grid) grid.accepted();
     ++res.n_steps;
-    if ((iter + 1) % check_every == 0 && all_done(res.status)) break;
+    if ((iter + 1) % check_every == 0) {
+      progress.stage(t0);  // before all_done's synchronisation (CUDA), which completes the copy
+      if (all_done(res.status)) break;
+      progress.report_staged();
+    }
   }
   res.t = t0;
   res.h = h;
@@ -144,8 +155,7 @@ RkResult run_host(RkProblem& p, const at::Tensor& y0_in, LoopMode mode) {
     return done;
   }
 
-  const at::Tensor t_host_tensor = p.t_out_.cpu();
-  const double* t_host = t_host_tensor.data_ptr<double>();
+  const double* t_host = p.t_out_host_.data_ptr<double>();
   double t0 = t_host[0];
   double h = h_t.item<double>();
   int32_t status = core::kRunning;
@@ -155,6 +165,7 @@ RkResult run_host(RkProblem& p, const at::Tensor& y0_in, LoopMode mode) {
   const at::ArrayRef<double> mid(tab.mid, tab.stages);
 
   GridClip grid{p.opt_.step_t, p.opt_.jump_t};
+  ProgressReporter progress(p.opt_.progress, p.t_out_host_);
   at::Tensor zero_state, unit_h;  // for the dense record: mid_slope = 0 + 1 * sum_j mid_j k_j
   if (res.tape && p.opt_.record_dense) {
     zero_state = at::zeros_like(y0_in);
@@ -196,6 +207,7 @@ RkResult run_host(RkProblem& p, const at::Tensor& y0_in, LoopMode mode) {
                            p.T_, p.opt_.max_num_steps);
     h = h_commit;
     ++res.n_steps;
+    progress.report(t0);
   }
   res.ys = with_missing_rows(rows, p.T_);
   res.status = at::full({1}, status, at::TensorOptions().dtype(at::kInt));

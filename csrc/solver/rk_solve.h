@@ -2,7 +2,7 @@
 // the checkpoint tape they can record.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <cstdint>
 #include <memory>
@@ -13,6 +13,8 @@
 #include "solver/vector_field.h"
 
 namespace fde::solver {
+
+class ProgressSink;  // solver/progress.h
 
 struct RkOptions {
   const core::Tableau* tableau = &core::kDopri5;
@@ -32,6 +34,9 @@ struct RkOptions {
   // Host-driven recording loop: also record each step's dense output (RecordedStep::mid_slope), so the
   // tape is a dense trajectory (the interpolated adjoint reads y(t) from it).
   bool record_dense = false;
+  // Optional, not owned: told how far the solve has come, at most every progress->min_interval_s seconds
+  // (solver/progress.h). Null: no progress is computed.
+  ProgressSink* progress = nullptr;
 };
 
 enum class LoopMode {

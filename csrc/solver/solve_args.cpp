@@ -1,5 +1,6 @@
 #include "solver/solve_args.h"
 
+#include <ATen/ops/equal.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
@@ -66,6 +67,7 @@ SolveArgs check_solve_args(const at::Tensor& y0, const at::Tensor& t_out, const 
 
   // The output grid, on the host (once per solve).
   const at::Tensor host = t_out.to(at::kCPU).contiguous();
+  a.t_out_host = host;
   const double* tp = host.data_ptr<double>();
   const int64_t rows = t_out.dim() == 2 ? B : 1;
   if (T > 1) a.direction = tp[1] > tp[0] ? 1.0 : -1.0;

@@ -3,7 +3,7 @@
 // a message naming the argument.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <vector>
 
@@ -19,6 +19,7 @@ struct SolveArgs {
   std::vector<int64_t> segments;  // segment_ends, or [D] when none were given
   core::ControllerParams control;  // the options' controller, exponent set from the method's order
   double direction = 1.0;          // of integration: the sign of t_out[..., 1] - t_out[..., 0]
+  at::Tensor t_out_host;           // t_out on the CPU (float64, contiguous): read once, here
 };
 
 // y0: [B, D] float32/float64, contiguous, on a CPU or CUDA device; t_out: float64 [T] or [B, T] with

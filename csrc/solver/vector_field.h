@@ -3,7 +3,7 @@
 // field (evaluated in C++) implements the same interface, and the loops never know which one they run.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <cstdint>
 #include <memory>

@@ -1,14 +1,24 @@
-"""fastdiffeq: fused, compiled ODE solvers for PyTorch.
+"""fastdiffeq: compiled, fused Runge-Kutta ODE solvers for PyTorch, drop-in for torchdiffeq.
+
+The adaptive loop (dopri5, tsit5, bosh3) runs in C++; every per-step operation (stage combination, error
+norm with accept/reject and step-size control, dense output, state update) is a fused CPU/CUDA kernel
+(``torch.ops.fastdiffeq.*``); only the calls of the vector field go back to Python. Gradients: direct
+backprop through the fused ops, exact checkpointed replay (``gradient="checkpoint"``), or the adjoint method
+(``odeint_adjoint``, with seminorm and an interpolated-trajectory option).
 
 Public API:
-    odeint(func, y0, t, *, rtol, atol, method, options, gradient)  -- drop-in for torchdiffeq.odeint
-    odeint_adjoint(func, y0, t, *, ..., adjoint_options, adjoint_params) -- drop-in for torchdiffeq's
-    last_stats(), last_backward_stats() -> SolveStats  -- NFE, accepted/rejected steps
+    odeint(func, y0, t, *, rtol, atol, method, options, gradient, progress)  -- drop-in for torchdiffeq.odeint
+    odeint_adjoint(func, y0, t, *, ..., adjoint_options, adjoint_params, progress) -- drop-in for torchdiffeq's
+    last_stats(), last_backward_stats() -> SolveStats  -- NFE, accepted/rejected steps, status
     SolverError, MaxStepsError, StepSizeUnderflowError, NonFiniteStateError
     Status  -- the solver's status codes (an IntEnum of the values the compiled core defines)
 """
 
 import torch  # noqa: F401  (loads libtorch before the extension, which has no RPATH to it)
+
+from . import _torch_compat
+
+_torch_compat.check()  # a clear ImportError when torch is not the one _C was compiled against
 
 from . import _C  # noqa: F401
 from ._errors import MaxStepsError, NonFiniteStateError, SolverError, StepSizeUnderflowError

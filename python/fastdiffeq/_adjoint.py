@@ -18,6 +18,7 @@ import torch
 from . import _C
 from ._odeint import (METHODS, _gradient_params, _grid_after, _parse_options, _prepare, _Problem, _raise_status,
                       _run, gc_paused, output_time_gradients, solver_options)
+from ._progress import ProgressBar, progress_bar
 from ._stats import SolveStats, _record_backward
 from ._status import Status, status_name
 from ._validate import TensorOrTuple, positive_float
@@ -69,11 +70,12 @@ class _AdjointConfig:
     """The backward solve's settings."""
 
     def __init__(self, rtol: float, atol: float, method: str, options: Dict[str, Any], seminorm: bool,
-                 norm: Optional[Callable], trajectory: str) -> None:
+                 norm: Optional[Callable], trajectory: str, progress: bool = False) -> None:
         self.rtol, self.atol, self.method, self.options = rtol, atol, method, options
         self.seminorm = seminorm
         self.norm = norm
         self.trajectory = trajectory
+        self.progress = progress
 
     def _flat_norm(self, p: _Problem, params: List[torch.Tensor]) -> Optional[Callable]:
         """A user norm sees torchdiffeq's adjoint state (t, *y, *a, *param_grads); C++ gives the flat
@@ -104,20 +106,25 @@ class _AdjointConfig:
         options = solver_options(self.method, [self.rtol], [self.atol], p.segment_ends, self.options,
                                  _grid_after(self.options["step_t"], t_end, -direction),
                                  _grid_after(self.options["jump_t"], t_end, -direction), p.device)
-        with gc_paused():
-            res = _C.rk_adjoint(p.field, list(params), p.t64.to(p.device), ys if tape is None else None, tape,
-                                grad_ys.to(ys.dtype).contiguous(), options, seminorm=self.seminorm,
-                                trajectory=self.trajectory, norm=self._flat_norm(p, params),
-                                user_shape=p.user_shape, joint=True)
-        status = int(res["status"])
-        stats = SolveStats(method=self.method, nfe=int(res["nfe"]), n_accepted=int(res["n_accepted"]),
-                           n_rejected=int(res["n_rejected"]), t_final=float(res["t"]), status=status_name(status))
-        _record_backward(stats)
-        if status != Status.SUCCESS:
-            _raise_status(status, float(res["t"]), stats, self.options, "odeint_adjoint (backward)")
+        with progress_bar(self.progress, p.t64, "odeint_adjoint (backward)", reverse=True) as bar:
+            with gc_paused():
+                res = _C.rk_adjoint(p.field, list(params), p.t64.to(p.device), ys if tape is None else None, tape,
+                                    grad_ys.to(ys.dtype).contiguous(), options, seminorm=self.seminorm,
+                                    trajectory=self.trajectory, norm=self._flat_norm(p, params),
+                                    user_shape=p.user_shape, joint=True, progress=bar,
+                                    progress_interval=ProgressBar.interval)
+            status = int(res["status"])
+            stats = SolveStats(method=self.method, nfe=int(res["nfe"]), n_accepted=int(res["n_accepted"]),
+                               n_rejected=int(res["n_rejected"]), t_final=float(res["t"]),
+                               status=status_name(status))
+            _record_backward(stats)
+            if status != Status.SUCCESS:
+                _raise_status(status, float(res["t"]), stats, self.options, "odeint_adjoint (backward)")
         return res["grad_y0"], res["grad_params"]
 
 
+# Opaque to torch.compile, as odeint (one graph break; the solver runs eagerly).
+@torch.compiler.disable
 def odeint_adjoint(
     func: Callable,
     y0: TensorOrTuple,
@@ -133,6 +140,7 @@ def odeint_adjoint(
     adjoint_method: Optional[str] = None,
     adjoint_options: Optional[Dict[str, Any]] = None,
     adjoint_params: Optional[Sequence[torch.Tensor]] = None,
+    progress: bool = False,
 ) -> TensorOrTuple:
     """``odeint`` with gradients by the adjoint method (torchdiffeq's ``odeint_adjoint`` semantics).
 
@@ -161,6 +169,8 @@ def odeint_adjoint(
             number of forward steps. (A callable norm then sees zeros for the y parts.)
         adjoint_params: the tensors to differentiate inside ``func`` (default ``func.parameters()``; required
             when ``func`` is not an nn.Module, ``()`` if there are none). Unused ones get zero gradients.
+        progress: tqdm bars of integration time for the forward solve and, during ``backward()``, the
+            reverse-time adjoint solve (needs tqdm). Off (default), it costs nothing.
 
     Returns:
         As :func:`fastdiffeq.odeint`. Gradients flow to ``y0``, ``t`` and ``adjoint_params``; the backward
@@ -181,7 +191,7 @@ def odeint_adjoint(
             "fastdiffeq.odeint_adjoint: func must be an nn.Module so its parameters can be found, or pass them as "
             "`adjoint_params` (`adjoint_params=()` if it has none)"
         )
-    p = _prepare(func, y0, t, rtol, atol, method, options, event_fn)
+    p = _prepare(func, y0, t, rtol, atol, method, options, event_fn, progress)
     adj_method = p.method if adjoint_method is None else adjoint_method
     if adj_method != p.method and options is not None and adjoint_options is None:
         raise ValueError("`adjoint_options` must be given when `adjoint_method` differs from `method` and `options` "
@@ -206,7 +216,7 @@ def odeint_adjoint(
     config = _AdjointConfig(
         _adjoint_tolerance(rtol if adjoint_rtol is None else adjoint_rtol, "adjoint_rtol"),
         _adjoint_tolerance(atol if adjoint_atol is None else adjoint_atol, "adjoint_atol"),
-        adj_method, adj_opts, seminorm, None if seminorm else norm, trajectory,
+        adj_method, adj_opts, seminorm, None if seminorm else norm, trajectory, progress,
     )
     params = _gradient_params(func, adjoint_params, "fastdiffeq.odeint_adjoint", "adjoint_params")
     y_flat = p.flat_y0()

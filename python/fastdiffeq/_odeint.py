@@ -15,6 +15,7 @@ from torch.autograd.function import once_differentiable
 
 from . import _C
 from ._errors import MaxStepsError, NonFiniteStateError, SolverError, StepSizeUnderflowError
+from ._progress import ProgressBar, check_progress, progress_bar
 from ._stats import SolveStats, _record, _record_backward
 from ._status import Counter, Status, status_name
 from ._validate import (TensorOrTuple, check_func, check_state_tensor, check_time_grid, check_tolerance,
@@ -125,6 +126,7 @@ class _Problem:
     jump_t: List[float]
     device: torch.device
     dtype: torch.dtype
+    progress: bool = False       # a progress bar for each solve (fastdiffeq._progress)
 
     def flat_y0(self) -> torch.Tensor:
         """y0 as [1, D], keeping its autograd graph."""
@@ -147,8 +149,9 @@ class _Problem:
 
 
 def _prepare(func: Callable, y0: TensorOrTuple, t: torch.Tensor, rtol: Any, atol: Any, method: Optional[str],
-             options: Optional[Dict[str, Any]], event_fn: Optional[Callable]) -> _Problem:
+             options: Optional[Dict[str, Any]], event_fn: Optional[Callable], progress: bool = False) -> _Problem:
     check_func(func)
+    check_progress(progress)
     if event_fn is not None:
         raise NotImplementedError("fastdiffeq: `event_fn` (event handling) is not supported yet")
     if method is None:
@@ -217,7 +220,7 @@ def _prepare(func: Callable, y0: TensorOrTuple, t: torch.Tensor, rtol: Any, atol
         func=func, method=method, is_tuple=is_tuple, shapes=shapes, sizes=sizes, segment_ends=segment_ends,
         rtols=rtols, atols=atols, opts=opts, parts=parts, t=t, t64=t64, field=field, user_shape=user_shape,
         user_norm=user_norm, step_t=_grid_after(opts["step_t"], t0, direction),
-        jump_t=_grid_after(opts["jump_t"], t0, direction), device=device, dtype=dtype,
+        jump_t=_grid_after(opts["jump_t"], t0, direction), device=device, dtype=dtype, progress=progress,
     )
 
 
@@ -260,19 +263,21 @@ def _run(p: _Problem, y_flat: torch.Tensor, mode: str, *, who: str = "odeint", r
     when the solve fails. ``dense`` (mode 'record'): the tape also holds the dense trajectory."""
     options = solver_options(p.method, p.rtols, p.atols, p.segment_ends, p.opts, p.step_t, p.jump_t, p.device,
                              record_dense=dense)
-    with gc_paused():
-        t_out = p.t64 if p.device.type == "cpu" else p.t64.to(p.device)  # t64 lives on the CPU
-        res = _C.rk_solve(p.field, y_flat, t_out, options, norm=p.user_norm, user_shape=p.user_shape, joint=True,
-                          mode=mode)
-    status = res["status"].tolist()[0]
-    counters = res["counters"].tolist()[0]
-    t_final = res["t"].tolist()[0]
-    stats = SolveStats(method=p.method, nfe=int(res["nfe"]), n_accepted=int(counters[Counter.ACCEPTED]),
-                       n_rejected=int(counters[Counter.REJECTED]), t_final=t_final, status=status_name(status))
-    if record:
-        _record(stats)
-    if status != Status.SUCCESS:
-        _raise_status(status, t_final, stats, p.opts, who)
+    with progress_bar(p.progress, p.t64, who) as bar:
+        with gc_paused():
+            t_out = p.t64 if p.device.type == "cpu" else p.t64.to(p.device)  # t64 lives on the CPU
+            res = _C.rk_solve(p.field, y_flat, t_out, options, norm=p.user_norm,
+                              user_shape=p.user_shape, joint=True, mode=mode, progress=bar,
+                              progress_interval=ProgressBar.interval)
+        status = res["status"].tolist()[0]
+        counters = res["counters"].tolist()[0]
+        t_final = res["t"].tolist()[0]
+        stats = SolveStats(method=p.method, nfe=int(res["nfe"]), n_accepted=int(counters[Counter.ACCEPTED]),
+                           n_rejected=int(counters[Counter.REJECTED]), t_final=t_final, status=status_name(status))
+        if record:
+            _record(stats)
+        if status != Status.SUCCESS:
+            _raise_status(status, t_final, stats, p.opts, who)  # (closes the bar where the solve stopped)
     return res
 
 
@@ -370,6 +375,9 @@ def _gradient_params(func: Callable, gradient_params: Optional[Sequence[torch.Te
     return tuple(q for q in params if q.requires_grad)
 
 
+# Opaque to torch.compile: a compiled caller graph-breaks once at the call and the solver runs eagerly (its
+# C++ loop and Python callbacks cannot be traced); a vector field the user compiled stays compiled inside.
+@torch.compiler.disable
 def odeint(
     func: Callable,
     y0: TensorOrTuple,
@@ -382,6 +390,7 @@ def odeint(
     event_fn: Optional[Callable] = None,
     gradient: str = "direct",
     gradient_params: Optional[Sequence[torch.Tensor]] = None,
+    progress: bool = False,
 ) -> TensorOrTuple:
     """Integrate dy/dt = func(t, y) from y(t[0]) = y0 and return y at every time in ``t``.
 
@@ -412,6 +421,8 @@ def odeint(
             are constants of the solve in both modes (they are not differentiated).
         gradient_params: with gradient='checkpoint', the tensors to differentiate inside ``func``
             (default: ``func.parameters()``; required when ``func`` is not an nn.Module).
+        progress: show a tqdm bar of integration time while the solve runs (updated at most every 0.1 s;
+            needs tqdm). Off (default), it costs nothing.
 
     Returns:
         A tensor ``[len(t), *y0.shape]`` (a tuple of them for tuple ``y0``). The counters of the solve
@@ -420,6 +431,7 @@ def odeint(
     Raises:
         TypeError / ValueError: bad arguments (named in the message), or ``func`` returning the wrong
             type, shape, dtype or device.
+        ImportError: progress=True without tqdm installed.
         MaxStepsError, StepSizeUnderflowError, NonFiniteStateError: the solve could not finish
             (subclasses of :class:`fastdiffeq.SolverError`, carrying ``t`` and ``stats``).
 
@@ -432,7 +444,7 @@ def odeint(
     """
     if gradient not in ("direct", "checkpoint"):
         raise ValueError(f"`gradient` must be 'direct' or 'checkpoint', got {gradient!r}")
-    p = _prepare(func, y0, t, rtol, atol, method, options, event_fn)
+    p = _prepare(func, y0, t, rtol, atol, method, options, event_fn, progress)
     y_flat = p.flat_y0()
     if not _needs_grad(func, p.parts, t):
         with torch.no_grad():

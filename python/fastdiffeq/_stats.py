@@ -18,6 +18,7 @@ class SolveStats:
         nfe: evaluations of the vector field (the initial-step probe and f(t0) included).
         n_accepted: accepted steps.
         n_rejected: rejected step attempts.
+        n_steps: step attempts, n_accepted + n_rejected (a property).
         t_final: the time the solver reached (past the last output time: outputs are interpolated).
         status: the lower-case name of a :class:`fastdiffeq.Status`: 'success', 'max_steps', 'step_underflow',
             'non_finite' (or 'invalid_index', which only a CUDA kernel fed an invalid index reports).
@@ -34,6 +35,12 @@ class SolveStats:
     def n_steps(self) -> int:
         """Step attempts, accepted and rejected."""
         return self.n_accepted + self.n_rejected
+
+    def __repr__(self) -> str:
+        # Every counter, n_steps (a property) included.
+        return (f"SolveStats(method={self.method!r}, nfe={self.nfe}, n_steps={self.n_steps}, "
+                f"n_accepted={self.n_accepted}, n_rejected={self.n_rejected}, t_final={self.t_final!r}, "
+                f"status={self.status!r})")
 
 
 _local = threading.local()

@@ -3,7 +3,7 @@
 // (the initial step's norms run once per solve; the per-step error norm has its own vectorised loop).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <algorithm>
 #include <cmath>

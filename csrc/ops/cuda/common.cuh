@@ -17,7 +17,7 @@
 // cuSOLVER headers, which a minimal CUDA toolkit (cudart + nvcc, as on the compile-check machine) does
 // not have. at::cuda::getCurrentCUDAStream is a using-alias of c10::cuda::getCurrentCUDAStream, so the
 // kernels run on exactly the stream ATen's own kernels use.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/cuda/detail/IntegerDivider.cuh>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>

@@ -4,7 +4,7 @@
 // call it (it synchronises); every thread gets the result.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <cstdint>
 #include <vector>

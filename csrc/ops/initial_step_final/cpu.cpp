@@ -1,6 +1,7 @@
 // initial_step_final on the CPU: per row, the probe's norm (cpu::segment_rms over core/initial_step.h's
 // element) and the signed, clamped first step.
 #include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
 
 #include "core/initial_step.h"

@@ -2,6 +2,7 @@
 // over core/initial_step.h's element, then thread 0 writes the signed, clamped first step
 // (core::initial_h). One kernel on the current stream, no host synchronisation.
 #include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
 
 #include "core/initial_step.h"
 #include "ops/cuda/common.cuh"

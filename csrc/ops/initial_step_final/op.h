@@ -8,7 +8,8 @@
 // Returns h [B] f64.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
 
 #include "ops/checks.h"
 

@@ -1,6 +1,8 @@
 // initial_step_probe on the CPU: per row, the two norms (cpu::segment_rms over core/initial_step.h's
 // elements), h0, then the probe point in one more pass.
 #include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/Parallel.h>
 
 #include "core/initial_step.h"

@@ -5,6 +5,8 @@
 //     h0 (stream order puts it after the norms).
 // Once per solve: one block per row is enough (joint mode, B = 1, reads the state with one block).
 #include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 
 #include "core/initial_step.h"
 #include "ops/cuda/common.cuh"

@@ -8,7 +8,9 @@
 // Returns (h0 [B] f64 unsigned, d1 [B] f64, y_probe [B, D], t_probe [B] in the state's dtype).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 
 #include <tuple>
 

@@ -14,7 +14,7 @@
 // core::kInvalidIndex and leaves the rest of it unchanged.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include "ops/checks.h"
 

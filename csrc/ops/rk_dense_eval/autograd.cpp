@@ -1,7 +1,8 @@
 // rk_dense_eval's autograd formula, registered for every device at the Autograd key. Linear in
 // (y0, y1, ks): out[r] = w_y0(r) y0 + w_y1(r) y1 + sum_j w_k(r, j) k_j  =>  dL/dy0 = sum_r w_y0(r) g[r],
 // etc., with the weights from rk_dense_weights. h, t0 and the times are constants of the discrete solve.
-#include <torch/autograd.h>
+#include <ATen/ops/bmm.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <vector>
 

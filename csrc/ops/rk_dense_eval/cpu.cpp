@@ -1,6 +1,7 @@
 // rk_dense_eval on the CPU: the interpolant as weights on (y0, y1, k) (rk_dense_weights), evaluated out of
 // place with one vectorised pass per output row (cpu::weighted_sum).
 #include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
 
 #include "ops/cpu/row_chunks.h"
 #include "ops/cpu/weighted_sum.h"

@@ -6,6 +6,7 @@
 //     (double accumulation in the CPU kernel's order), reading the weights of (r, b) as broadcast loads.
 // The stage count S is a template parameter (constant indices, no local memory). No host sync.
 #include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
 
 #include "ops/cuda/common.cuh"
 #include "ops/rk_dense_eval/op.h"

@@ -3,7 +3,8 @@
 // [R, B, D] tensor. Linear in (y0, y1, ks): its autograd formula (autograd.cpp) uses rk_dense_weights.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 
 #include "ops/checks.h"
 

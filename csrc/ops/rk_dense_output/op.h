@@ -7,7 +7,7 @@
 // (the rk_commit that follows marks it core::kInvalidIndex).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <array>
 

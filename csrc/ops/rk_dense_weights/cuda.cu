@@ -1,5 +1,7 @@
 // rk_dense_weights on CUDA: one thread per (r, b) pair of the [R, B, 2 + S] float64 result (grid-stride),
 // core::dense_weights at x = (t_eval[r] - t0[b]) / h[b], mid coefficients by value. No host sync.
+#include <ATen/ops/empty.h>
+
 #include "core/dense_output.h"
 #include "ops/cuda/common.cuh"
 #include "ops/rk_dense_weights/op.h"

@@ -2,7 +2,8 @@
 // each of the S stages, at x = (t_eval[r] - t0[b]) / h[b]. The VJP of rk_dense_eval uses them.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 
 #include "ops/checks.h"
 

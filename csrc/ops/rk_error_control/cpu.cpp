@@ -2,6 +2,7 @@
 // pass. The element's scaled error, the overflow-free RMS, the segments' combination and the controller
 // are the core's (core/error_norm.h, core/controller.h); this file is the vectorised loop around them.
 #include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>

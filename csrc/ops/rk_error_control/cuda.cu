@@ -26,6 +26,7 @@
 // device asynchronously from pinned host memory on the current stream (the caching host allocator keeps
 // the pinned block alive until that copy has run), still without a synchronisation.
 #include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
 
 #include <vector>
 

@@ -6,7 +6,8 @@
 // Returns (ratio [B] f64, accept [B] bool, h_next [B] f64 with h's sign).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 
 #include <tuple>
 

@@ -1,7 +1,8 @@
 // rk_stage's autograd formula, registered for every device at the Autograd key. Linear in (y, ks):
 // out = y + h * sum_j a_j k_j  =>  dL/dy = g, dL/dk_j = (h a_j) g (per row). h and the coefficients are
 // constants of the discrete solve (DESIGN §4): no gradient.
-#include <torch/autograd.h>
+#include <ATen/TensorOperators.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <vector>
 

@@ -1,5 +1,6 @@
 // rk_stage on the CPU: out = y + h * sum_j a_j k_j in one pass over memory.
 #include <ATen/Dispatch.h>
+#include <ATen/ops/empty_like.h>
 
 #include "ops/cpu/row_chunks.h"
 #include "ops/rk_stage/op.h"

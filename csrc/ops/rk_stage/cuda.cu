@@ -5,6 +5,7 @@
 // then accumulates in the state's dtype over the stages with a non-zero coefficient, in order, as
 // RkStage::cpu does. The stage count is a template parameter so the loop unrolls.
 #include <ATen/Dispatch.h>
+#include <ATen/ops/empty_like.h>
 
 #include "ops/cuda/common.cuh"
 #include "ops/rk_stage/op.h"

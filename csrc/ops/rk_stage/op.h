@@ -3,7 +3,8 @@
 // Only the stages with a non-zero coefficient are read. Linear in (y, ks): differentiable (autograd.cpp).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
 
 #include "ops/checks.h"
 

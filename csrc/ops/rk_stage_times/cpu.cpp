@@ -1,5 +1,6 @@
 // rk_stage_times on the CPU: t0 + c_i h, cast to the state's dtype as the vector field receives them.
 #include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
 
 #include <cmath>
 

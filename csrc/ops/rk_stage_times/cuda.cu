@@ -3,6 +3,7 @@
 // Grid: one thread per output element of the [S, B] result (grid-stride loop). The c_i travel by
 // value, kMaxTimesPerLaunch at a time (one launch for every tableau here; longer lists take more).
 #include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
 
 #include "ops/cuda/common.cuh"
 #include "ops/rk_stage_times/op.h"

@@ -3,7 +3,8 @@
 // convention, so a field with a jump at the step's end sees its left limit).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 
 #include "ops/checks.h"
 

@@ -1,5 +1,7 @@
 // step_size_control on the CPU: core::control_row per group.
 #include "core/controller.h"
+
+#include <ATen/ops/empty.h>
 #include "ops/step_size_control/op.h"
 
 namespace fde::ops {

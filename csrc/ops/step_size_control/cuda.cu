@@ -1,4 +1,6 @@
 // step_size_control on CUDA: one thread per group (grid-stride), core::control_row. No host sync.
+#include <ATen/ops/empty.h>
+
 #include "core/controller.h"
 #include "ops/cuda/common.cuh"
 #include "ops/step_size_control/op.h"

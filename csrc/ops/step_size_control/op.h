@@ -3,7 +3,8 @@
 // Returns (accept [B] bool, h_next [B] f64 with h's sign).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
 
 #include <tuple>
 
