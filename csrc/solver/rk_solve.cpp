@@ -190,7 +190,7 @@ RkResult run_host(RkProblem& p, const at::Tensor& y0_in, LoopMode mode) {
         ++res.nfe;
       }
       if (res.tape) {
-        RecordedStep rec{t0, h_step, y, k0, grid.on_jump, out_index, last};
+        RecordedStep rec{t0, h_step, y, k0, grid.on_jump, out_index, last, {}, {}, {}};
         if (p.opt_.record_dense) {
           rec.y1 = st.y1;
           rec.k1 = st.ks.back();
