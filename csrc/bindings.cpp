@@ -19,6 +19,7 @@
 #include "solver/finite.h"
 #include "solver/progress.h"
 #include "solver/rk_adjoint.h"
+#include "solver/rk_per_sample.h"
 #include "solver/rk_solve.h"
 #include "solver/solve_args.h"
 
@@ -85,6 +86,15 @@ class PyVectorField final : public fde::solver::VectorField {
   fde::solver::FieldVjp vjp(const at::Tensor& t, const at::Tensor& y, const at::Tensor& v,
                             at::Tensor& grad_params) override {
     return fde::solver::autograd_vjp(*this, params_, t, y, v, grad_params);
+  }
+
+  fde::solver::FieldVjp vjp_deferred(const at::Tensor& t, const at::Tensor& y, const at::Tensor& v,
+                                     bool want_grad_y) override {
+    return fde::solver::autograd_vjp_deferred(*this, params_, deferred_, t, y, v, want_grad_y);
+  }
+
+  void accumulate_deferred(const std::vector<at::Tensor>& weights, at::Tensor& grad_params) override {
+    fde::solver::autograd_accumulate_deferred(*this, params_, deferred_, weights, grad_params);
   }
 
   std::unique_ptr<fde::solver::ScopedUnlock> unlock() override { return std::make_unique<GilRelease>(); }
@@ -292,6 +302,78 @@ py::tuple checkpoint_backward_py(py::function func, const py::object& tape_obj,
   return py::make_tuple(g.grad_y0, g.grad_params, g.nfe);
 }
 
+// Per-sample solves (solve_ivp): t is passed to func as [B].
+std::shared_ptr<fde::solver::SampleTape> sample_tape_arg(const py::object& tape) {
+  if (!py::isinstance<fde::solver::SampleTape>(tape))
+    throw py::type_error("fastdiffeq: tape must be a SampleTape (rk_solve_per_sample(..., mode='record')['tape']), got " +
+                         py_type_name(tape));
+  return tape.cast<std::shared_ptr<fde::solver::SampleTape>>();
+}
+
+py::dict rk_solve_per_sample_py(py::function func, const at::Tensor& y0, const at::Tensor& t_out,
+                                const fde::solver::RkOptions& options, py::object norm, std::vector<int64_t> user_shape,
+                                const std::string& mode, const py::object& progress, double progress_interval) {
+  const fde::solver::LoopMode loop_mode = parse_mode(mode);
+  if (loop_mode == fde::solver::LoopMode::kMasked)
+    throw py::value_error("fastdiffeq: rk_solve_per_sample runs in 'graph' or 'record' mode (the masked loop is rk_solve)");
+  if (y0.dim() == 2) check_user_shape(user_shape, y0.numel(), y0.size(0), false);
+  PyVectorField field(std::move(func), user_shape, false);
+  std::unique_ptr<PyErrorNorm> user_norm = make_norm(norm, user_shape);
+  const std::unique_ptr<PyProgressSink> sink = make_progress(progress, progress_interval);
+  fde::solver::RkOptions opts = options;
+  opts.progress = sink.get();
+  fde::solver::SampleSolveResult r =
+      fde::solver::rk_solve_per_sample(field, user_norm.get(), y0, t_out, opts, loop_mode);
+  py::dict out;
+  out["ys"] = r.result.ys;
+  out["status"] = r.result.status;
+  out["counters"] = r.result.counters;
+  out["t"] = r.result.t;
+  out["h"] = r.result.h;
+  out["nfe"] = r.result.nfe;
+  out["n_steps"] = r.result.n_steps;
+  if (r.tape) out["tape"] = r.tape;
+  return out;
+}
+
+py::tuple checkpoint_backward_per_sample_py(py::function func, const py::object& tape_obj, const at::Tensor& grad_ys,
+                                            std::vector<at::Tensor> params, std::vector<int64_t> user_shape) {
+  const std::shared_ptr<fde::solver::SampleTape> tape = sample_tape_arg(tape_obj);
+  if (tape->y0.defined()) check_user_shape(user_shape, tape->y0.numel(), tape->y0.size(0), false);
+  fde::solver::check_vjp_params(params, grad_ys.device());
+  PyVectorField field(std::move(func), std::move(user_shape), false, params);
+  fde::solver::CheckpointGradients g = fde::solver::rk_checkpoint_backward_per_sample(field, *tape, grad_ys, params);
+  return py::make_tuple(g.grad_y0, g.grad_params, g.nfe);
+}
+
+py::dict rk_adjoint_per_sample_py(py::function func, std::vector<at::Tensor> params, const at::Tensor& t_out,
+                                  const at::Tensor& ys, const at::Tensor& grad_ys, const at::Tensor& active,
+                                  const fde::solver::RkOptions& options, std::vector<int64_t> user_shape,
+                                  const py::object& progress, double progress_interval) {
+  if (grad_ys.dim() == 3) check_user_shape(user_shape, grad_ys.size(1) * grad_ys.size(2), grad_ys.size(1), false);
+  fde::solver::check_vjp_params(params, grad_ys.device());
+  const std::unique_ptr<PyProgressSink> sink = make_progress(progress, progress_interval);
+  fde::solver::RkOptions opts = options;
+  opts.progress = sink.get();
+  PyVectorField field(std::move(func), user_shape, false, params);
+  fde::solver::SampleAdjointResult r = fde::solver::rk_adjoint_per_sample(field, t_out, ys, grad_ys, active, opts);
+  py::dict out;
+  out["grad_y0"] = r.grad_y0;
+  std::vector<at::Tensor> grads;
+  int64_t offset = 0;
+  for (const auto& q : params) {
+    grads.push_back(r.grad_params.narrow(0, offset, q.numel()).view(q.sizes()).to(q.scalar_type()));
+    offset += q.numel();
+  }
+  out["grad_params"] = grads;
+  out["status"] = r.status;
+  out["counters"] = r.counters;
+  out["t"] = r.t;
+  out["nfe"] = r.nfe;
+  out["n_steps"] = r.n_steps;
+  return out;
+}
+
 // ControllerParams(**fields): the core's struct with its named fields (core::kControllerFields); any
 // field not given keeps the core's default.
 fde::core::ControllerParams controller_from_kwargs(const py::kwargs& kw) {
@@ -410,6 +492,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("progress") = py::none(), py::arg("progress_interval") = 0.1);
   m.def("rk_checkpoint_backward", &checkpoint_backward_py, py::arg("func"), py::arg("tape"), py::arg("grad_ys"),
         py::arg("params"), py::arg("user_shape"), py::arg("joint"));
+  py::class_<fde::solver::SampleTape, std::shared_ptr<fde::solver::SampleTape>>(m, "SampleTape")
+      .def_property_readonly("n_steps", [](const fde::solver::SampleTape& t) { return t.steps.size(); });
+  m.def("rk_solve_per_sample", &rk_solve_per_sample_py, py::arg("func"), py::arg("y0"), py::arg("t_out"),
+        py::arg("options"), py::kw_only(), py::arg("norm"), py::arg("user_shape"), py::arg("mode"),
+        py::arg("progress") = py::none(), py::arg("progress_interval") = 0.1);
+  m.def("rk_checkpoint_backward_per_sample", &checkpoint_backward_per_sample_py, py::arg("func"), py::arg("tape"),
+        py::arg("grad_ys"), py::arg("params"), py::arg("user_shape"));
+  m.def("rk_adjoint_per_sample", &rk_adjoint_per_sample_py, py::arg("func"), py::arg("params"), py::arg("t_out"),
+        py::arg("ys"), py::arg("grad_ys"), py::arg("active"), py::arg("options"), py::kw_only(),
+        py::arg("user_shape"), py::arg("progress") = py::none(), py::arg("progress_interval") = 0.1);
   m.def("tableau", &tableau_py, py::arg("name"));
   m.def("all_finite", &fde::solver::all_finite, py::arg("x"),
         "Whether every element of x is finite (no allocation for contiguous CPU float tensors).");

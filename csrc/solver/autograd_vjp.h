@@ -21,6 +21,18 @@ std::vector<at::Tensor> engine_grad(VectorField& field, const std::vector<at::Te
 FieldVjp autograd_vjp(VectorField& field, const std::vector<at::Tensor>& params, const at::Tensor& t,
                       const at::Tensor& y, const at::Tensor& v, at::Tensor& grad_params);
 
+// VectorField::vjp_deferred under autograd: f at a detached copy of y that requires grad, v^T df/dy now (the
+// graph kept when there are parameters), the product recorded in `store`.
+FieldVjp autograd_vjp_deferred(VectorField& field, const std::vector<at::Tensor>& params,
+                               std::vector<DeferredVjp>& store, const at::Tensor& t, const at::Tensor& y,
+                               const at::Tensor& v, bool want_grad_y);
+
+// VectorField::accumulate_deferred under autograd: ONE engine call over the kept graphs with the weighted
+// cotangents, added into grad_params; `store` is emptied (the graphs are freed).
+void autograd_accumulate_deferred(VectorField& field, const std::vector<at::Tensor>& params,
+                                  std::vector<DeferredVjp>& store, const std::vector<at::Tensor>& weights,
+                                  at::Tensor& grad_params);
+
 // Total number of elements of params (the length of the flat parameter cotangent).
 int64_t count_params(const std::vector<at::Tensor>& params);
 

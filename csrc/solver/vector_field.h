@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 namespace fde::solver {
 
@@ -21,6 +22,12 @@ class ScopedUnlock {
 struct FieldVjp {
   at::Tensor f;       // [B, D], y's dtype
   at::Tensor grad_y;  // v^T df/dy, [B, D]
+};
+
+// One deferred vector-Jacobian product (VectorField::vjp_deferred).
+struct DeferredVjp {
+  at::Tensor t, y, v;  // the point and cotangent (the default implementation recomputes from them)
+  at::Tensor f;        // or f with its autograd graph kept (solver/autograd_vjp.h)
 };
 
 class VectorField {
@@ -40,8 +47,23 @@ class VectorField {
   // components of y that f does not depend on get zero cotangents. Keeps no graph.
   virtual FieldVjp vjp(const at::Tensor& t, const at::Tensor& y, const at::Tensor& v, at::Tensor& grad_params) = 0;
 
+  // Deferred parameter products, for per-sample adjoints: a sample's parameter cotangent is weighted by its
+  // own step size and accept decision, known only after all stages of the step. vjp_deferred returns f(t, y)
+  // and (when want_grad_y) v^T df/dy now, and keeps what it needs to add the parameter part later;
+  // accumulate_deferred adds sum_k (w_k * v_k)^T df/dtheta into grad_params (w_k: [B] in y's dtype, one per
+  // deferred product in call order; an undefined w_k skips that product: nothing is computed for it) and forgets them;
+  // drop_deferred forgets them. The default recomputes each product in accumulate_deferred
+  // (solver/autograd_vjp.h has the autograd implementation that keeps the graphs instead).
+  virtual FieldVjp vjp_deferred(const at::Tensor& t, const at::Tensor& y, const at::Tensor& v, bool want_grad_y);
+  virtual void accumulate_deferred(const std::vector<at::Tensor>& weights, at::Tensor& grad_params);
+  virtual void drop_deferred() { deferred_.clear(); }
+  size_t num_deferred() const { return deferred_.size(); }
+
   // Called around torch::autograd::grad (which must not run under the GIL); null when nothing to release.
   virtual std::unique_ptr<ScopedUnlock> unlock() { return nullptr; }
+
+ protected:
+  std::vector<DeferredVjp> deferred_;
 };
 
 class ErrorNorm {

@@ -9,6 +9,8 @@ backprop through the fused ops, exact checkpointed replay (``gradient="checkpoin
 Public API:
     odeint(func, y0, t, *, rtol, atol, method, options, gradient, progress)  -- drop-in for torchdiffeq.odeint
     odeint_adjoint(func, y0, t, *, ..., adjoint_options, adjoint_params, progress) -- drop-in for torchdiffeq's
+    solve_ivp(func, y0, t_eval, *, method, rtol, atol, gradient, options, on_failure, event_fn, params, progress)
+        -- a batch of independent problems, each sample with its own step size -> Solution
     last_stats(), last_backward_stats() -> SolveStats  -- NFE, accepted/rejected steps, status
     SolverError, MaxStepsError, StepSizeUnderflowError, NonFiniteStateError
     Status  -- the solver's status codes (an IntEnum of the values the compiled core defines)
@@ -24,6 +26,7 @@ from . import _C  # noqa: F401
 from ._errors import MaxStepsError, NonFiniteStateError, SolverError, StepSizeUnderflowError
 from ._adjoint import odeint_adjoint
 from ._odeint import METHODS, odeint
+from ._solve_ivp import Solution, solve_ivp
 from ._stats import SolveStats, last_backward_stats, last_stats
 from ._status import Status
 
@@ -32,6 +35,8 @@ __version__ = "0.1.0"
 __all__ = [
     "odeint",
     "odeint_adjoint",
+    "solve_ivp",
+    "Solution",
     "last_stats",
     "last_backward_stats",
     "SolveStats",

@@ -1,0 +1,230 @@
+// The per-sample reverse-time adjoint (rk_per_sample.h): host-driven, each sample its own step, landing
+// exactly on its own output times; one flat parameter cotangent for the whole batch.
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/isfinite.h>
+#include <ATen/ops/index.h>
+#include <ATen/ops/tensor.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/TensorOperators.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/status.h"
+#include "core/step_commit.h"
+#include "solver/finite.h"
+#include "solver/grid_clip.h"
+#include "solver/progress.h"
+#include "solver/rk_adjoint.h"
+#include "solver/rk_per_sample.h"
+#include "solver/rk_problem.h"
+#include "solver/rk_step.h"
+
+namespace fde::solver {
+namespace {
+
+// The adjoint dynamics of each sample, [y, a] -> [f(t, y), -a^T df/dy]; the parameter part of each product
+// is deferred (VectorField::vjp_deferred) until the loop knows each sample's step and decision.
+class DeferringAugmentedField final : public VectorField {
+ public:
+  DeferringAugmentedField(VectorField& field, int64_t D) : field_(field), D_(D) {}
+
+  at::Tensor eval(const at::Tensor& t, const at::Tensor& s) override {
+    const FieldVjp r = field_.vjp_deferred(t, s.narrow(1, 0, D_), s.narrow(1, D_, D_).neg(), /*want_grad_y=*/true);
+    return at::cat({r.f, r.grad_y}, 1);
+  }
+
+  FieldVjp vjp(const at::Tensor&, const at::Tensor&, const at::Tensor&, at::Tensor&) override {
+    TORCH_CHECK(false, "fastdiffeq: the adjoint dynamics have no vector-Jacobian product (no double backward)");
+  }
+
+  std::unique_ptr<ScopedUnlock> unlock() override { return field_.unlock(); }
+
+ private:
+  VectorField& field_;
+  int64_t D_;
+};
+
+}  // namespace
+
+SampleAdjointResult rk_adjoint_per_sample(VectorField& field, const at::Tensor& t_out, const at::Tensor& ys,
+                                          const at::Tensor& grad_ys, const at::Tensor& active,
+                                          const RkOptions& options) {
+  TORCH_CHECK_VALUE(grad_ys.dim() == 3, "fastdiffeq: grad_ys must be [T, B, D], got ", grad_ys.sizes());
+  TORCH_CHECK_VALUE(ys.defined() && ys.sizes() == grad_ys.sizes() && ys.scalar_type() == grad_ys.scalar_type() &&
+                        ys.device() == grad_ys.device(),
+                    "fastdiffeq: ys must match grad_ys (", grad_ys.sizes(), ", dtype and device)");
+  const int64_t T = grad_ys.size(0), B = grad_ys.size(1), D = grad_ys.size(2);
+  TORCH_CHECK_VALUE(active.defined() && active.is_cpu() && active.scalar_type() == at::kBool && active.dim() == 1 &&
+                        active.size(0) == B,
+                    "fastdiffeq: active must be a CPU bool tensor [", B, "]");
+  TORCH_CHECK_VALUE(options.rtol.size() == 1 && options.atol.size() == 1,
+                    "fastdiffeq: the adjoint takes one rtol and one atol");
+  TORCH_CHECK_VALUE(options.step_t.empty() && options.jump_t.empty(),
+                    "fastdiffeq: step_t and jump_t are not supported in per-sample solves");
+  const int64_t P = field.num_params();
+  const auto dev = grad_ys.device();
+  const auto dtype = grad_ys.scalar_type();
+
+  std::vector<int64_t> state_segments = options.segment_ends;
+  if (state_segments.empty()) state_segments.push_back(D);
+  TORCH_CHECK_VALUE(state_segments.back() == D, "fastdiffeq: segment_ends must end at D = ", D);
+  RkOptions aug = options;
+  aug.segment_ends = adjoint_segments(state_segments, D, {}, /*with_y=*/true);
+  aug.rtol.assign(aug.segment_ends.size(), options.rtol[0]);
+  aug.atol.assign(aug.segment_ends.size(), options.atol[0]);
+  DeferringAugmentedField aug_field(field, D);
+
+  at::NoGradGuard no_grad;
+  SampleAdjointResult res;
+  res.grad_params = at::zeros({P}, grad_ys.options());
+  const at::Tensor t_rev = t_out.flip(-1).contiguous();
+  at::Tensor s = at::cat({ys.select(0, T - 1), grad_ys.select(0, T - 1)}, 1);
+  RkProblem p(aug_field, nullptr, s, t_rev, aug);  // validates t_out and the options
+  const core::Tableau& tab = p.tab_;
+  const double dir = p.direction_;
+  const double* t_host = p.t_out_host_.data_ptr<double>();
+  const bool shared_grid = p.t_out_host_.dim() == 1 || p.t_out_host_.size(0) == 1;
+  auto row_of = [&](int64_t b) { return t_host + (shared_grid ? 0 : b * T); };
+
+  at::Tensor t0_t = p.initial_time();
+  at::Tensor k0;
+  const bool finite = p.first_derivative(t0_t, s, k0, res.nfe);
+  at::Tensor h_t = finite ? p.first_step(t0_t, s, k0, res.nfe) : at::zeros({B}, t0_t.options());
+  field.drop_deferred();
+
+  const at::Tensor t0_c = t0_t.cpu(), h_c = h_t.cpu();
+  std::vector<double> t0(t0_c.data_ptr<double>(), t0_c.data_ptr<double>() + B);
+  std::vector<double> h(h_c.data_ptr<double>(), h_c.data_ptr<double>() + B);
+  std::vector<int32_t> status(B, core::kRunning);
+  std::vector<int64_t> counters(B * core::kNumCounters, 0), out_index(B, 1);
+  int64_t running = B;
+  const at::Tensor k_ok = finite ? at::Tensor() : at::isfinite(k0).all(1).cpu();
+  for (int64_t b = 0; b < B; ++b) {
+    const bool stop = !active.data_ptr<bool>()[b] || T == 1 || (k_ok.defined() && !k_ok.data_ptr<bool>()[b]);
+    if (!stop) continue;
+    status[b] = active.data_ptr<bool>()[b] && T > 1 ? core::kNonFinite : core::kSuccess;
+    h[b] = 0.0;
+    --running;
+  }
+
+  ProgressReporter progress(aug.progress, p.t_out_host_);
+  std::vector<double> h_step(B), t1(B), weight(B);
+  std::vector<uint8_t> accepted(B), landed(B);
+  std::vector<int64_t> land_rows;
+  while (running > 0) {
+    // Each running sample steps, or lands exactly on its next output time when the step would reach it.
+    std::vector<uint8_t> on_output(B, 0);
+    for (int64_t b = 0; b < B; ++b) {
+      if (status[b] != core::kRunning) {
+        h_step[b] = 0.0;
+        t1[b] = t0[b];
+        continue;
+      }
+      const double t_next = row_of(b)[out_index[b]];
+      ClippedStep step{t0[b] + h[b], h[b]};
+      if (dir * (t_next - step.t1) <= 0.0) {
+        on_output[b] = 1;
+        step = cut_to(t0[b], t_next, h[b]);
+      }
+      h_step[b] = step.h;
+      t1[b] = step.t1;
+    }
+    t0_t = at::tensor(t0, at::kDouble).to(dev);
+    h_t = at::tensor(h_step, at::kDouble).to(dev);
+    StepStages st = rk_stages(aug_field, tab, s, k0, t0_t, h_t, res.nfe);  // defers stages 1 .. S-1
+    auto [ratio_t, accept_t, h_next_t] = p.control(s, st.y1, st.ks, h_t);
+    const at::Tensor ratio_c = ratio_t.cpu(), accept_c = accept_t.cpu(), h_next_c = h_next_t.cpu();
+    const double* ratio = ratio_c.data_ptr<double>();
+    const bool* accept = accept_c.data_ptr<bool>();
+    const double* h_next = h_next_c.data_ptr<double>();
+    // The deferred parameter products of a rejected sample get a zero weight, and a zero cotangent through a
+    // non-finite stage is NaN (0 * inf): when a stage is not finite, the stages are evaluated again with only
+    // the accepted samples moving (h = 0 for the others), so every kept graph is finite.
+    if (!(all_finite(st.y1) && all_finite(st.ks.back()))) {
+      std::vector<double> h_kept(B);
+      for (int64_t b = 0; b < B; ++b) h_kept[b] = status[b] == core::kRunning && accept[b] ? h_step[b] : 0.0;
+      field.drop_deferred();
+      st = rk_stages(aug_field, tab, s, k0, t0_t, at::tensor(h_kept, at::kDouble).to(dev), res.nfe);
+    }
+
+    bool any_accepted = false, any_landed = false;
+    land_rows.clear();
+    std::vector<int64_t> land_samples;
+    for (int64_t b = 0; b < B; ++b) {
+      accepted[b] = landed[b] = 0;
+      weight[b] = 0.0;
+      if (status[b] != core::kRunning) continue;
+      double h_after = h_next[b];
+      if (accept[b]) {
+        accepted[b] = 1;
+        any_accepted = true;
+        weight[b] = h_step[b];
+        if (on_output[b]) {
+          landed[b] = 1;
+          any_landed = true;
+          land_samples.push_back(b);
+          land_rows.push_back(T - 1 - out_index[b]);
+          // A step cut short to land on an output says little about the step size: go on with at least
+          // the step the controller had proposed before the cut.
+          h_after = std::copysign(std::min(std::max(std::fabs(h_next[b]), std::fabs(h[b])), p.ctrl_.max_step), dir);
+        }
+      }
+      double h_commit = h_step[b];
+      core::commit_sample_to(t0[b], t1[b], h_commit, status[b], &counters[b * core::kNumCounters], out_index[b],
+                             accept[b], ratio[b], h_after, row_of(b), T, aug.max_num_steps);
+      h[b] = h_commit;
+      if (status[b] != core::kRunning) --running;
+    }
+
+    if (any_accepted) {
+      // The parameter cotangent: h_b * sum_i b_i (-a_i)^T df/dtheta at each accepted sample's stages, in one
+      // batched product; stage 0 (the FSAL derivative) is re-evaluated for its parameter part only.
+      field.vjp_deferred(t0_t.to(dtype), s.narrow(1, 0, D), s.narrow(1, D, D).neg(), /*want_grad_y=*/false);
+      ++res.nfe;
+      const at::Tensor w = at::tensor(weight, at::kDouble).to(dev).to(dtype);
+      std::vector<at::Tensor> weights;
+      for (int i = 1; i < tab.stages; ++i) weights.push_back(tab.b[i] == 0.0 ? at::Tensor() : w * tab.b[i]);
+      weights.push_back(tab.b[0] == 0.0 ? at::Tensor() : w * tab.b[0]);
+      field.accumulate_deferred(weights, res.grad_params);
+      const at::Tensor mask = sample_mask(accepted, dev);
+      s = at::where(mask, st.y1, s);
+      k0 = at::where(mask, st.ks.back(), k0);
+    } else {
+      field.drop_deferred();
+    }
+    if (any_landed) {
+      // On an output time: y is re-anchored to the forward output and a jumps by its cotangent; f is
+      // evaluated again there (FSAL does not hold across the jump).
+      const auto rows = at::tensor(land_rows, at::kLong).to(dev), samples = at::tensor(land_samples, at::kLong).to(dev);
+      const c10::List<std::optional<at::Tensor>> at_rows({rows, samples});
+      const at::Tensor anchored = at::cat(
+          {at::index(ys, at_rows), s.index_select(0, samples).narrow(1, D, D) + at::index(grad_ys, at_rows)}, 1);
+      s.index_copy_(0, samples, anchored);
+      if (running > 0) {
+        const at::Tensor k_new = aug_field.eval(at::tensor(t0, at::kDouble).to(dev).to(dtype), s);
+        field.drop_deferred();
+        ++res.nfe;
+        k0 = at::where(sample_mask(landed, dev), k_new, k0);
+      }
+    }
+    ++res.n_steps;
+    if (aug.progress != nullptr) {
+      progress.stage(at::tensor(t0, at::kDouble));
+      progress.report_staged();
+    }
+  }
+
+  res.status = at::tensor(status, at::kInt);
+  res.counters = at::tensor(counters, at::kLong).reshape({B, core::kNumCounters});
+  res.t = at::tensor(t0, at::kDouble);
+  const at::Tensor active_mask = active.to(dev).reshape({B, 1});
+  res.grad_y0 = at::where(active_mask, s.narrow(1, D, D), at::zeros({1}, grad_ys.options()));
+  if (T == 1) res.grad_y0 = at::where(active_mask, grad_ys.select(0, 0), at::zeros({1}, grad_ys.options()));
+  return res;
+}
+
+}  // namespace fde::solver

@@ -1,0 +1,85 @@
+// Per-sample solves with gradients (solve_ivp): B independent problems, each with its own time, step size,
+// accept/reject and status. The forward masked loop (rk_solve, LoopMode::kMasked) already runs them; this
+// adds the host-driven per-sample loop that is differentiable (direct) or records a per-sample checkpoint
+// tape, the replay of that tape, and the per-sample reverse-time adjoint.
+//
+// Host-driven: each iteration reads the B accept decisions on the host (free on the CPU, one transfer per
+// step on CUDA) and commits every sample with core::commit_sample_to, the masked kernels' rule.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/tensor.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/tableau.h"
+#include "solver/rk_solve.h"
+#include "solver/vector_field.h"
+
+namespace fde::solver {
+
+// Per-sample host flags (0 / 1) as a bool [B, 1] mask on `device`.
+inline at::Tensor sample_mask(const std::vector<uint8_t>& flags, at::Device device) {
+  return at::tensor(at::ArrayRef<uint8_t>(flags)).to(device).to(at::kBool).reshape({-1, 1});
+}
+
+// One loop iteration in which at least one sample accepted its step.
+struct SampleStep {
+  at::Tensor t0, h;     // float64 [B]: each sample's step (h = 0 for samples no longer running)
+  at::Tensor accept;    // bool [B, 1]: the samples whose step was accepted
+  at::Tensor y, k0;     // [B, D] at the start of the iteration
+  at::Tensor out_sample, out_row;  // int64 [P]: the outputs interpolated inside this iteration's steps
+  at::Tensor out_t;     // float64 [P]: their times
+};
+
+struct SampleTape {
+  const core::Tableau* tableau = nullptr;
+  std::vector<SampleStep> steps;
+  at::Tensor y0;  // [B, D]
+  at::Tensor t0;  // float64 [B]
+  int64_t T = 0;
+};
+
+struct SampleSolveResult {
+  RkResult result;                   // ys [T, B, D] (differentiable in kGraph), status, counters, t, h, nfe
+  std::shared_ptr<SampleTape> tape;  // kRecord only
+};
+
+// mode: kGraph (differentiable) or kRecord (no graph; the tape). Arguments as rk_solve's; no step_t / jump_t.
+SampleSolveResult rk_solve_per_sample(VectorField& field, ErrorNorm* norm, const at::Tensor& y0,
+                                      const at::Tensor& t_out, const RkOptions& options, LoopMode mode);
+
+// The interpolant of each (sample, time) pair's step: rows y[s], y1[s], ks[.][s] with the step (t0[s], h[s])
+// evaluated at time t_pair. Differentiable in y, y1 and ks. Returns [P, D].
+at::Tensor dense_at_pairs(const at::Tensor& y, const at::Tensor& y1, const std::vector<at::Tensor>& ks,
+                          const at::Tensor& t0, const at::Tensor& h, const at::Tensor& samples,
+                          const at::Tensor& t_pair, const core::Tableau& tab);
+
+// Exact gradients of the discrete per-sample solve in `tape`: each iteration replayed under autograd in
+// reverse order, one iteration's graph at a time. grad_ys: [T, B, D]. Gradients as rk_checkpoint_backward's.
+CheckpointGradients rk_checkpoint_backward_per_sample(VectorField& field, const SampleTape& tape,
+                                                      const at::Tensor& grad_ys, const std::vector<at::Tensor>& params);
+
+struct SampleAdjointResult {
+  at::Tensor grad_y0;      // [B, D] (zero for inactive samples)
+  at::Tensor grad_params;  // flat [P]
+  at::Tensor status;       // int32 [B]
+  at::Tensor counters;     // int64 [B, core::kNumCounters]
+  at::Tensor t;            // float64 [B], the time each sample's backward solve reached
+  int64_t nfe = 0, n_steps = 0;
+};
+
+// The per-sample reverse-time adjoint (re-solving y backwards from the saved outputs): each sample solves
+// [y, a] from its last output time to its first with its own step sizes, stopping exactly on its output
+// times (y re-anchored to ys, a += grad_ys), and the parameter cotangent is ONE flat buffer: after each
+// step, every stage's parameter product is weighted by each sample's own h * b_i (zero when rejected)
+// and added in one batched product (VectorField::accumulate_deferred). The parameters are not in the error
+// norm. ys, grad_ys: [T, B, D]; t_out: float64 [T] or [B, T]; active: bool [B] (inactive samples are not
+// integrated and get zero gradients). options: one rtol and one atol, the state's segment_ends.
+SampleAdjointResult rk_adjoint_per_sample(VectorField& field, const at::Tensor& t_out, const at::Tensor& ys,
+                                          const at::Tensor& grad_ys, const at::Tensor& active,
+                                          const RkOptions& options);
+
+}  // namespace fde::solver

@@ -1,0 +1,214 @@
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/index_put.h>
+#include <ATen/ops/isfinite.h>
+#include <ATen/ops/tensor.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/TensorOperators.h>
+#include <c10/util/Exception.h>
+
+#include <limits>
+#include <optional>
+
+#include "core/status.h"
+#include "core/step_commit.h"
+#include "ops/registry.h"
+#include "solver/finite.h"
+#include "solver/progress.h"
+#include "solver/rk_per_sample.h"
+#include "solver/rk_problem.h"
+#include "solver/rk_step.h"
+
+namespace fde::solver {
+namespace {
+
+std::vector<at::Tensor> detached(const std::vector<at::Tensor>& ks) {
+  std::vector<at::Tensor> out;
+  out.reserve(ks.size());
+  for (const auto& k : ks) out.push_back(k.detach());
+  return out;
+}
+
+// The host's view of the per-sample bookkeeping: each sample's time, step, status, counters and next row.
+struct HostSamples {
+  std::vector<double> t0, h;
+  std::vector<int32_t> status;
+  std::vector<int64_t> counters, out_index;
+  int64_t running = 0;
+
+  HostSamples(const at::Tensor& t0_t, const at::Tensor& h_t) {
+    const at::Tensor t0c = t0_t.cpu().contiguous(), hc = h_t.cpu().contiguous();
+    const int64_t B = t0c.numel();
+    t0.assign(t0c.data_ptr<double>(), t0c.data_ptr<double>() + B);
+    h.assign(hc.data_ptr<double>(), hc.data_ptr<double>() + B);
+    status.assign(B, core::kRunning);
+    counters.assign(B * core::kNumCounters, 0);
+    out_index.assign(B, 1);
+    running = B;
+  }
+};
+
+}  // namespace
+
+at::Tensor dense_at_pairs(const at::Tensor& y, const at::Tensor& y1, const std::vector<at::Tensor>& ks,
+                          const at::Tensor& t0, const at::Tensor& h, const at::Tensor& samples,
+                          const at::Tensor& t_pair, const core::Tableau& tab) {
+  // The interpolant at t of the step (t0, h) is the one of the step (t0 - t, h) at 0: x = (0 - (t0 - t)) / h
+  // rounds exactly as (t - t0) / h, so each pair gets its own time through rk_dense_eval's shared grid {0}.
+  std::vector<at::Tensor> kp;
+  kp.reserve(ks.size());
+  for (const auto& k : ks) kp.push_back(k.index_select(0, samples));
+  const at::Tensor t_shift = (t0.index_select(0, samples) - t_pair).contiguous();
+  const at::Tensor zero = at::zeros({1}, t0.options());
+  return ops::call<ops::RkDenseEval>(y.index_select(0, samples), y1.index_select(0, samples), kp,
+                                     h.index_select(0, samples).contiguous(), t_shift, zero,
+                                     at::ArrayRef<double>(tab.mid, tab.stages))
+      .select(0, 0);
+}
+
+SampleSolveResult rk_solve_per_sample(VectorField& field, ErrorNorm* norm, const at::Tensor& y0_in,
+                                      const at::Tensor& t_out, const RkOptions& options, LoopMode mode) {
+  TORCH_CHECK_VALUE(mode == LoopMode::kGraph || mode == LoopMode::kRecord,
+                    "fastdiffeq: the per-sample host loop runs in 'graph' or 'record' mode");
+  TORCH_CHECK_VALUE(options.step_t.empty() && options.jump_t.empty(),
+                    "fastdiffeq: step_t and jump_t are not supported in per-sample solves");
+  RkProblem p(field, norm, y0_in, t_out, options);
+  const core::Tableau& tab = p.tab_;
+  std::optional<at::NoGradGuard> no_grad;
+  if (mode == LoopMode::kRecord) no_grad.emplace();
+  SampleSolveResult out;
+  RkResult& res = out.result;
+  const auto dev = y0_in.device();
+  const int64_t B = p.B_, T = p.T_, D = p.D_;
+  const auto time_opts = at::TensorOptions().dtype(at::kDouble).device(dev);
+  const auto long_opts = at::TensorOptions().dtype(at::kLong);
+
+  at::Tensor t0_t = p.initial_time();
+  at::Tensor y = mode == LoopMode::kRecord ? y0_in.clone() : y0_in;
+  at::Tensor k0;
+  const bool finite = p.first_derivative(t0_t, y, k0, res.nfe);
+  at::Tensor h_t = finite ? p.first_step(t0_t, y, k0, res.nfe) : at::zeros({B}, time_opts);
+  if (mode == LoopMode::kRecord) {
+    out.tape = std::make_shared<SampleTape>();
+    out.tape->tableau = &tab;
+    out.tape->y0 = y;
+    out.tape->t0 = t0_t.clone();
+    out.tape->T = T;
+  }
+  HostSamples s(t0_t, h_t);
+  // A sample whose f(t0, y0) is not finite cannot start (the fused loop gives it the same status after its
+  // retries; here it stops at once).
+  if (!finite) {
+    const at::Tensor ok = at::isfinite(k0).all(1).cpu();
+    for (int64_t b = 0; b < B; ++b)
+      if (!ok.data_ptr<bool>()[b]) {
+        s.status[b] = core::kNonFinite;
+        s.h[b] = 0.0;
+        --s.running;
+      }
+  }
+  if (T == 1)
+    for (int64_t b = 0; b < B; ++b)
+      if (s.status[b] == core::kRunning) {
+        s.status[b] = core::kSuccess;
+        s.h[b] = 0.0;
+        --s.running;
+      }
+
+  const double* t_host = p.t_out_host_.data_ptr<double>();
+  const bool shared_grid = p.t_out_host_.dim() == 1 || p.t_out_host_.size(0) == 1;
+  auto row_of = [&](int64_t b) { return t_host + (shared_grid ? 0 : b * T); };
+
+  // Outputs: row 0 is y0; every other (row, sample) value is interpolated inside an accepted step.
+  std::vector<at::Tensor> values{y0_in};
+  std::vector<int64_t> all_rows(B, 0), all_samples(B);
+  for (int64_t b = 0; b < B; ++b) all_samples[b] = b;
+
+  ProgressReporter progress(p.opt_.progress, p.t_out_host_);
+  std::vector<double> h_step(B);
+  std::vector<uint8_t> accepted(B);
+  while (s.running > 0) {
+    for (int64_t b = 0; b < B; ++b) h_step[b] = s.status[b] == core::kRunning ? s.h[b] : 0.0;
+    t0_t = at::tensor(s.t0, at::kDouble).to(dev);
+    h_t = at::tensor(h_step, at::kDouble).to(dev);
+    StepStages st = rk_stages(p.field_, tab, y, k0, t0_t, h_t, res.nfe);
+    auto [ratio_t, accept_t, h_next_t] = p.control(y.detach(), st.y1.detach(), detached(st.ks), h_t);
+    const at::Tensor ratio_c = ratio_t.cpu(), accept_c = accept_t.cpu(), h_next_c = h_next_t.cpu();
+    const double* ratio = ratio_c.data_ptr<double>();
+    const bool* accept = accept_c.data_ptr<bool>();
+    const double* h_next = h_next_c.data_ptr<double>();
+    // A rejected sample's stages are in the graph (masked out by where()), and a zero cotangent through a
+    // non-finite stage is NaN (0 * inf): when one is not finite, the accepted samples' stages are evaluated
+    // again with the others held in place (h = 0), so the graph holds finite values only. Rare: the check is
+    // one pass over y1 and the last stage.
+    if (mode == LoopMode::kGraph && !(all_finite(st.y1) && all_finite(st.ks.back()))) {
+      std::vector<double> h_kept(B);
+      for (int64_t b = 0; b < B; ++b) h_kept[b] = s.status[b] == core::kRunning && accept[b] ? h_step[b] : 0.0;
+      h_t = at::tensor(h_kept, at::kDouble).to(dev);
+      st = rk_stages(p.field_, tab, y, k0, t0_t, h_t, res.nfe);
+    }
+    std::vector<int64_t> pair_samples, pair_rows;
+    std::vector<double> pair_t;
+    bool any_accepted = false;
+    for (int64_t b = 0; b < B; ++b) {
+      accepted[b] = 0;
+      if (s.status[b] != core::kRunning) continue;
+      const double t1 = s.t0[b] + h_step[b];
+      if (accept[b]) {
+        accepted[b] = 1;
+        any_accepted = true;
+        const int64_t last = core::outputs_passed_to(row_of(b), T, s.out_index[b], s.t0[b], t1);
+        for (int64_t r = s.out_index[b]; r < last; ++r) {
+          pair_samples.push_back(b);
+          pair_rows.push_back(r);
+          pair_t.push_back(row_of(b)[r]);
+        }
+      }
+      double h_commit = h_step[b];
+      core::commit_sample_to(s.t0[b], t1, h_commit, s.status[b], &s.counters[b * core::kNumCounters],
+                             s.out_index[b], accept[b], ratio[b], h_next[b], row_of(b), T,
+                             p.opt_.max_num_steps);
+      s.h[b] = h_commit;
+      if (s.status[b] != core::kRunning) --s.running;
+    }
+    if (any_accepted) {
+      const at::Tensor mask = sample_mask(accepted, dev);
+      at::Tensor samples_t, t_pairs_t;
+      if (!pair_samples.empty()) {
+        samples_t = at::tensor(pair_samples, long_opts).to(dev);
+        t_pairs_t = at::tensor(pair_t, at::kDouble).to(dev);
+        values.push_back(dense_at_pairs(y, st.y1, st.ks, t0_t, h_t, samples_t, t_pairs_t, tab));
+        all_rows.insert(all_rows.end(), pair_rows.begin(), pair_rows.end());
+        all_samples.insert(all_samples.end(), pair_samples.begin(), pair_samples.end());
+      }
+      if (out.tape) {
+        // The replay moves only the accepted samples (h = 0 for the others): their stages stay finite.
+        SampleStep rec{t0_t, at::where(mask.reshape({B}), h_t, 0.0), mask, y, k0, samples_t, at::Tensor(), t_pairs_t};
+        if (samples_t.defined()) rec.out_row = at::tensor(pair_rows, long_opts).to(dev);
+        out.tape->steps.push_back(std::move(rec));
+      }
+      y = at::where(mask, st.y1, y);
+      k0 = at::where(mask, st.ks.back(), k0);
+    }
+    ++res.n_steps;
+    if (p.opt_.progress != nullptr) {
+      progress.stage(at::tensor(s.t0, at::kDouble));
+      progress.report_staged();
+    }
+  }
+
+  const at::Tensor rows_t = at::tensor(all_rows, long_opts).to(dev);
+  const at::Tensor samples_t = at::tensor(all_samples, long_opts).to(dev);
+  const at::Tensor nan = at::full({T, B, D}, std::numeric_limits<double>::quiet_NaN(), y0_in.options());
+  const c10::List<std::optional<at::Tensor>> index({rows_t, samples_t});
+  res.ys = at::index_put(nan, index, values.size() == 1 ? values[0] : at::cat(values, 0));
+  res.status = at::tensor(s.status, at::kInt);
+  res.counters = at::tensor(s.counters, at::kLong).reshape({B, core::kNumCounters});
+  res.t = at::tensor(s.t0, at::kDouble).to(dev);
+  res.h = at::tensor(s.h, at::kDouble).to(dev);
+  return out;
+}
+
+}  // namespace fde::solver
