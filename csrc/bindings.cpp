@@ -310,20 +310,59 @@ std::shared_ptr<fde::solver::SampleTape> sample_tape_arg(const py::object& tape)
   return tape.cast<std::shared_ptr<fde::solver::SampleTape>>();
 }
 
+// event(t, y) -> one value per sample ([B], or a 0-dim tensor / number in joint mode, t then 0-dim); t is
+// float64.
+class PyEventFunction final : public fde::solver::EventFunction {
+ public:
+  PyEventFunction(py::function fn, std::vector<int64_t> user_shape, bool joint)
+      : fn_(std::move(fn)), user_shape_(std::move(user_shape)), joint_(joint) {}
+
+  at::Tensor value(const at::Tensor& t, const at::Tensor& y) override {
+    const int64_t B = y.size(0);
+    py::object r = fn_(joint_ ? t.reshape({}) : t, y.view(user_shape_));
+    at::Tensor v;
+    if (unpack_tensor(r, v)) {
+      v = v.detach();
+    } else if (py::isinstance<py::float_>(r) || py::isinstance<py::int_>(r)) {
+      v = at::tensor(r.cast<double>(), at::kDouble);
+    } else {
+      throw py::type_error("fastdiffeq: event_fn must return a tensor, got " + py_type_name(r));
+    }
+    if (v.numel() != B)
+      throw py::value_error("fastdiffeq: event_fn must return one value per sample (" + std::to_string(B) +
+                            "), got shape " + shape_str(v.sizes()));
+    return v.to(at::kCPU, at::kDouble).reshape({B}).contiguous();
+  }
+
+ private:
+  py::function fn_;
+  std::vector<int64_t> user_shape_;
+  bool joint_;
+};
+
 py::dict rk_solve_per_sample_py(py::function func, const at::Tensor& y0, const at::Tensor& t_out,
                                 const fde::solver::RkOptions& options, py::object norm, std::vector<int64_t> user_shape,
-                                const std::string& mode, const py::object& progress, double progress_interval) {
+                                const std::string& mode, const py::object& event_fn, bool joint,
+                                const py::object& progress, double progress_interval) {
   const fde::solver::LoopMode loop_mode = parse_mode(mode);
   if (loop_mode == fde::solver::LoopMode::kMasked)
     throw py::value_error("fastdiffeq: rk_solve_per_sample runs in 'graph' or 'record' mode (the masked loop is rk_solve)");
-  if (y0.dim() == 2) check_user_shape(user_shape, y0.numel(), y0.size(0), false);
-  PyVectorField field(std::move(func), user_shape, false);
+  if (y0.dim() == 2) check_user_shape(user_shape, y0.numel(), y0.size(0), joint);
+  PyVectorField field(std::move(func), user_shape, joint);
   std::unique_ptr<PyErrorNorm> user_norm = make_norm(norm, user_shape);
   const std::unique_ptr<PyProgressSink> sink = make_progress(progress, progress_interval);
+  std::unique_ptr<PyEventFunction> event;
+  if (!event_fn.is_none()) {
+    if (!PyCallable_Check(event_fn.ptr()))
+      throw py::type_error("fastdiffeq: event_fn must be callable as event_fn(t, y), got " + py_type_name(event_fn));
+    event = std::make_unique<PyEventFunction>(event_fn.cast<py::function>(), user_shape, joint);
+  }
   fde::solver::RkOptions opts = options;
   opts.progress = sink.get();
+  fde::solver::EventSettings events;
+  events.event = event.get();
   fde::solver::SampleSolveResult r =
-      fde::solver::rk_solve_per_sample(field, user_norm.get(), y0, t_out, opts, loop_mode);
+      fde::solver::rk_solve_per_sample(field, user_norm.get(), y0, t_out, opts, loop_mode, events);
   py::dict out;
   out["ys"] = r.result.ys;
   out["status"] = r.result.status;
@@ -333,6 +372,11 @@ py::dict rk_solve_per_sample_py(py::function func, const at::Tensor& y0, const a
   out["nfe"] = r.result.nfe;
   out["n_steps"] = r.result.n_steps;
   if (r.tape) out["tape"] = r.tape;
+  if (r.t_event.defined()) {
+    out["t_event"] = r.t_event;
+    out["y_event"] = r.y_event;
+    out["n_event_calls"] = r.n_event_calls;
+  }
   return out;
 }
 
@@ -496,7 +540,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("n_steps", [](const fde::solver::SampleTape& t) { return t.steps.size(); });
   m.def("rk_solve_per_sample", &rk_solve_per_sample_py, py::arg("func"), py::arg("y0"), py::arg("t_out"),
         py::arg("options"), py::kw_only(), py::arg("norm"), py::arg("user_shape"), py::arg("mode"),
-        py::arg("progress") = py::none(), py::arg("progress_interval") = 0.1);
+        py::arg("event_fn") = py::none(), py::arg("joint") = false, py::arg("progress") = py::none(),
+        py::arg("progress_interval") = 0.1);
   m.def("rk_checkpoint_backward_per_sample", &checkpoint_backward_per_sample_py, py::arg("func"), py::arg("tape"),
         py::arg("grad_ys"), py::arg("params"), py::arg("user_shape"));
   m.def("rk_adjoint_per_sample", &rk_adjoint_per_sample_py, py::arg("func"), py::arg("params"), py::arg("t_out"),

@@ -45,11 +45,25 @@ struct SampleTape {
 struct SampleSolveResult {
   RkResult result;                   // ys [T, B, D] (differentiable in kGraph), status, counters, t, h, nfe
   std::shared_ptr<SampleTape> tape;  // kRecord only
+  // With an event function: each sample's event time (float64 [B], NaN when it had none before its last
+  // output time) and state there ([B, D], NaN likewise; differentiable in kGraph with the time held fixed).
+  at::Tensor t_event, y_event;
+  int64_t n_event_calls = 0;
 };
 
-// mode: kGraph (differentiable) or kRecord (no graph; the tape). Arguments as rk_solve's; no step_t / jump_t.
+// Terminal events: a sample stops at the first accepted step over which event->value changes sign from its
+// sign at t0 (a value of exactly 0 counts as a change; 0 at t0 stops at t0). The root is located by bisection
+// on the step's dense output to float64 resolution; outputs after it are NaN.
+struct EventSettings {
+  EventFunction* event = nullptr;
+  int64_t max_bisections = 64;
+};
+
+// mode: kGraph (differentiable when autograd is on) or kRecord (no graph; the tape, no events). Arguments as
+// rk_solve's; no step_t / jump_t.
 SampleSolveResult rk_solve_per_sample(VectorField& field, ErrorNorm* norm, const at::Tensor& y0,
-                                      const at::Tensor& t_out, const RkOptions& options, LoopMode mode);
+                                      const at::Tensor& t_out, const RkOptions& options, LoopMode mode,
+                                      const EventSettings& events = {});
 
 // The interpolant of each (sample, time) pair's step: rows y[s], y1[s], ks[.][s] with the step (t0[s], h[s])
 // evaluated at time t_pair. Differentiable in y, y1 and ks. Returns [P, D].

@@ -15,6 +15,7 @@
 #include "core/status.h"
 #include "core/step_commit.h"
 #include "ops/registry.h"
+#include "solver/event_locate.h"
 #include "solver/finite.h"
 #include "solver/progress.h"
 #include "solver/rk_per_sample.h"
@@ -69,11 +70,15 @@ at::Tensor dense_at_pairs(const at::Tensor& y, const at::Tensor& y1, const std::
 }
 
 SampleSolveResult rk_solve_per_sample(VectorField& field, ErrorNorm* norm, const at::Tensor& y0_in,
-                                      const at::Tensor& t_out, const RkOptions& options, LoopMode mode) {
+                                      const at::Tensor& t_out, const RkOptions& options, LoopMode mode,
+                                      const EventSettings& events) {
   TORCH_CHECK_VALUE(mode == LoopMode::kGraph || mode == LoopMode::kRecord,
                     "fastdiffeq: the per-sample host loop runs in 'graph' or 'record' mode");
   TORCH_CHECK_VALUE(options.step_t.empty() && options.jump_t.empty(),
                     "fastdiffeq: step_t and jump_t are not supported in per-sample solves");
+  TORCH_CHECK_VALUE(events.event == nullptr || mode == LoopMode::kGraph,
+                    "fastdiffeq: events are supported in the differentiable per-sample loop only (not 'record')");
+  TORCH_CHECK_VALUE(events.max_bisections > 0, "fastdiffeq: max_bisections must be positive");
   RkProblem p(field, norm, y0_in, t_out, options);
   const core::Tableau& tab = p.tab_;
   std::optional<at::NoGradGuard> no_grad;
@@ -126,9 +131,40 @@ SampleSolveResult rk_solve_per_sample(VectorField& field, ErrorNorm* norm, const
   std::vector<int64_t> all_rows(B, 0), all_samples(B);
   for (int64_t b = 0; b < B; ++b) all_samples[b] = b;
 
+  // Events: each sample's sign at t0; a sample whose event is exactly 0 there stops at once.
+  EventFunction* event = events.event;
+  std::vector<double> sign0(B, 0.0), t_event(B, std::numeric_limits<double>::quiet_NaN());
+  std::vector<at::Tensor> event_values;
+  std::vector<int64_t> event_samples;
+  int64_t n_event_calls = 0;
+  if (event != nullptr) {
+    at::Tensor v0;
+    {
+      at::NoGradGuard no_grad_event;
+      v0 = event->value(t0_t, y.detach());
+    }
+    ++n_event_calls;
+    std::vector<int64_t> at_start;
+    for (int64_t b = 0; b < B; ++b) {
+      sign0[b] = event_sign(v0.data_ptr<double>()[b]);
+      if (sign0[b] == 0.0 && s.status[b] == core::kRunning) {
+        at_start.push_back(b);
+        t_event[b] = s.t0[b];
+        s.status[b] = core::kSuccess;
+        s.h[b] = 0.0;
+        --s.running;
+      }
+    }
+    if (!at_start.empty()) {
+      const at::Tensor idx = at::tensor(at_start, long_opts).to(dev);
+      event_values.push_back(y0_in.index_select(0, idx));
+      event_samples.insert(event_samples.end(), at_start.begin(), at_start.end());
+    }
+  }
+
   ProgressReporter progress(p.opt_.progress, p.t_out_host_);
-  std::vector<double> h_step(B);
-  std::vector<uint8_t> accepted(B);
+  std::vector<double> h_step(B), t1(B), t_stop(B);
+  std::vector<uint8_t> accepted(B), triggered(B);
   while (s.running > 0) {
     for (int64_t b = 0; b < B; ++b) h_step[b] = s.status[b] == core::kRunning ? s.h[b] : 0.0;
     t0_t = at::tensor(s.t0, at::kDouble).to(dev);
@@ -149,29 +185,97 @@ SampleSolveResult rk_solve_per_sample(VectorField& field, ErrorNorm* norm, const
       h_t = at::tensor(h_kept, at::kDouble).to(dev);
       st = rk_stages(p.field_, tab, y, k0, t0_t, h_t, res.nfe);
     }
+    // Events: an accepted step over which a sample's event changed sign ends that sample at the root.
+    std::vector<int64_t> event_now;
+    for (int64_t b = 0; b < B; ++b) {
+      t1[b] = s.t0[b] + h_step[b];
+      triggered[b] = 0;
+    }
+    if (event != nullptr) {
+      bool any_step = false;
+      for (int64_t b = 0; b < B; ++b) any_step |= s.status[b] == core::kRunning && accept[b];
+      if (any_step) {
+        // Events count up to each sample's last output time: a step passing it is checked there (its dense
+        // output), not at its end.
+        std::vector<double> t_check(t1);
+        std::vector<int64_t> past_end;
+        for (int64_t b = 0; b < B; ++b) {
+          const double t_last = row_of(b)[T - 1];
+          if (s.status[b] == core::kRunning && accept[b] && p.direction_ * (t1[b] - t_last) > 0) {
+            t_check[b] = t_last;
+            past_end.push_back(b);
+          }
+        }
+        at::Tensor v1;
+        {
+          at::NoGradGuard no_grad_event;
+          at::Tensor y_check = st.y1.detach();
+          if (!past_end.empty()) {
+            std::vector<double> t_last;
+            for (int64_t b : past_end) t_last.push_back(t_check[b]);
+            const at::Tensor idx = at::tensor(past_end, long_opts).to(dev);
+            y_check = y_check.clone();
+            y_check.index_copy_(0, idx, dense_at_pairs(y.detach(), y_check, detached(st.ks), t0_t, h_t, idx,
+                                                       at::tensor(t_last, at::kDouble).to(dev), tab));
+          }
+          v1 = event->value(at::tensor(t_check, at::kDouble).to(dev), y_check);
+        }
+        ++n_event_calls;
+        for (int64_t b = 0; b < B; ++b)
+          if (s.status[b] == core::kRunning && accept[b] && event_sign(v1.data_ptr<double>()[b]) != sign0[b])
+            event_now.push_back(b);
+        if (!event_now.empty()) {
+          const std::vector<double> roots =
+              locate_events(*event, StepSpan{y, st.y1, st.ks, t0_t, h_t, tab}, event_now, s.t0, t_check, sign0,
+                            events.max_bisections, n_event_calls);
+          for (size_t i = 0; i < event_now.size(); ++i) {
+            triggered[event_now[i]] = 1;
+            t_stop[event_now[i]] = roots[i];
+          }
+        }
+      }
+    }
     std::vector<int64_t> pair_samples, pair_rows;
     std::vector<double> pair_t;
     bool any_accepted = false;
     for (int64_t b = 0; b < B; ++b) {
       accepted[b] = 0;
       if (s.status[b] != core::kRunning) continue;
-      const double t1 = s.t0[b] + h_step[b];
       if (accept[b]) {
         accepted[b] = 1;
         any_accepted = true;
-        const int64_t last = core::outputs_passed_to(row_of(b), T, s.out_index[b], s.t0[b], t1);
+        // Outputs up to the step's end, or up to the event (a later output is never reached: NaN).
+        const double t_end = triggered[b] ? t_stop[b] : t1[b];
+        const int64_t last = core::outputs_passed_to(row_of(b), T, s.out_index[b], s.t0[b], t_end);
         for (int64_t r = s.out_index[b]; r < last; ++r) {
           pair_samples.push_back(b);
           pair_rows.push_back(r);
           pair_t.push_back(row_of(b)[r]);
         }
+        if (triggered[b]) {
+          s.out_index[b] = last;
+          s.t0[b] = t_event[b] = t_stop[b];
+          s.counters[b * core::kNumCounters + core::kAccepted] += 1;
+          s.status[b] = core::kSuccess;
+          s.h[b] = 0.0;
+          --s.running;
+          continue;
+        }
       }
       double h_commit = h_step[b];
-      core::commit_sample_to(s.t0[b], t1, h_commit, s.status[b], &s.counters[b * core::kNumCounters],
+      core::commit_sample_to(s.t0[b], t1[b], h_commit, s.status[b], &s.counters[b * core::kNumCounters],
                              s.out_index[b], accept[b], ratio[b], h_next[b], row_of(b), T,
                              p.opt_.max_num_steps);
       s.h[b] = h_commit;
       if (s.status[b] != core::kRunning) --s.running;
+    }
+    if (!event_now.empty()) {
+      std::vector<double> roots;
+      for (int64_t b : event_now) roots.push_back(t_stop[b]);
+      const at::Tensor idx = at::tensor(event_now, long_opts).to(dev);
+      event_values.push_back(
+          dense_at_pairs(y, st.y1, st.ks, t0_t, h_t, idx, at::tensor(roots, at::kDouble).to(dev), tab));
+      event_samples.insert(event_samples.end(), event_now.begin(), event_now.end());
     }
     if (any_accepted) {
       const at::Tensor mask = sample_mask(accepted, dev);
@@ -204,6 +308,17 @@ SampleSolveResult rk_solve_per_sample(VectorField& field, ErrorNorm* norm, const
   const at::Tensor nan = at::full({T, B, D}, std::numeric_limits<double>::quiet_NaN(), y0_in.options());
   const c10::List<std::optional<at::Tensor>> index({rows_t, samples_t});
   res.ys = at::index_put(nan, index, values.size() == 1 ? values[0] : at::cat(values, 0));
+  if (event != nullptr) {
+    out.t_event = at::tensor(t_event, at::kDouble);
+    const at::Tensor none = at::full({B, D}, std::numeric_limits<double>::quiet_NaN(), y0_in.options());
+    if (event_values.empty()) {
+      out.y_event = none;
+    } else {
+      const c10::List<std::optional<at::Tensor>> at_samples({at::tensor(event_samples, long_opts).to(dev)});
+      out.y_event = at::index_put(none, at_samples, event_values.size() == 1 ? event_values[0] : at::cat(event_values, 0));
+    }
+    out.n_event_calls = n_event_calls;
+  }
   res.status = at::tensor(s.status, at::kInt);
   res.counters = at::tensor(s.counters, at::kLong).reshape({B, core::kNumCounters});
   res.t = at::tensor(s.t0, at::kDouble).to(dev);

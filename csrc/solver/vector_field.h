@@ -73,4 +73,12 @@ class ErrorNorm {
   virtual at::Tensor norm(const at::Tensor& x) = 0;
 };
 
+// A terminal event per sample: the solve of sample b stops where value(t, y)[b] changes sign (or becomes 0).
+class EventFunction {
+ public:
+  virtual ~EventFunction() = default;
+  // t: float64 [B]; y: [B, D]. Returns float64 [B] on the CPU.
+  virtual at::Tensor value(const at::Tensor& t, const at::Tensor& y) = 0;
+};
+
 }  // namespace fde::solver

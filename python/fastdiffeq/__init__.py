@@ -11,6 +11,8 @@ Public API:
     odeint_adjoint(func, y0, t, *, ..., adjoint_options, adjoint_params, progress) -- drop-in for torchdiffeq's
     solve_ivp(func, y0, t_eval, *, method, rtol, atol, gradient, options, on_failure, event_fn, params, progress)
         -- a batch of independent problems, each sample with its own step size -> Solution
+    odeint_event(func, y0, t0, *, event_fn, reverse_time, odeint_interface, **kwargs) -- torchdiffeq's: solve until
+        an event; the event time differentiable (implicit function theorem)
     last_stats(), last_backward_stats() -> SolveStats  -- NFE, accepted/rejected steps, status
     SolverError, MaxStepsError, StepSizeUnderflowError, NonFiniteStateError
     Status  -- the solver's status codes (an IntEnum of the values the compiled core defines)
@@ -27,6 +29,7 @@ from ._errors import MaxStepsError, NonFiniteStateError, SolverError, StepSizeUn
 from ._adjoint import odeint_adjoint
 from ._odeint import METHODS, odeint
 from ._solve_ivp import Solution, solve_ivp
+from ._events import odeint_event
 from ._stats import SolveStats, last_backward_stats, last_stats
 from ._status import Status
 
@@ -36,6 +39,7 @@ __all__ = [
     "odeint",
     "odeint_adjoint",
     "solve_ivp",
+    "odeint_event",
     "Solution",
     "last_stats",
     "last_backward_stats",

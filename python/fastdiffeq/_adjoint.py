@@ -151,7 +151,8 @@ def odeint_adjoint(
 
     Args:
         func, y0, t, rtol, atol, method, options: as in :func:`fastdiffeq.odeint`.
-        event_fn: not supported yet (raises NotImplementedError).
+        event_fn: as in :func:`fastdiffeq.odeint` (returns ``(event_t, solution)``); the adjoint solve runs
+            from the event time back to t0 with the event time held fixed (torchdiffeq's semantics).
         adjoint_rtol, adjoint_atol: tolerances of the backward solve (default: rtol, atol; numbers).
         adjoint_method: method of the backward solve (default: method).
         adjoint_options: options of the backward solve (default: ``options`` without 'norm'), plus:
@@ -191,6 +192,15 @@ def odeint_adjoint(
             "fastdiffeq.odeint_adjoint: func must be an nn.Module so its parameters can be found, or pass them as "
             "`adjoint_params` (`adjoint_params=()` if it has none)"
         )
+    if event_fn is not None:
+        from ._events import odeint_until_event
+        return odeint_until_event(
+            func, y0, t, rtol=rtol, atol=atol, method=method, options=options, event_fn=event_fn, progress=progress,
+            solve_to=lambda t_pair: odeint_adjoint(
+                func, y0, t_pair, rtol=rtol, atol=atol, method=method, options=options, adjoint_rtol=adjoint_rtol,
+                adjoint_atol=adjoint_atol, adjoint_method=adjoint_method, adjoint_options=adjoint_options,
+                adjoint_params=adjoint_params, progress=progress),
+            who="odeint_adjoint")
     p = _prepare(func, y0, t, rtol, atol, method, options, event_fn, progress)
     adj_method = p.method if adjoint_method is None else adjoint_method
     if adj_method != p.method and options is not None and adjoint_options is None:

@@ -153,7 +153,7 @@ def _prepare(func: Callable, y0: TensorOrTuple, t: torch.Tensor, rtol: Any, atol
     check_func(func)
     check_progress(progress)
     if event_fn is not None:
-        raise NotImplementedError("fastdiffeq: `event_fn` (event handling) is not supported yet")
+        raise ValueError("fastdiffeq: internal: event_fn is handled before _prepare")
     if method is None:
         method = "dopri5"
     if not isinstance(method, str) or method not in METHODS:
@@ -412,7 +412,13 @@ def odeint(
             (times to step onto; after a jump_t time f is re-evaluated), dtype (time dtype: float64 only),
             norm (callable on the scaled error; the default is the RMS norm, for tuples the max of the
             per-element RMS norms).
-        event_fn: not supported yet (raises NotImplementedError).
+        event_fn: ``event_fn(t, y)`` -> a tensor: solve from ``t[0]`` (``t`` then holds 2 times; ``t[1]`` only
+            sets the direction) until the first time any component of event_fn changes sign from its sign at
+            t0 (or reaches 0), located by bisection on the dense output to float64 resolution; returns
+            ``(event_t, solution)`` with solution ``[2, *y0.shape]`` (y0 and the state at the event), as
+            torchdiffeq. The state at the event is differentiable with the event time held fixed; use
+            :func:`fastdiffeq.odeint_event` for a differentiable event time. With gradients the solve runs
+            twice (once to find the event, once to the event time in the chosen gradient mode).
         gradient: how gradients are computed when y0, t or the parameters require grad:
             'direct' (default) back-propagates through the solver's operations (memory grows with the
             number of steps); 'checkpoint' records (t, h, y) of the accepted steps and replays each step
@@ -444,6 +450,13 @@ def odeint(
     """
     if gradient not in ("direct", "checkpoint"):
         raise ValueError(f"`gradient` must be 'direct' or 'checkpoint', got {gradient!r}")
+    if event_fn is not None:
+        from ._events import odeint_until_event
+        return odeint_until_event(
+            func, y0, t, rtol=rtol, atol=atol, method=method, options=options, event_fn=event_fn, progress=progress,
+            solve_to=lambda t_pair: odeint(func, y0, t_pair, rtol=rtol, atol=atol, method=method, options=options,
+                                           gradient=gradient, gradient_params=gradient_params, progress=progress),
+            who="odeint")
     p = _prepare(func, y0, t, rtol, atol, method, options, event_fn, progress)
     y_flat = p.flat_y0()
     if not _needs_grad(func, p.parts, t):
