@@ -303,8 +303,9 @@ def test_exception_in_func_propagates_unchanged():
 # Not implemented yet / gradients
 # ---------------------------------------------------------------------------------------------------
 
-def test_event_fn_not_implemented():
-    with pytest.raises(NotImplementedError, match=r"event_fn"):
+def test_event_fn_needs_two_times():
+    # Events are supported (tests/test_events.py); torchdiffeq's rule: t holds [t0, t1] only.
+    with pytest.raises(ValueError, match=r"event_fn"):
         call(event_fn=lambda t, y: y[0] - 0.5)
 
 

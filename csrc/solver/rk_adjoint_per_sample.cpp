@@ -34,8 +34,12 @@ class DeferringAugmentedField final : public VectorField {
 
   at::Tensor eval(const at::Tensor& t, const at::Tensor& s) override {
     const FieldVjp r = field_.vjp_deferred(t, s.narrow(1, 0, D_), s.narrow(1, D_, D_).neg(), /*want_grad_y=*/true);
-    return at::cat({r.f, r.grad_y}, 1);
+    const at::Tensor out = at::cat({r.f, r.grad_y}, 1);
+    // Stopped samples: zero rows (their stage inputs stay finite; see LiveRowsField).
+    return live_.defined() ? at::where(live_, out, 0.0) : out;
   }
+
+  void set_live(at::Tensor live) { live_ = std::move(live); }
 
   FieldVjp vjp(const at::Tensor&, const at::Tensor&, const at::Tensor&, at::Tensor&) override {
     TORCH_CHECK(false, "fastdiffeq: the adjoint dynamics have no vector-Jacobian product (no double backward)");
@@ -46,6 +50,7 @@ class DeferringAugmentedField final : public VectorField {
  private:
   VectorField& field_;
   int64_t D_;
+  at::Tensor live_;
 };
 
 }  // namespace
@@ -93,7 +98,12 @@ SampleAdjointResult rk_adjoint_per_sample(VectorField& field, const at::Tensor& 
   at::Tensor t0_t = p.initial_time();
   at::Tensor k0;
   const bool finite = p.first_derivative(t0_t, s, k0, res.nfe);
-  at::Tensor h_t = finite ? p.first_step(t0_t, s, k0, res.nfe) : at::zeros({B}, t0_t.options());
+  // Inactive samples (and any whose adjoint derivative is not finite) get a zero derivative, so the shared
+  // initial-step and stage computations see no NaN from them.
+  const at::Tensor k_ok = finite ? at::Tensor() : at::isfinite(k0).all(1).cpu();
+  const at::Tensor keep = (k_ok.defined() ? k_ok.logical_and(active) : active).to(dev).unsqueeze(1);
+  k0 = at::where(keep, k0, 0.0);
+  at::Tensor h_t = p.first_step(t0_t, s, k0, res.nfe);
   field.drop_deferred();
 
   const at::Tensor t0_c = t0_t.cpu(), h_c = h_t.cpu();
@@ -102,7 +112,6 @@ SampleAdjointResult rk_adjoint_per_sample(VectorField& field, const at::Tensor& 
   std::vector<int32_t> status(B, core::kRunning);
   std::vector<int64_t> counters(B * core::kNumCounters, 0), out_index(B, 1);
   int64_t running = B;
-  const at::Tensor k_ok = finite ? at::Tensor() : at::isfinite(k0).all(1).cpu();
   for (int64_t b = 0; b < B; ++b) {
     const bool stop = !active.data_ptr<bool>()[b] || T == 1 || (k_ok.defined() && !k_ok.data_ptr<bool>()[b]);
     if (!stop) continue;
@@ -115,7 +124,14 @@ SampleAdjointResult rk_adjoint_per_sample(VectorField& field, const at::Tensor& 
   std::vector<double> h_step(B), t1(B), weight(B);
   std::vector<uint8_t> accepted(B), landed(B);
   std::vector<int64_t> land_rows;
+  int64_t live_count = B;
+  std::vector<uint8_t> live(B);
   while (running > 0) {
+    if (running != live_count) {
+      for (int64_t b = 0; b < B; ++b) live[b] = status[b] == core::kRunning;
+      aug_field.set_live(sample_mask(live, dev));
+      live_count = running;
+    }
     // Each running sample steps, or lands exactly on its next output time when the step would reach it.
     std::vector<uint8_t> on_output(B, 0);
     for (int64_t b = 0; b < B; ++b) {
@@ -144,7 +160,7 @@ SampleAdjointResult rk_adjoint_per_sample(VectorField& field, const at::Tensor& 
     // The deferred parameter products of a rejected sample get a zero weight, and a zero cotangent through a
     // non-finite stage is NaN (0 * inf): when a stage is not finite, the stages are evaluated again with only
     // the accepted samples moving (h = 0 for the others), so every kept graph is finite.
-    if (!(all_finite(st.y1) && all_finite(st.ks.back()))) {
+    if (rejected_rows_not_finite(st, accept, [&](int64_t b) { return status[b] == core::kRunning; })) {
       std::vector<double> h_kept(B);
       for (int64_t b = 0; b < B; ++b) h_kept[b] = status[b] == core::kRunning && accept[b] ? h_step[b] : 0.0;
       field.drop_deferred();

@@ -32,6 +32,7 @@ CheckpointGradients rk_checkpoint_backward_per_sample(VectorField& field, const 
     for (size_t i = 0; i < params.size(); ++i) out.grad_params[i].add_(grads[first + i]);
   };
 
+  LiveRowsField live_field(field);  // only the accepted samples move in a replayed iteration
   at::Tensor a_y = at::zeros_like(tape.y0);  // cotangents of the state and FSAL derivative after the iteration
   at::Tensor a_k = at::zeros_like(tape.y0);
   at::AutoGradMode grad_mode(true);
@@ -39,7 +40,8 @@ CheckpointGradients rk_checkpoint_backward_per_sample(VectorField& field, const 
     const SampleStep& s = *it;
     const at::Tensor y = s.y.detach().requires_grad_(true);
     const at::Tensor k0 = s.k0.detach().requires_grad_(true);
-    StepStages st = rk_stages(field, tab, y, k0, s.t0, s.h, out.nfe);
+    live_field.set_live(s.accept);
+    StepStages st = rk_stages(live_field, tab, y, k0, s.t0, s.h, out.nfe);
     std::vector<at::Tensor> outputs{at::where(s.accept, st.y1, y), at::where(s.accept, st.ks.back(), k0)};
     std::vector<at::Tensor> cotangents{a_y, a_k};
     if (s.out_sample.defined()) {

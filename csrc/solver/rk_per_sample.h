@@ -8,14 +8,18 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/isfinite.h>
 #include <ATen/ops/tensor.h>
+#include <ATen/ops/where.h>
 
 #include <cstdint>
 #include <memory>
 #include <vector>
 
 #include "core/tableau.h"
+#include "solver/finite.h"
 #include "solver/rk_solve.h"
+#include "solver/rk_step.h"
 #include "solver/vector_field.h"
 
 namespace fde::solver {
@@ -25,10 +29,43 @@ inline at::Tensor sample_mask(const std::vector<uint8_t>& flags, at::Device devi
   return at::tensor(at::ArrayRef<uint8_t>(flags)).to(device).to(at::kBool).reshape({-1, 1});
 }
 
+// A field whose rows of stopped samples are zero. A stopped sample is still evaluated (the batch is one
+// call) where it stopped, possibly where its field is not finite; zeroing its rows keeps its stage inputs
+// finite (y + h sum a_ij k_j with h = 0), so no NaN reaches a graph through 0 * NaN. Delegates the rest.
+class LiveRowsField final : public VectorField {
+ public:
+  explicit LiveRowsField(VectorField& field) : field_(field) {}
+  // live: bool [B, 1] on the state's device; undefined: every row is live.
+  void set_live(at::Tensor live) { live_ = std::move(live); }
+  at::Tensor eval(const at::Tensor& t, const at::Tensor& y) override { return masked(field_.eval(t, y)); }
+  int64_t num_params() const override { return field_.num_params(); }
+  FieldVjp vjp(const at::Tensor& t, const at::Tensor& y, const at::Tensor& v, at::Tensor& grad_params) override {
+    return field_.vjp(t, y, v, grad_params);
+  }
+  std::unique_ptr<ScopedUnlock> unlock() override { return field_.unlock(); }
+
+ private:
+  at::Tensor masked(const at::Tensor& f) const { return live_.defined() ? at::where(live_, f, 0.0) : f; }
+  VectorField& field_;
+  at::Tensor live_;
+};
+
+// Whether a running sample whose attempt was rejected has a non-finite stage (checked on y1 and the last
+// stage, where a non-finite stage shows). Costs one pass over them when everything is finite.
+template <class Running>
+bool rejected_rows_not_finite(const StepStages& st, const bool* accept, Running running) {
+  if (all_finite(st.y1) && all_finite(st.ks.back())) return false;
+  const at::Tensor ok = at::isfinite(st.y1.detach()).all(1).logical_and(at::isfinite(st.ks.back().detach()).all(1)).cpu();
+  const bool* okp = ok.data_ptr<bool>();
+  for (int64_t b = 0; b < ok.numel(); ++b)
+    if (running(b) && !accept[b] && !okp[b]) return true;
+  return false;
+}
+
 // One loop iteration in which at least one sample accepted its step.
 struct SampleStep {
   at::Tensor t0, h;     // float64 [B]: each sample's step (h = 0 for samples no longer running)
-  at::Tensor accept;    // bool [B, 1]: the samples whose step was accepted
+  at::Tensor accept;    // bool [B, 1]: the samples whose step was accepted (the replay's live rows)
   at::Tensor y, k0;     // [B, D] at the start of the iteration
   at::Tensor out_sample, out_row;  // int64 [P]: the outputs interpolated inside this iteration's steps
   at::Tensor out_t;     // float64 [P]: their times

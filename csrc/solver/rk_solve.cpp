@@ -1,6 +1,8 @@
 #include "solver/rk_solve.h"
 
 #include <ATen/ops/cat.h>
+#include <ATen/ops/isfinite.h>
+#include <ATen/ops/where.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/tensor.h>
 #include <ATen/ops/zeros.h>
@@ -73,15 +75,30 @@ RkResult run_masked(RkProblem& p, const at::Tensor& y0_in) {
   at::Tensor t0 = p.initial_time();
   at::Tensor y = y0_in.clone();  // the loop's own buffer: rk_commit writes into it
   at::Tensor k0;
-  if (!p.first_derivative(t0, y.clone(), k0, res.nfe)) return early_result(p, y0_in, t0, {}, core::kNonFinite, res.nfe);
+  at::Tensor startable;  // per-sample solves: the samples whose f(t0, y0) is finite (undefined: all of them)
+  if (!p.first_derivative(t0, y.clone(), k0, res.nfe)) {
+    if (p.B_ == 1) return early_result(p, y0_in, t0, {}, core::kNonFinite, res.nfe);
+    // Independent samples: only those whose derivative is not finite fail; the others start (with the
+    // failed rows' derivative zeroed so no NaN enters the shared initial-step and stage computations).
+    startable = at::isfinite(k0).all(1);
+    k0 = at::where(startable.unsqueeze(1), k0, 0.0);
+  }
   k0 = k0.clone();  // rk_commit writes into it; never into a tensor the field returned
   at::Tensor h = p.first_step(t0, y, k0, res.nfe);
-  if (p.T_ == 1) return early_result(p, y0_in, t0, h, core::kSuccess, res.nfe);
+  if (p.T_ == 1) {
+    RkResult done = early_result(p, y0_in, t0, h, core::kSuccess, res.nfe);
+    if (startable.defined()) done.status = at::where(startable, done.status, static_cast<int>(core::kNonFinite));
+    return done;
+  }
 
   // Rows the solve never reaches (a failure) stay NaN.
   res.ys = at::full({p.T_, p.B_, p.D_}, std::numeric_limits<double>::quiet_NaN(), y0_in.options());
   res.ys.select(0, 0).copy_(y0_in);
   res.status = at::full({p.B_}, static_cast<int32_t>(core::kRunning), y0_in.options().dtype(at::kInt));
+  if (startable.defined()) {
+    res.status.masked_fill_(startable.logical_not(), static_cast<int32_t>(core::kNonFinite));
+    h.masked_fill_(startable.logical_not(), 0.0);  // a stopped sample's step is 0
+  }
   res.counters = at::zeros({p.B_, core::kNumCounters}, y0_in.options().dtype(at::kLong));
   at::Tensor out_index = at::ones({p.B_}, y0_in.options().dtype(at::kLong));
   const at::ArrayRef<double> mid(tab.mid, tab.stages);

@@ -79,7 +79,8 @@ SampleSolveResult rk_solve_per_sample(VectorField& field, ErrorNorm* norm, const
   TORCH_CHECK_VALUE(events.event == nullptr || mode == LoopMode::kGraph,
                     "fastdiffeq: events are supported in the differentiable per-sample loop only (not 'record')");
   TORCH_CHECK_VALUE(events.max_bisections > 0, "fastdiffeq: max_bisections must be positive");
-  RkProblem p(field, norm, y0_in, t_out, options);
+  LiveRowsField live_field(field);
+  RkProblem p(live_field, norm, y0_in, t_out, options);
   const core::Tableau& tab = p.tab_;
   std::optional<at::NoGradGuard> no_grad;
   if (mode == LoopMode::kRecord) no_grad.emplace();
@@ -94,7 +95,12 @@ SampleSolveResult rk_solve_per_sample(VectorField& field, ErrorNorm* norm, const
   at::Tensor y = mode == LoopMode::kRecord ? y0_in.clone() : y0_in;
   at::Tensor k0;
   const bool finite = p.first_derivative(t0_t, y, k0, res.nfe);
-  at::Tensor h_t = finite ? p.first_step(t0_t, y, k0, res.nfe) : at::zeros({B}, time_opts);
+  at::Tensor startable;  // the samples whose f(t0, y0) is finite; the others fail at once
+  if (!finite) {
+    startable = at::isfinite(k0.detach()).all(1).cpu();
+    k0 = at::where(startable.to(dev).unsqueeze(1), k0, 0.0);
+  }
+  at::Tensor h_t = p.first_step(t0_t, y, k0, res.nfe);
   if (mode == LoopMode::kRecord) {
     out.tape = std::make_shared<SampleTape>();
     out.tape->tableau = &tab;
@@ -106,9 +112,8 @@ SampleSolveResult rk_solve_per_sample(VectorField& field, ErrorNorm* norm, const
   // A sample whose f(t0, y0) is not finite cannot start (the fused loop gives it the same status after its
   // retries; here it stops at once).
   if (!finite) {
-    const at::Tensor ok = at::isfinite(k0).all(1).cpu();
     for (int64_t b = 0; b < B; ++b)
-      if (!ok.data_ptr<bool>()[b]) {
+      if (!startable.data_ptr<bool>()[b]) {
         s.status[b] = core::kNonFinite;
         s.h[b] = 0.0;
         --s.running;
@@ -165,7 +170,14 @@ SampleSolveResult rk_solve_per_sample(VectorField& field, ErrorNorm* norm, const
   ProgressReporter progress(p.opt_.progress, p.t_out_host_);
   std::vector<double> h_step(B), t1(B), t_stop(B);
   std::vector<uint8_t> accepted(B), triggered(B);
+  int64_t live_count = B;
+  std::vector<uint8_t> live(B);
   while (s.running > 0) {
+    if (s.running != live_count) {  // a sample stopped: its rows of f are zero from now on
+      for (int64_t b = 0; b < B; ++b) live[b] = s.status[b] == core::kRunning;
+      live_field.set_live(sample_mask(live, dev));
+      live_count = s.running;
+    }
     for (int64_t b = 0; b < B; ++b) h_step[b] = s.status[b] == core::kRunning ? s.h[b] : 0.0;
     t0_t = at::tensor(s.t0, at::kDouble).to(dev);
     h_t = at::tensor(h_step, at::kDouble).to(dev);
@@ -179,7 +191,7 @@ SampleSolveResult rk_solve_per_sample(VectorField& field, ErrorNorm* norm, const
     // non-finite stage is NaN (0 * inf): when one is not finite, the accepted samples' stages are evaluated
     // again with the others held in place (h = 0), so the graph holds finite values only. Rare: the check is
     // one pass over y1 and the last stage.
-    if (mode == LoopMode::kGraph && !(all_finite(st.y1) && all_finite(st.ks.back()))) {
+    if (mode == LoopMode::kGraph && rejected_rows_not_finite(st, accept, [&](int64_t b) { return s.status[b] == core::kRunning; })) {
       std::vector<double> h_kept(B);
       for (int64_t b = 0; b < B; ++b) h_kept[b] = s.status[b] == core::kRunning && accept[b] ? h_step[b] : 0.0;
       h_t = at::tensor(h_kept, at::kDouble).to(dev);

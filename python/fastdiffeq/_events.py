@@ -107,6 +107,8 @@ def odeint_until_event(func: Callable, y0: TensorOrTuple, t: torch.Tensor, *, rt
     needs_graph = torch.is_grad_enabled() and (
         t.requires_grad or any(q.requires_grad for q in p.parts) or
         (not isinstance(func, torch.nn.Module) or any(q.requires_grad for q in func.parameters())))
+    if float(t_event64) == float(p.t64[0]):  # the event holds at t0: nothing to integrate
+        return event_t, p.unflatten(torch.cat([y_flat, y_flat], 0))
     if needs_graph:
         return event_t, solve_to(t_pair)
     ys = torch.cat([y_flat.detach(), y_event.to(y_flat.dtype)], 0)

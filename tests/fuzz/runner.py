@@ -76,8 +76,6 @@ def classify(exc: BaseException, level: str) -> Tuple[bool, str]:
         return True, name
     if in_user_code(exc):  # the user's function failed (e.g. a norm on an empty state): passed on unchanged
         return True, f"{name} in user code"
-    if isinstance(exc, NotImplementedError) and "event_fn" in msg:
-        return True, name
     if "incompatible function arguments" in msg:
         return False, f"{name}: pybind11 signature dump ({first})"
     ours = msg.startswith("fastdiffeq")
