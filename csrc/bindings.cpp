@@ -391,16 +391,23 @@ py::tuple checkpoint_backward_per_sample_py(py::function func, const py::object&
 }
 
 py::dict rk_adjoint_per_sample_py(py::function func, std::vector<at::Tensor> params, const at::Tensor& t_out,
-                                  const at::Tensor& ys, const at::Tensor& grad_ys, const at::Tensor& active,
+                                  const py::object& ys_arg, const at::Tensor& grad_ys, const at::Tensor& active,
                                   const fde::solver::RkOptions& options, std::vector<int64_t> user_shape,
-                                  const py::object& progress, double progress_interval) {
+                                  const py::object& tape_obj, const py::object& progress, double progress_interval) {
+  const at::Tensor ys = optional_tensor_arg(ys_arg, "ys");
+  std::shared_ptr<fde::solver::SampleTape> tape;
+  if (!tape_obj.is_none()) {
+    tape = sample_tape_arg(tape_obj);
+    if (!tape->dense) throw py::value_error("fastdiffeq: the tape has no dense record (record_dense=True)");
+  }
   if (grad_ys.dim() == 3) check_user_shape(user_shape, grad_ys.size(1) * grad_ys.size(2), grad_ys.size(1), false);
   fde::solver::check_vjp_params(params, grad_ys.device());
   const std::unique_ptr<PyProgressSink> sink = make_progress(progress, progress_interval);
   fde::solver::RkOptions opts = options;
   opts.progress = sink.get();
   PyVectorField field(std::move(func), user_shape, false, params);
-  fde::solver::SampleAdjointResult r = fde::solver::rk_adjoint_per_sample(field, t_out, ys, grad_ys, active, opts);
+  fde::solver::SampleAdjointResult r = fde::solver::rk_adjoint_per_sample(field, t_out, ys, grad_ys, active, opts,
+                                                                         tape ? tape->dense.get() : nullptr);
   py::dict out;
   out["grad_y0"] = r.grad_y0;
   std::vector<at::Tensor> grads;
@@ -546,7 +553,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("grad_ys"), py::arg("params"), py::arg("user_shape"));
   m.def("rk_adjoint_per_sample", &rk_adjoint_per_sample_py, py::arg("func"), py::arg("params"), py::arg("t_out"),
         py::arg("ys"), py::arg("grad_ys"), py::arg("active"), py::arg("options"), py::kw_only(),
-        py::arg("user_shape"), py::arg("progress") = py::none(), py::arg("progress_interval") = 0.1);
+        py::arg("user_shape"), py::arg("tape") = py::none(), py::arg("progress") = py::none(),
+        py::arg("progress_interval") = 0.1);
   m.def("tableau", &tableau_py, py::arg("name"));
   m.def("all_finite", &fde::solver::all_finite, py::arg("x"),
         "Whether every element of x is finite (no allocation for contiguous CPU float tensors).");

@@ -369,7 +369,10 @@ GRAD_T = {
 def _module_grads(gradient, t_eval, rtol=1e-10, atol=1e-10):
     f = DampedMLP(3)
     y0 = _weights((3, 2), 1).requires_grad_(True)
-    sol = fastdiffeq.solve_ivp(f, y0, t_eval, gradient=gradient, rtol=rtol, atol=atol)
+    extra = {}
+    if gradient == "adjoint_interpolated":
+        gradient, extra = "adjoint", dict(adjoint_options=dict(trajectory="interpolated"))
+    sol = fastdiffeq.solve_ivp(f, y0, t_eval, gradient=gradient, rtol=rtol, atol=atol, **extra)
     loss = (sol.ys * _weights(sol.ys.shape, 2)).sum()
     inputs = (y0, *f.parameters())
     return sol, torch.autograd.grad(loss, inputs)
@@ -381,15 +384,18 @@ def test_gradient_modes_agree_on_a_module(times):
     sol_d, direct = _module_grads("direct", t_eval)
     sol_c, ckpt = _module_grads("checkpoint", t_eval)
     sol_a, adj = _module_grads("adjoint", t_eval)
-    for s in (sol_d, sol_c, sol_a):
+    sol_i, interp = _module_grads("adjoint_interpolated", t_eval)
+    for s in (sol_d, sol_c, sol_a, sol_i):
         assert bool(s.success.all())
     _close(sol_c.ys, sol_d.ys, 1e-13, "checkpoint forward vs direct forward")
     _close(sol_a.ys, sol_d.ys, 1e-13, "adjoint forward vs direct forward")
-    assert len(direct) == len(ckpt) == len(adj) == 6
-    for i, (d, c, a) in enumerate(zip(direct, ckpt, adj)):
+    _close(sol_i.ys, sol_d.ys, 1e-13, "interpolated adjoint forward vs direct forward")
+    assert len(direct) == len(ckpt) == len(adj) == len(interp) == 6
+    for i, (d, c, a, ip) in enumerate(zip(direct, ckpt, adj, interp)):
         assert float(d.norm()) > 0, f"gradient {i} is zero"
         assert _rel(c, d) < 1e-12, f"gradient {i}: checkpoint vs direct {_rel(c, d):.2e}"
         assert _rel(a, d) < 1e-6, f"gradient {i}: adjoint vs direct {_rel(a, d):.2e}"
+        assert _rel(ip, d) < 1e-6, f"gradient {i}: interpolated adjoint vs direct {_rel(ip, d):.2e}"
 
 
 def test_per_sample_parameter_gradient_is_per_sample():
@@ -472,11 +478,13 @@ class Quadratic(torch.nn.Module):
         return self.a.view(-1, 1) * y * y + self.c * y
 
 
-@pytest.mark.parametrize("gradient", ["direct", "checkpoint", "adjoint"])
+@pytest.mark.parametrize("gradient", ["direct", "checkpoint", "adjoint", "adjoint_interpolated"])
 def test_failed_samples_have_zero_gradient(gradient):
     a = torch.tensor([1.0, 0.5, 1.0, -1.0], dtype=DT)
     y0_all = torch.tensor([[0.2], [0.4], [3.0], [0.5]], dtype=DT)  # sample 2 blows up near t = 0.35
     kw = dict(rtol=1e-9, atol=1e-9, gradient=gradient, on_failure="mark")
+    if gradient == "adjoint_interpolated":
+        kw.update(gradient="adjoint", adjoint_options=dict(trajectory="interpolated"))
 
     def grads(idx):
         f = Quadratic(a[idx])
@@ -640,3 +648,49 @@ def test_float32_smoke():
     scale = 1 + sol64.ys.abs().amax(dim=(1, 2), keepdim=True)
     err = float(((sol32.ys.double() - sol64.ys) / scale).abs().max())
     assert err < 1e-4, f"float32 vs float64: {err:.2e}"
+
+
+# --------------------------------------------------------------------------------------------------------
+# The interpolated per-sample adjoint: stable where re-solving y backwards is not
+# --------------------------------------------------------------------------------------------------------
+
+class VdP(torch.nn.Module):
+    def __init__(self, B):
+        super().__init__()
+        self.mu = torch.nn.Parameter(torch.linspace(1.0, 8.0, B, dtype=DT))
+
+    def forward(self, t, y):
+        x, v = y.unbind(-1)
+        return torch.stack([v, self.mu * (1 - x * x) * v - x], -1)
+
+
+def test_interpolated_adjoint_is_stable_on_a_limit_cycle():
+    """Van der Pol's limit cycle attracts forward, so re-solving y backwards from t = 8 alone (no output
+    in between to re-anchor it) diverges; reading y from the forward's dense output does not."""
+    B = 4
+    y0 = torch.tensor([2.0, 0.0], dtype=DT).repeat(B, 1)
+    t = torch.tensor([0.0, 8.0], dtype=DT)
+    grads = {}
+    for name, extra in [("checkpoint", dict(gradient="checkpoint")),
+                        ("interpolated", dict(gradient="adjoint", adjoint_options=dict(trajectory="interpolated")))]:
+        f = VdP(B)
+        sol = fastdiffeq.solve_ivp(f, y0, t, rtol=1e-9, atol=1e-9, **extra)
+        (sol.ys[:, -1] ** 2).sum().backward()
+        grads[name] = f.mu.grad.clone()
+    assert _rel(grads["interpolated"], grads["checkpoint"]) < 1e-4, grads
+    f = VdP(B)
+    sol = fastdiffeq.solve_ivp(f, y0, t, rtol=1e-9, atol=1e-9, gradient="adjoint")
+    with pytest.raises(fastdiffeq.SolverError, match="adjoint backward"):
+        (sol.ys[:, -1] ** 2).sum().backward()
+
+
+def test_adjoint_options_are_checked():
+    f = VdP(2)
+    y0 = torch.ones(2, 2, dtype=DT)
+    t = torch.linspace(0, 1, 3, dtype=DT)
+    with pytest.raises(ValueError, match="trajectory"):
+        fastdiffeq.solve_ivp(f, y0, t, gradient="adjoint", adjoint_options=dict(trajectory="bogus"))
+    with pytest.raises(ValueError, match="adjoint_options"):
+        fastdiffeq.solve_ivp(f, y0, t, gradient="adjoint", adjoint_options=dict(seminorm=True))
+    with pytest.raises(TypeError, match="adjoint_options"):
+        fastdiffeq.solve_ivp(f, y0, t, gradient="adjoint", adjoint_options="interpolated")

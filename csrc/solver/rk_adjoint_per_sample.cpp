@@ -11,9 +11,11 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <optional>
 #include <cmath>
 
 #include "core/status.h"
+#include "ops/registry.h"
 #include "core/step_commit.h"
 #include "solver/finite.h"
 #include "solver/grid_clip.h"
@@ -26,15 +28,68 @@
 namespace fde::solver {
 namespace {
 
-// The adjoint dynamics of each sample, [y, a] -> [f(t, y), -a^T df/dy]; the parameter part of each product
-// is deferred (VectorField::vjp_deferred) until the loop knows each sample's step and decision.
+// y(t) of every sample from the forward's dense record: each sample's accepted step containing its t (the
+// nearest one outside its record), interpolated per (sample, time) pair.
+class SampleTrajectory {
+ public:
+  explicit SampleTrajectory(const SampleDenseRecord& rec) : rec_(rec) {
+    keys_.reserve(rec.t0.size());
+    for (double t0 : rec.t0) keys_.push_back(rec.direction * t0);
+  }
+
+  // t: [B] (any float dtype, any device). Returns [B, D]; samples without a record get zeros.
+  at::Tensor at(const at::Tensor& t) const {
+    const at::Tensor tc = t.to(at::kCPU, at::kDouble).contiguous();
+    const double* tp = tc.data_ptr<double>();
+    const int64_t B = tc.numel();
+    std::vector<int64_t> rows(B, 0);
+    std::vector<double> shift(B, 0.0), h(B, 1.0);
+    std::vector<uint8_t> has(B, 0);
+    bool all = true;
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t lo = rec_.first[b], hi = rec_.first[b + 1];
+      if (hi == lo) {
+        all = false;
+        continue;
+      }
+      const auto it = std::upper_bound(keys_.begin() + lo, keys_.begin() + hi, rec_.direction * tp[b]);
+      const int64_t r = std::max<int64_t>(lo, static_cast<int64_t>(it - keys_.begin()) - 1);
+      rows[b] = r;
+      shift[b] = rec_.t0[r] - tp[b];  // the step (t0, h) at t is the step (t0 - t, h) at 0 (dense_at_pairs)
+      h[b] = rec_.h[r];
+      has[b] = 1;
+    }
+    const auto dev = rec_.y.device();
+    const at::Tensor idx = at::tensor(rows, at::kLong).to(dev);
+    const at::Tensor ks[3] = {rec_.k0.index_select(0, idx), rec_.mid_slope.index_select(0, idx),
+                              rec_.k1.index_select(0, idx)};
+    const auto time_opts = at::TensorOptions().dtype(at::kDouble);
+    at::Tensor y = ops::call<ops::RkDenseEval>(rec_.y.index_select(0, idx), rec_.y1.index_select(0, idx), ks,
+                                               at::tensor(h, time_opts).to(dev), at::tensor(shift, time_opts).to(dev),
+                                               at::zeros({1}, time_opts.device(dev)), kSlopeMid)
+                       .select(0, 0);
+    return all ? y : at::where(sample_mask(has, dev), y, 0.0);
+  }
+
+ private:
+  const SampleDenseRecord& rec_;
+  std::vector<double> keys_;
+};
+
+// The adjoint dynamics of each sample, [y, a] -> [f(t, y), -a^T df/dy] (or a -> -a^T df/dy with y read from
+// the forward's dense record); the parameter part of each product is deferred (VectorField::vjp_deferred)
+// until the loop knows each sample's step and decision.
 class DeferringAugmentedField final : public VectorField {
  public:
-  DeferringAugmentedField(VectorField& field, int64_t D) : field_(field), D_(D) {}
+  DeferringAugmentedField(VectorField& field, int64_t D, const SampleTrajectory* traj)
+      : field_(field), D_(D), traj_(traj) {}
+
+  at::Tensor y_of(const at::Tensor& t, const at::Tensor& s) const { return traj_ ? traj_->at(t) : s.narrow(1, 0, D_); }
+  at::Tensor a_of(const at::Tensor& s) const { return traj_ ? s : s.narrow(1, D_, D_); }
 
   at::Tensor eval(const at::Tensor& t, const at::Tensor& s) override {
-    const FieldVjp r = field_.vjp_deferred(t, s.narrow(1, 0, D_), s.narrow(1, D_, D_).neg(), /*want_grad_y=*/true);
-    const at::Tensor out = at::cat({r.f, r.grad_y}, 1);
+    const FieldVjp r = field_.vjp_deferred(t, y_of(t, s), a_of(s).neg(), /*want_grad_y=*/true);
+    const at::Tensor out = traj_ ? r.grad_y : at::cat({r.f, r.grad_y}, 1);
     // Stopped samples: zero rows (their stage inputs stay finite; see LiveRowsField).
     return live_.defined() ? at::where(live_, out, 0.0) : out;
   }
@@ -50,6 +105,7 @@ class DeferringAugmentedField final : public VectorField {
  private:
   VectorField& field_;
   int64_t D_;
+  const SampleTrajectory* traj_;
   at::Tensor live_;
 };
 
@@ -57,12 +113,20 @@ class DeferringAugmentedField final : public VectorField {
 
 SampleAdjointResult rk_adjoint_per_sample(VectorField& field, const at::Tensor& t_out, const at::Tensor& ys,
                                           const at::Tensor& grad_ys, const at::Tensor& active,
-                                          const RkOptions& options) {
+                                          const RkOptions& options, const SampleDenseRecord* dense) {
   TORCH_CHECK_VALUE(grad_ys.dim() == 3, "fastdiffeq: grad_ys must be [T, B, D], got ", grad_ys.sizes());
-  TORCH_CHECK_VALUE(ys.defined() && ys.sizes() == grad_ys.sizes() && ys.scalar_type() == grad_ys.scalar_type() &&
-                        ys.device() == grad_ys.device(),
+  const bool interpolated = dense != nullptr;
+  TORCH_CHECK_VALUE(interpolated || (ys.defined() && ys.sizes() == grad_ys.sizes() &&
+                                     ys.scalar_type() == grad_ys.scalar_type() && ys.device() == grad_ys.device()),
                     "fastdiffeq: ys must match grad_ys (", grad_ys.sizes(), ", dtype and device)");
   const int64_t T = grad_ys.size(0), B = grad_ys.size(1), D = grad_ys.size(2);
+  if (interpolated) {
+    TORCH_CHECK_VALUE(static_cast<int64_t>(dense->first.size()) == B + 1 && dense->y.dim() == 2 &&
+                          (dense->y.size(0) == 0 || dense->y.size(1) == D) &&
+                          dense->y.scalar_type() == grad_ys.scalar_type() && dense->y.device() == grad_ys.device(),
+                      "fastdiffeq: the dense record does not match grad_ys (B = ", B, ", D = ", D,
+                      ", dtype and device)");
+  }
   TORCH_CHECK_VALUE(active.defined() && active.is_cpu() && active.scalar_type() == at::kBool && active.dim() == 1 &&
                         active.size(0) == B,
                     "fastdiffeq: active must be a CPU bool tensor [", B, "]");
@@ -78,16 +142,18 @@ SampleAdjointResult rk_adjoint_per_sample(VectorField& field, const at::Tensor& 
   if (state_segments.empty()) state_segments.push_back(D);
   TORCH_CHECK_VALUE(state_segments.back() == D, "fastdiffeq: segment_ends must end at D = ", D);
   RkOptions aug = options;
-  aug.segment_ends = adjoint_segments(state_segments, D, {}, /*with_y=*/true);
+  aug.segment_ends = adjoint_segments(state_segments, D, {}, /*with_y=*/!interpolated);
   aug.rtol.assign(aug.segment_ends.size(), options.rtol[0]);
   aug.atol.assign(aug.segment_ends.size(), options.atol[0]);
-  DeferringAugmentedField aug_field(field, D);
+  std::optional<SampleTrajectory> trajectory;
+  if (interpolated) trajectory.emplace(*dense);
+  DeferringAugmentedField aug_field(field, D, trajectory ? &*trajectory : nullptr);
 
   at::NoGradGuard no_grad;
   SampleAdjointResult res;
   res.grad_params = at::zeros({P}, grad_ys.options());
   const at::Tensor t_rev = t_out.flip(-1).contiguous();
-  at::Tensor s = at::cat({ys.select(0, T - 1), grad_ys.select(0, T - 1)}, 1);
+  at::Tensor s = interpolated ? grad_ys.select(0, T - 1).clone() : at::cat({ys.select(0, T - 1), grad_ys.select(0, T - 1)}, 1);
   RkProblem p(aug_field, nullptr, s, t_rev, aug);  // validates t_out and the options
   const core::Tableau& tab = p.tab_;
   const double dir = p.direction_;
@@ -199,7 +265,8 @@ SampleAdjointResult rk_adjoint_per_sample(VectorField& field, const at::Tensor& 
     if (any_accepted) {
       // The parameter cotangent: h_b * sum_i b_i (-a_i)^T df/dtheta at each accepted sample's stages, in one
       // batched product; stage 0 (the FSAL derivative) is re-evaluated for its parameter part only.
-      field.vjp_deferred(t0_t.to(dtype), s.narrow(1, 0, D), s.narrow(1, D, D).neg(), /*want_grad_y=*/false);
+      const at::Tensor t_start = t0_t.to(dtype);
+      field.vjp_deferred(t_start, aug_field.y_of(t_start, s), aug_field.a_of(s).neg(), /*want_grad_y=*/false);
       ++res.nfe;
       const at::Tensor w = at::tensor(weight, at::kDouble).to(dev).to(dtype);
       std::vector<at::Tensor> weights;
@@ -217,9 +284,8 @@ SampleAdjointResult rk_adjoint_per_sample(VectorField& field, const at::Tensor& 
       // evaluated again there (FSAL does not hold across the jump).
       const auto rows = at::tensor(land_rows, at::kLong).to(dev), samples = at::tensor(land_samples, at::kLong).to(dev);
       const c10::List<std::optional<at::Tensor>> at_rows({rows, samples});
-      const at::Tensor anchored = at::cat(
-          {at::index(ys, at_rows), s.index_select(0, samples).narrow(1, D, D) + at::index(grad_ys, at_rows)}, 1);
-      s.index_copy_(0, samples, anchored);
+      const at::Tensor a_new = aug_field.a_of(s.index_select(0, samples)) + at::index(grad_ys, at_rows);
+      s.index_copy_(0, samples, interpolated ? a_new : at::cat({at::index(ys, at_rows), a_new}, 1));
       if (running > 0) {
         const at::Tensor k_new = aug_field.eval(at::tensor(t0, at::kDouble).to(dev).to(dtype), s);
         field.drop_deferred();
@@ -238,7 +304,7 @@ SampleAdjointResult rk_adjoint_per_sample(VectorField& field, const at::Tensor& 
   res.counters = at::tensor(counters, at::kLong).reshape({B, core::kNumCounters});
   res.t = at::tensor(t0, at::kDouble);
   const at::Tensor active_mask = active.to(dev).reshape({B, 1});
-  res.grad_y0 = at::where(active_mask, s.narrow(1, D, D), at::zeros({1}, grad_ys.options()));
+  res.grad_y0 = at::where(active_mask, aug_field.a_of(s), at::zeros({1}, grad_ys.options()));
   if (T == 1) res.grad_y0 = at::where(active_mask, grad_ys.select(0, 0), at::zeros({1}, grad_ys.options()));
   return res;
 }

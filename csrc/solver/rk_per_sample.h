@@ -71,12 +71,24 @@ struct SampleStep {
   at::Tensor out_t;     // float64 [P]: their times
 };
 
+// Every accepted step of every sample, for the interpolated per-sample adjoint (RkOptions::record_dense):
+// row r is one step of sample sample_of(r); a sample's rows are [first[b], first[b + 1]) in time order. With
+// y1, k1 and mid_slope = sum_j mid_j k_j the step's interpolant is rk_dense_eval with stages
+// {k0, mid_slope, k1} and mid coefficients kSlopeMid.
+struct SampleDenseRecord {
+  at::Tensor y, y1, k0, k1, mid_slope;  // [N, D]
+  std::vector<double> t0, h;            // [N]
+  std::vector<int64_t> first;           // [B + 1]
+  double direction = 1.0;
+};
+
 struct SampleTape {
   const core::Tableau* tableau = nullptr;
   std::vector<SampleStep> steps;
   at::Tensor y0;  // [B, D]
   at::Tensor t0;  // float64 [B]
   int64_t T = 0;
+  std::shared_ptr<SampleDenseRecord> dense;  // record_dense only
 };
 
 struct SampleSolveResult {
@@ -129,8 +141,12 @@ struct SampleAdjointResult {
 // and added in one batched product (VectorField::accumulate_deferred). The parameters are not in the error
 // norm. ys, grad_ys: [T, B, D]; t_out: float64 [T] or [B, T]; active: bool [B] (inactive samples are not
 // integrated and get zero gradients). options: one rtol and one atol, the state's segment_ends.
+// With `dense` (the forward's SampleDenseRecord; ys may then be undefined), y(t) is read from the forward's
+// dense output instead of being re-solved ("interpolated" trajectory): the state is a alone, y leaves the
+// error control, and the backward solve is stable where re-solving y backwards is not (contracting
+// dynamics, limit cycles).
 SampleAdjointResult rk_adjoint_per_sample(VectorField& field, const at::Tensor& t_out, const at::Tensor& ys,
                                           const at::Tensor& grad_ys, const at::Tensor& active,
-                                          const RkOptions& options);
+                                          const RkOptions& options, const SampleDenseRecord* dense = nullptr);
 
 }  // namespace fde::solver

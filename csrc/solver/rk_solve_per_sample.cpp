@@ -2,6 +2,7 @@
 #include <ATen/ops/cat.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/index_put.h>
+#include <ATen/ops/ones.h>
 #include <ATen/ops/isfinite.h>
 #include <ATen/ops/tensor.h>
 #include <ATen/ops/where.h>
@@ -50,6 +51,34 @@ struct HostSamples {
     running = B;
   }
 };
+
+// The dense record ordered by sample (each sample's steps stay in time order).
+std::shared_ptr<SampleDenseRecord> collect_dense_record(std::vector<at::Tensor> (&rows)[5],
+                                                        const std::vector<int64_t>& sample,
+                                                        const std::vector<double>& t0, const std::vector<double>& h,
+                                                        int64_t B, int64_t D, double direction,
+                                                        const at::TensorOptions& opts) {
+  auto rec = std::make_shared<SampleDenseRecord>();
+  rec->direction = direction;
+  const int64_t N = static_cast<int64_t>(sample.size());
+  rec->first.assign(B + 1, 0);
+  for (int64_t b : sample) ++rec->first[b + 1];
+  for (int64_t b = 0; b < B; ++b) rec->first[b + 1] += rec->first[b];
+  std::vector<int64_t> next(rec->first.begin(), rec->first.end() - 1), order(N);
+  rec->t0.resize(N);
+  rec->h.resize(N);
+  for (int64_t r = 0; r < N; ++r) {
+    const int64_t dst = next[sample[r]]++;
+    order[dst] = r;
+    rec->t0[dst] = t0[r];
+    rec->h[dst] = h[r];
+  }
+  at::Tensor* outs[5] = {&rec->y, &rec->y1, &rec->k0, &rec->k1, &rec->mid_slope};
+  const at::Tensor perm = at::tensor(order, at::kLong).to(opts.device());
+  for (int i = 0; i < 5; ++i)
+    *outs[i] = N == 0 ? at::zeros({0, D}, opts) : at::cat(rows[i], 0).index_select(0, perm);
+  return rec;
+}
 
 }  // namespace
 
@@ -172,6 +201,12 @@ SampleSolveResult rk_solve_per_sample(VectorField& field, ErrorNorm* norm, const
   std::vector<uint8_t> accepted(B), triggered(B);
   int64_t live_count = B;
   std::vector<uint8_t> live(B);
+  // The dense record (record_dense): each accepted step's rows, and its sample, t0 and h.
+  const bool record_dense = out.tape && p.opt_.record_dense;
+  std::vector<at::Tensor> dense_rows[5];  // y, y1, k0, k1, mid_slope
+  std::vector<int64_t> dense_sample;
+  std::vector<double> dense_t0, dense_h, s_t0_before;
+  at::Tensor zero_state, unit_h;
   while (s.running > 0) {
     if (s.running != live_count) {  // a sample stopped: its rows of f are zero from now on
       for (int64_t b = 0; b < B; ++b) live[b] = s.status[b] == core::kRunning;
@@ -179,6 +214,7 @@ SampleSolveResult rk_solve_per_sample(VectorField& field, ErrorNorm* norm, const
       live_count = s.running;
     }
     for (int64_t b = 0; b < B; ++b) h_step[b] = s.status[b] == core::kRunning ? s.h[b] : 0.0;
+    if (record_dense) s_t0_before = s.t0;
     t0_t = at::tensor(s.t0, at::kDouble).to(dev);
     h_t = at::tensor(h_step, at::kDouble).to(dev);
     StepStages st = rk_stages(p.field_, tab, y, k0, t0_t, h_t, res.nfe);
@@ -299,6 +335,27 @@ SampleSolveResult rk_solve_per_sample(VectorField& field, ErrorNorm* norm, const
         all_rows.insert(all_rows.end(), pair_rows.begin(), pair_rows.end());
         all_samples.insert(all_samples.end(), pair_samples.begin(), pair_samples.end());
       }
+      if (out.tape && p.opt_.record_dense) {
+        std::vector<int64_t> acc;
+        for (int64_t b = 0; b < B; ++b)
+          if (accepted[b]) {
+            acc.push_back(b);
+            dense_sample.push_back(b);
+            dense_t0.push_back(s_t0_before[b]);
+            dense_h.push_back(h_step[b]);
+          }
+        const at::Tensor idx = at::tensor(acc, long_opts).to(dev);
+        if (!zero_state.defined()) {
+          zero_state = at::zeros({B, D}, y0_in.options());
+          unit_h = at::ones({B}, time_opts);
+        }
+        const at::Tensor mid_slope = ops::call<ops::RkStage>(zero_state, st.ks, unit_h, at::ArrayRef<double>(tab.mid, tab.stages));
+        dense_rows[0].push_back(y.index_select(0, idx));
+        dense_rows[1].push_back(st.y1.index_select(0, idx));
+        dense_rows[2].push_back(k0.index_select(0, idx));
+        dense_rows[3].push_back(st.ks.back().index_select(0, idx));
+        dense_rows[4].push_back(mid_slope.index_select(0, idx));
+      }
       if (out.tape) {
         // The replay moves only the accepted samples (h = 0 for the others): their stages stay finite.
         SampleStep rec{t0_t, at::where(mask.reshape({B}), h_t, 0.0), mask, y, k0, samples_t, at::Tensor(), t_pairs_t};
@@ -331,6 +388,8 @@ SampleSolveResult rk_solve_per_sample(VectorField& field, ErrorNorm* norm, const
     }
     out.n_event_calls = n_event_calls;
   }
+  if (record_dense) out.tape->dense = collect_dense_record(dense_rows, dense_sample, dense_t0, dense_h, B, D,
+                                                           p.direction_, y0_in.options());
   res.status = at::tensor(s.status, at::kInt);
   res.counters = at::tensor(s.counters, at::kLong).reshape({B, core::kNumCounters});
   res.t = at::tensor(s.t0, at::kDouble).to(dev);

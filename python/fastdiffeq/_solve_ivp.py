@@ -135,8 +135,9 @@ class _Batch:
             t = t[0]  # one shared grid [T]
         return t if self.y0.device.type == "cpu" else t.to(self.y0.device)
 
-    def options(self) -> Any:
-        return solver_options(self.method, [self.rtol], [self.atol], [self.D], self.opts, [], [], self.y0.device)
+    def options(self, record_dense: bool = False) -> Any:
+        return solver_options(self.method, [self.rtol], [self.atol], [self.D], self.opts, [], [], self.y0.device,
+                              record_dense=record_dense)
 
     @property
     def D(self) -> int:
@@ -211,8 +212,8 @@ def _solve_params(func: Callable, params: Optional[Sequence[torch.Tensor]], grad
     return tuple(q for q in out if q.requires_grad)
 
 
-def _run_forward(b: _Batch, y_flat: torch.Tensor, mode: str) -> Dict[str, Any]:
-    opts = b.options()
+def _run_forward(b: _Batch, y_flat: torch.Tensor, mode: str, record_dense: bool = False) -> Dict[str, Any]:
+    opts = b.options(record_dense)
     t_bar = b.t_solve[0]
     with progress_bar(b.progress, t_bar, "solve_ivp") as bar:
         with gc_paused():
@@ -240,12 +241,17 @@ class _AdjointSolve(torch.autograd.Function):
     """Forward: the masked per-sample loop, keeping only the outputs. Backward: the per-sample adjoint."""
 
     @staticmethod
-    def forward(ctx, y_flat: torch.Tensor, batch: _Batch, res_box: list, *params: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, y_flat: torch.Tensor, batch: _Batch, res_box: list, interpolated: bool,
+                *params: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            res = _run_forward(batch, y_flat.detach(), "masked")
+            if interpolated:  # the per-sample loop keeps every accepted step's dense output
+                res = _run_forward(batch, y_flat.detach(), "record", record_dense=True)
+            else:
+                res = _run_forward(batch, y_flat.detach(), "masked")
         res_box.append(res)
         ctx.batch = batch
         ctx.status = res["status"]
+        ctx.tape = res.get("tape")
         ctx.save_for_backward(res["ys"], *params)
         return res["ys"]
 
@@ -260,9 +266,9 @@ class _AdjointSolve(torch.autograd.Function):
         opts = b.options()
         with progress_bar(b.progress, b.t_solve[0], "solve_ivp (adjoint)", reverse=True) as bar:
             with gc_paused():
-                res = _C.rk_adjoint_per_sample(b.field, list(params), b.t_out(), ys, grad_ys, active.cpu(), opts,
-                                               user_shape=b.user_shape(), progress=bar,
-                                               progress_interval=ProgressBar.interval)
+                res = _C.rk_adjoint_per_sample(b.field, list(params), b.t_out(), None if ctx.tape else ys, grad_ys,
+                                               active.cpu(), opts, user_shape=b.user_shape(), tape=ctx.tape,
+                                               progress=bar, progress_interval=ProgressBar.interval)
             status = res["status"]
             counters = res["counters"]
             _record_backward(SolveStats(
@@ -273,7 +279,7 @@ class _AdjointSolve(torch.autograd.Function):
             if bool((status != int(Status.SUCCESS)).any()):
                 msg, cls = _failure_message(status, res["t"], "solve_ivp (adjoint backward)")
                 raise cls(msg, t=float(res["t"].min()))  # (in the solver's time)
-        return (res["grad_y0"], None, None, *res["grad_params"])
+        return (res["grad_y0"], None, None, None, *res["grad_params"])
 
 
 class _CheckpointSolve(torch.autograd.Function):
@@ -329,6 +335,7 @@ def solve_ivp(
     on_failure: str = "raise",
     event_fn: Optional[Callable] = None,
     params: Optional[Sequence[torch.Tensor]] = None,
+    adjoint_options: Optional[Dict[str, Any]] = None,
     progress: bool = False,
 ) -> Solution:
     """Solve a batch of independent problems dy_b/dt = func(t, y)_b, each sample with its own step size.
@@ -361,6 +368,11 @@ def solve_ivp(
             changes sign (``Solution.t_events`` / ``y_events``).
         params: for 'adjoint' and 'checkpoint', the tensors ``func`` uses that are differentiated (default:
             ``func.parameters()``; required when func is not an nn.Module).
+        adjoint_options: for gradient='adjoint': ``trajectory='resolve'`` (default: y is re-solved backwards
+            with the adjoint, re-anchored at every output time; memory independent of the steps) or
+            ``'interpolated'`` (y is read from the forward solve's dense output: 3 x state per forward step
+            and sample; stable where re-solving y backwards is not — contracting dynamics, limit cycles —
+            and usually fewer backward steps).
         progress: a tqdm bar of integration time (the slowest sample).
 
     Returns:
@@ -381,6 +393,16 @@ def solve_ivp(
         raise ValueError(f"`gradient` must be one of {list(_GRADIENTS)}, got {gradient!r}")
     if on_failure not in _FAILURES:
         raise ValueError(f"`on_failure` must be one of {list(_FAILURES)}, got {on_failure!r}")
+    if adjoint_options is None:
+        adjoint_options = {}
+    if not isinstance(adjoint_options, dict):
+        raise TypeError(f"`adjoint_options` must be a dict or None, got {type(adjoint_options).__name__}")
+    unknown = sorted(set(adjoint_options) - {"trajectory"})
+    if unknown:
+        raise ValueError(f"`adjoint_options` has unknown key(s) {unknown}; known: ['trajectory']")
+    trajectory = adjoint_options.get("trajectory", "resolve")
+    if trajectory not in ("resolve", "interpolated"):
+        raise ValueError(f"adjoint_options['trajectory'] must be 'resolve' or 'interpolated', got {trajectory!r}")
     b = _prepare(func, y0, t_eval, method, rtol, atol, options, progress)
     if event_fn is not None:
         from ._events import solve_ivp_events
@@ -402,7 +424,7 @@ def solve_ivp(
         ys = _CheckpointSolve.apply(y_flat, b, box, *grad_params)
         res = box[0]
     else:
-        ys = _AdjointSolve.apply(y_flat, b, box, *grad_params)
+        ys = _AdjointSolve.apply(y_flat, b, box, trajectory == "interpolated", *grad_params)
         res = box[0]
     return _solution(b, res, b.unflatten(ys), on_failure, "solve_ivp")
 

@@ -23,7 +23,11 @@ nan, inf = math.nan, math.inf
 
 __all__ = ["torch", "fde", "_C", "OPS", "rk_solve", "rk_adjoint", "options", "nan", "inf", "mk", "F", "N", "FieldError", "Lin", "api_call", "assert_guards",
            "check_guards", "SUCCESS", "RUNNING", "all_finite", "shape_of", "odeint_shape_ok", "grad_direct", "close", "solved_ok", "defined_part",
-           "inplace_then_read", "write_past_end", "lin_exact_grads"]
+           "inplace_then_read", "write_past_end", "lin_exact_grads",
+           # per-sample entry points, solve_ivp and events
+           "rk_solve_per_sample", "rk_adjoint_per_sample", "E", "ivp_call", "event_call", "ps_shapes_ok", "ps_solved_ok",
+           "ps_events_ok", "ps_grad_finite", "ps_alone_ok", "grad_direct_ps", "lin_exact_grads_ps", "adjoint_ps_ok",
+           "ivp_shapes_ok", "ivp_success_finite", "ivp_alone_ok", "ivp_lin_exact_ok", "event_exact_ok"]
 
 # Status codes: taken from the extension when it exports them (F9), else today's values.
 _codes = getattr(_C, "status_codes", None) or {}
@@ -53,6 +57,23 @@ def rk_solve(func, y0, t_out, *, norm=None, user_shape=None, joint=True, mode="m
     """_C.rk_solve(func, y0, t_out, options, norm=, user_shape=, joint=, mode=) with the options flat."""
     return _C.rk_solve(func, y0, t_out, options(**settings), norm=norm, user_shape=user_shape, joint=joint,
                        mode=mode)
+
+
+def rk_solve_per_sample(func, y0, t_out, *, norm=None, user_shape=None, mode="graph", event_fn=None, joint=False,
+                        progress=None, progress_interval=0.1, **settings):
+    """_C.rk_solve_per_sample(func, y0, t_out, options, norm=, user_shape=, mode=, event_fn=, joint=, progress=,
+    progress_interval=) with the options flat."""
+    return _C.rk_solve_per_sample(func, y0, t_out, options(**settings), norm=norm, user_shape=user_shape, mode=mode,
+                                  event_fn=event_fn, joint=joint, progress=progress,
+                                  progress_interval=progress_interval)
+
+
+def rk_adjoint_per_sample(func, params, t_out, ys, grad_ys, active, *, user_shape=None, progress=None,
+                          progress_interval=0.1, **settings):
+    """_C.rk_adjoint_per_sample(func, params, t_out, ys, grad_ys, active, options, user_shape=, progress=,
+    progress_interval=) with the options flat."""
+    return _C.rk_adjoint_per_sample(func, params, t_out, ys, grad_ys, active, options(**settings),
+                                    user_shape=user_shape, progress=progress, progress_interval=progress_interval)
 
 
 def rk_adjoint(func, params, t_out, ys, tape, grad_ys, *, seminorm=False, trajectory="resolve", norm=None,
@@ -213,7 +234,8 @@ N = types.SimpleNamespace(
 
 # Functions that stand for the user's code: an exception raised inside them (or in a lambda of the
 # program) is the user's, and must come out of fastdiffeq unchanged.
-USER_CODE = {"<lambda>", "_map", "_late", "_raises", "forward", "inplace_then_read", "write_past_end"}
+USER_CODE = {"<lambda>", "_map", "_late", "_raises", "forward", "inplace_then_read", "write_past_end", "_first", "_rows",
+             "_event_raises", "_progress_raises"}
 
 
 class Lin(torch.nn.Module):
