@@ -239,6 +239,17 @@ py::dict rk_solve_py(py::function func, const at::Tensor& y0, const at::Tensor& 
   return out;
 }
 
+// A flat parameter cotangent as one tensor per parameter (its shape and dtype).
+std::vector<at::Tensor> split_params(const at::Tensor& flat, const std::vector<at::Tensor>& params) {
+  std::vector<at::Tensor> grads;
+  int64_t offset = 0;
+  for (const auto& q : params) {
+    grads.push_back(flat.narrow(0, offset, q.numel()).view(q.sizes()).to(q.scalar_type()));
+    offset += q.numel();
+  }
+  return grads;
+}
+
 // The adjoint's backward solve: dL/dy0 and dL/dparams (one tensor per parameter, its shape and dtype).
 py::dict rk_adjoint_py(py::function func, std::vector<at::Tensor> params, const at::Tensor& t_out,
                        const py::object& ys_arg, const py::object& tape_obj,
@@ -280,13 +291,7 @@ py::dict rk_adjoint_py(py::function func, std::vector<at::Tensor> params, const 
   out["n_rejected"] = r.n_rejected;
   if (r.grad_y0.defined()) {
     out["grad_y0"] = r.grad_y0;
-    std::vector<at::Tensor> grads;
-    int64_t offset = 0;
-    for (const auto& q : params) {
-      grads.push_back(r.grad_params.narrow(0, offset, q.numel()).view(q.sizes()).to(q.scalar_type()));
-      offset += q.numel();
-    }
-    out["grad_params"] = grads;
+    out["grad_params"] = split_params(r.grad_params, params);
   }
   return out;
 }
@@ -410,13 +415,7 @@ py::dict rk_adjoint_per_sample_py(py::function func, std::vector<at::Tensor> par
                                                                          tape ? tape->dense.get() : nullptr);
   py::dict out;
   out["grad_y0"] = r.grad_y0;
-  std::vector<at::Tensor> grads;
-  int64_t offset = 0;
-  for (const auto& q : params) {
-    grads.push_back(r.grad_params.narrow(0, offset, q.numel()).view(q.sizes()).to(q.scalar_type()));
-    offset += q.numel();
-  }
-  out["grad_params"] = grads;
+  out["grad_params"] = split_params(r.grad_params, params);
   out["status"] = r.status;
   out["counters"] = r.counters;
   out["t"] = r.t;

@@ -40,6 +40,21 @@ std::vector<at::Tensor> engine_grad(VectorField& field, const std::vector<at::Te
   return grads;
 }
 
+std::vector<at::Tensor> first_derivative_vjp(VectorField& field, const at::Tensor& t0, const at::Tensor& y0,
+                                             const at::Tensor& a_k, const std::vector<at::Tensor>& params,
+                                             int64_t& nfe) {
+  const at::Tensor y = y0.detach().requires_grad_(true);
+  at::Tensor k0;
+  {
+    at::AutoGradMode enable(true);
+    k0 = field.eval(t0, y);
+  }
+  ++nfe;
+  std::vector<at::Tensor> inputs{y};
+  inputs.insert(inputs.end(), params.begin(), params.end());
+  return engine_grad(field, {k0}, {a_k}, inputs);
+}
+
 int64_t count_params(const std::vector<at::Tensor>& params) {
   int64_t n = 0;
   for (const auto& p : params) n += p.numel();

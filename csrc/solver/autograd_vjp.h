@@ -33,6 +33,12 @@ void autograd_accumulate_deferred(VectorField& field, const std::vector<at::Tens
                                   std::vector<DeferredVjp>& store, const std::vector<at::Tensor>& weights,
                                   at::Tensor& grad_params);
 
+// The last piece of a checkpoint replay: f(t0, y0) fed the first step's FSAL derivative k0; returns the
+// cotangents [y0, params...] of a_k (k0's cotangent) through that evaluation. Adds 1 to nfe.
+std::vector<at::Tensor> first_derivative_vjp(VectorField& field, const at::Tensor& t0, const at::Tensor& y0,
+                                             const at::Tensor& a_k, const std::vector<at::Tensor>& params,
+                                             int64_t& nfe);
+
 // Total number of elements of params (the length of the flat parameter cotangent).
 int64_t count_params(const std::vector<at::Tensor>& params);
 

@@ -60,12 +60,7 @@ CheckpointGradients rk_checkpoint_backward(VectorField& field, const RkTape& tap
     accumulate(grads, 2);
   }
   // The first derivative f(t0, y0) fed the first step's k0.
-  const at::Tensor y0 = tape.y0.detach().requires_grad_(true);
-  const at::Tensor k0 = field.eval(at::full({1}, tape.t0, time_opts).to(dtype), y0);
-  ++out.nfe;
-  std::vector<at::Tensor> inputs{y0};
-  inputs.insert(inputs.end(), params.begin(), params.end());
-  const auto grads = engine_grad(field, {k0}, {a_k}, inputs);
+  const auto grads = first_derivative_vjp(field, at::full({1}, tape.t0, time_opts).to(dtype), tape.y0, a_k, params, out.nfe);
   accumulate(grads, 1);
   out.grad_y0 = a_y + grads[0] + grad_ys.select(0, 0);
   return out;
