@@ -1,4 +1,4 @@
-"""Long fuzz campaign: ``python -m tests.fuzz [--calls N] [--seeds 0,1] [--targets a,b] [--workers 2]``.
+"""Long fuzz campaign: ``python -m tests.fuzz [--calls N] [--seeds 0,1] [--targets a,b] [--workers 2] [--known-bugs]``.
 
 Prints the counts per target and outcome and every distinct failure with its shortest reproducing
 program; ``--json FILE`` also writes every record; ``--show KEY`` prints the program of one call
@@ -30,7 +30,12 @@ def main(argv=None) -> int:
     ap.add_argument("--programs", type=int, default=1, help="programs shown per distinct failure")
     ap.add_argument("--json", default="", help="write every record to this file")
     ap.add_argument("--show", default="", help="print the program of one call key target/seed/index and exit")
+    ap.add_argument("--known-bugs", action="store_true",
+                    help="also draw the mutations that reach known, unfixed library bugs (gen.KNOWN_BUGS; sets "
+                         "FDE_FUZZ_KNOWN_BUGS=1, which --show needs too to print the same programs)")
     args = ap.parse_args(argv)
+    if args.known_bugs:
+        os.environ["FDE_FUZZ_KNOWN_BUGS"] = "1"  # before gen is imported; the workers inherit it
 
     import fastdiffeq  # noqa: F401  (registers the ops)
     from fuzz import gen

@@ -13,6 +13,7 @@ must_raise reasons and checks) and register it in ``ENTRY_POINTS``.
 from __future__ import annotations
 
 import math
+import os
 import random
 import re
 from dataclasses import dataclass, field, replace
@@ -1119,6 +1120,1083 @@ def api_call(g: Gen, fn: str) -> Call:
     return call
 
 
+# ---------------------------------------------------------------------------------------------------
+# Per-sample entry points (solve_ivp's loops), solve_ivp and odeint_event
+# ---------------------------------------------------------------------------------------------------
+
+# Library bugs the generators know how to reach (found by the long campaign, not fixed yet). The mutations
+# that reach them are drawn only with FDE_FUZZ_KNOWN_BUGS=1 (python -m tests.fuzz --known-bugs), so that the CI
+# campaign stays green until they are fixed; then drop the entry (the mutations are drawn again by default).
+KNOWN_BUGS: Dict[str, str] = {
+    "adjoint-ps-t_out-length": "rk_adjoint_per_sample accepts a t_out whose number of times differs from grad_ys' "
+                               "T (reads past t_out when it is shorter; wrong gradients)",
+    "adjoint-ps-active-strides": "rk_adjoint_per_sample reads `active` through data_ptr ignoring its strides: a "
+                                 "non-contiguous / expanded mask is misread (wrong gradients; out-of-bounds read)",
+    "event-backward-no-grad": "backward through odeint_event / solve_ivp(event_fn=...) raises torch's 'element 0 of "
+                              "tensors does not require grad' when event_fn's value has no grad_fn",
+    "event-device-dtype": "an event_fn returning a meta tensor gives torch's NotImplementedError, not a fastdiffeq "
+                          "error naming event_fn; a complex one is taken as its real part in the loop (a warning), "
+                          "then torch errors in odeint_event and in solve_ivp's backward",
+    "pybind-types": "wrong Python types for the typed arguments of the per-sample _C entry points (ys=None, "
+                    "params=[1.0], ...) give pybind11's signature dump",
+    "odeint-event-unchecked": "odeint_event does not check event_fn (None) and odeint_interface (not callable)",
+    "event-empty": "odeint / odeint_event with an event_fn returning an empty tensor: torch's min() error from "
+                   "_events.py",
+    "ivp-t_eval-device": "solve_ivp with t_eval on the meta device: torch's NotImplementedError (no device check, "
+                         "unlike odeint's t)",
+    "adjoint-ps-interpolated-no-steps": "the interpolated per-sample adjoint fails with torch's index_select error "
+                                        "when the forward record has no step at all (T == 1, or every sample failed "
+                                        "at t0): solve_ivp(gradient='adjoint', adjoint_options={'trajectory': "
+                                        "'interpolated'}) with one output time",
+    "adjoint-ps-user_shape": "rk_adjoint_per_sample accepts any user_shape holding B * D elements, then fails with "
+                             "torch's view error when its first size is not B (the state is a non-contiguous slice)",
+    "ivp-mixed-directions-output-checks": "solve_ivp with t_eval rows in both directions multiplies func's output by "
+                                          "each row's direction in Python before fastdiffeq checks it: a wrong "
+                                          "shape / device gives torch's error, a number or another float dtype is "
+                                          "silently accepted",
+    "event-span-underflow": "odeint / odeint_event with event_fn and max_step * max_num_steps too small to move t0 "
+                            "(max_step=1e-300): the internal 't_out must be strictly monotone' error, naming no "
+                            "argument of the call",
+}
+WITH_KNOWN_BUGS = os.environ.get("FDE_FUZZ_KNOWN_BUGS", "") not in ("", "0")
+
+
+def _known(bug: str) -> bool:
+    """Whether the mutations reaching the known library bug `bug` may be drawn."""
+    assert bug in KNOWN_BUGS, bug
+    return WITH_KNOWN_BUGS
+
+
+# Event functions whose value has no grad_fn (constants, comparisons): backward needs
+# "event-backward-no-grad".
+EVENTS_NO_GRAD = {"E.never", "E.at_start", "E.extra", "E.nan", "E.inf", "E.boolean", "E.integer", "E.empty"}
+
+
+def _events_bad(target: str, backward: bool = False) -> List[str]:
+    out = []
+    for e in EVENTS_BAD:
+        if e == "E.meta" and not _known("event-device-dtype"):
+            continue
+        if e == "E.complex" and (target == "odeint_event" or backward) and not _known("event-device-dtype"):
+            continue
+        if e == "E.empty" and target == "odeint_event" and not _known("event-empty"):
+            continue
+        if backward and e in EVENTS_NO_GRAD and not _known("event-backward-no-grad"):
+            continue
+        out.append(e)
+    return out
+
+# Event functions (helpers.E): valid ones per sample / per call, and the wrong ones.
+EVENTS_BAD = ["E.number", "E.string", "E.none", "E.extra", "E.empty", "E.column", "E.nan", "E.inf", "E.meta",
+              "E.boolean", "E.integer", "E.complex", "E.float32", "E.vector", "E.raises", "E.never", "E.at_start",
+              "E.sin", "3", "'event'"]
+# Fields whose rows depend on their own sample only (F.nan_late looks at every sample's t).
+ROWWISE = {"F.decay", "F.const", "F.grow", "F.identity", "F.square", "F.huge", "F.inf", "F.noncontig"}
+PROGRESS = ["lambda fraction, t: None", "lambda fraction, t: 1 / 0", "3", "'bar'", "print"]
+CTRL_DEFAULTS = dict(safety=0.9, ifactor=10.0, dfactor=0.2, min_step=0.0, max_step=math.inf)
+
+
+def _rows_grid(g: Gen, B: int, T: int, per_row: bool, mixed: bool = False) -> Tuple[Ten, float]:
+    """Output times [T] (shared) or [B, T] (each row its own start and span; mixed: rows may run backwards),
+    and a time inside row 0's span (for events)."""
+    t0 = g.choice([0.0, 0.0, 1.0, -2.0])
+    span = g.choice([1.0, 1.0, 0.5, 3.0]) * g.choice([1.0, 1.0, -1.0])
+    if not per_row:
+        return Ten((T,), "float64", fill="values", values=[t0 + span * k / max(T - 1, 1) for k in range(T)]), \
+            t0 + 0.5 * span
+    vals: list = []
+    for b in range(B):
+        off = g.uniform(-0.5, 0.5) if b else 0.0
+        sc = g.choice([1.0, 0.5, 2.0]) * (g.choice([1.0, -1.0]) if mixed and b else 1.0)
+        vals += [t0 + off + sc * span * k / max(T - 1, 1) for k in range(T)]
+    return Ten((B, T), "float64", fill="values", values=vals), t0 + 0.5 * span
+
+
+def _user_shape_must_raise(us: Any, numel: int) -> List[str]:
+    if not isinstance(us, list) or any(not isinstance(n, int) for n in us):
+        return []
+    if any(n < 0 for n in us) or math.prod(us) != numel:
+        return [f"user_shape {us} does not hold {numel} elements"]
+    return []
+
+
+def _progress_must_raise(a: Dict[str, Any]) -> List[str]:
+    p, iv = a.get("progress"), a.get("progress_interval", 0.1)
+    if p is None:
+        return []
+    if isinstance(p, Code) and p.text in ("3", "'bar'"):
+        return ["progress is not callable"]
+    if isinstance(iv, float) and not iv >= 0:
+        return [f"progress_interval={lit(iv)}"]
+    return []
+
+
+def _mutate_progress(g: Gen, a: Dict[str, Any]) -> str:
+    if g.p(0.6):
+        a["progress"] = Code(g.choice(PROGRESS))
+        if g.p(0.5):
+            a["progress_interval"] = g.choice([0.0, -1.0, math.nan, math.inf, 1e-300])
+        return f"progress={a['progress'].text}, interval {lit(a.get('progress_interval', 0.1))}"
+    a["progress_interval"] = g.choice([0.0, -1.0, math.nan])
+    return f"progress_interval={lit(a['progress_interval'])} (no progress)"
+
+
+def _solve_settings_must_raise(a: Dict[str, Any], D: Optional[int]) -> List[str]:
+    """The options rules check_solve_args enforces (tolerances per segment, segments, controller, first_step,
+    max_num_steps, check_every), for a state of D columns (None: unknown)."""
+    must = []
+    segs = a["segment_ends"] or ([D] if D is not None else [])
+    if len(a["rtol"]) != len(segs) or len(a["atol"]) != len(segs):
+        must.append("one rtol/atol per segment")
+    if any(not (x >= 0) or math.isinf(x) for x in a["rtol"]) or any(not (x >= 0) for x in a["atol"]):
+        must.append("tolerances >= 0 (rtol finite)")
+    if segs and (any(b < x for x, b in zip(segs, segs[1:])) or segs[0] < 0 or D is not None and segs[-1] != D):
+        must.append("segment_ends non-decreasing and ending at D")
+    must += _control_must_raise(a)
+    fs = a["first_step"]
+    if isinstance(fs, float) and not (math.isfinite(fs) and fs >= 0):
+        must.append(f"first_step={lit(fs)}")
+    ce = a["check_every"]
+    if isinstance(ce, int) and not 1 <= ce <= 64:
+        must.append("check_every in [1, 64]")
+    if a["step_t"] or a["jump_t"]:
+        must.append("step_t/jump_t in a per-sample solve")
+    return must
+
+
+def _mutate_setting(g: Gen, a: Dict[str, Any], name: str, D: int) -> str:
+    """One of the flat RkOptions fields (method, tolerances, segments, controller, loop settings)."""
+    v = a[name]
+    if name == "method":
+        a[name] = g.choice(["rk4", "", "DOPRI5", "euler"])
+        return a[name]
+    if name in ("rtol", "atol"):
+        a[name], m = g.mutate_floats(v)
+        return m
+    if name == "segment_ends":
+        a[name], m = g.mutate_segments(v, D)
+        return m
+    if name in ("step_t", "jump_t"):
+        a[name] = Rel(g.choice(REL_CHOICES))
+        return f"times {a[name].points}"
+    if name == "check_every":
+        a[name] = g.choice([0, -1, 2**62, 65, 64])
+        return str(a[name])
+    if isinstance(v, float):
+        a[name], m = g.mutate_float(name)
+        return m
+    a[name], m = g.mutate_int(name)
+    if abs(a[name]) >= 2**63:
+        a[name] = 2**63 - 1
+    return m
+
+
+SETTINGS = ["method", "rtol", "atol", "segment_ends", "safety", "ifactor", "dfactor", "min_step", "max_step",
+            "first_step", "max_num_steps", "step_t", "jump_t", "check_every"]
+
+
+def _base_settings(g: Gen, D: int, rtol: float = 1e-6, atol: float = 1e-8) -> Dict[str, Any]:
+    from fastdiffeq import _C
+
+    return dict(method=g.choice(list(_C.methods)), rtol=[rtol], atol=[atol], segment_ends=[D], **CTRL_DEFAULTS,
+                first_step=0.0, max_num_steps=g.choice([100000, 10000]), step_t=[], jump_t=[], check_every=1)
+
+
+def solve_per_sample_call(g: Gen) -> Call:
+    """_C.rk_solve_per_sample(func, y0, t_out, options, *, norm, user_shape, mode, event_fn, joint, progress,
+    progress_interval), through helpers.rk_solve_per_sample (the options' fields flat)."""
+    B = g.choice([1, 1, 2, 3, 4])
+    D = g.choice([1, 2, 3, 5]) if not g.p(0.05) else 0
+    T = g.choice([1, 2, 3, 5])
+    joint = B == 1 and g.p(0.25)
+    t_out, t_mid = _rows_grid(g, B, T, per_row=B > 1 and g.p(0.4))
+    mode = g.choice(["graph", "record"])
+    event = None
+    if mode == "graph" and g.p(0.4):
+        event = Code(g.choice([f"E.time({lit(t_mid)})", "E.level(0.5)", "E.level(0.0)", "E.sin"]))
+    nseg = g.randint(1, max(min(3, D), 1))
+    settings = _base_settings(g, D)
+    settings.update(rtol=[1e-6] * nseg, atol=[1e-8] * nseg, segment_ends=_segments(g, D, nseg))
+    if mode == "record" and g.p(0.3):
+        settings["record_dense"] = True  # the tape keeps every accepted step's dense output
+    a: Dict[str, Any] = {
+        "func": Code(f"F.{g.choice(FIELDS)}"),
+        "y0": Ten((B, D), g.choice(["float64", "float32"]), seed=g.seed(), requires_grad=mode == "graph" and g.p(0.3)),
+        "t_out": t_out,
+        **settings,
+        "norm": None,
+        "user_shape": ([B, D] if not joint else g.choice([[D], [1, D]])) if not g.p(0.1) else [B * D],
+        "mode": mode,
+        "event_fn": event,
+        "joint": joint,
+    }
+    call = Call(target="rk_solve_per_sample", callee="rk_solve_per_sample", args=a, positional=3, level="C")
+    names = ["y0", "y0", "t_out", "t_out", "func", "func", "norm", "user_shape", "joint", "mode", "event_fn",
+             "event_fn", "event_fn", "progress", "y0_grad", "setting", "setting", "setting"]
+    for _ in range(g.choice([0, 1, 1, 1, 2, 2, 3])):
+        name = g.choice(names)
+        if name == "setting":
+            name = g.choice(SETTINGS)
+        if name == "y0":
+            a[name], m = g.mutate_tensor(a[name])
+        elif name == "y0_grad":
+            a["y0"] = replace(a["y0"], requires_grad=not a["y0"].requires_grad)
+            m = f"requires_grad={a['y0'].requires_grad}"
+        elif name == "t_out":
+            how = g.choice(["mutate", "mutate", "rows", "rows"])
+            if how == "mutate" or B == 1:
+                a[name], m = g.mutate_tensor(a[name], "grid")
+            else:
+                rows = g.choice([B + 1, B - 1, 1])
+                a[name] = _rows_grid(g, rows, T, per_row=True, mixed=g.p(0.5))[0]
+                m = f"t_out with {rows} rows"
+        elif name == "func":
+            a[name] = Code(f"F.{g.choice(FIELDS)}")
+            m = a[name].text
+        elif name == "norm":
+            a[name] = Code(g.choice(NORMS + ["lambda x: x.reshape(x.shape[0], -1).abs().amax(1)"]))
+            m = a[name].text
+        elif name == "user_shape":
+            a[name] = g.choice([[], [B, D + 1], [-1], [0], [2**62], [B * D, 0], [-B * D], [D, B], [1, B * D]])
+            m = lit(a[name])
+        elif name == "joint":
+            a[name] = not a[name]
+            m = str(a[name])
+        elif name == "mode":
+            a[name] = g.choice(["graph", "record", "masked", "bogus", "", "Graph"])
+            m = a[name]
+        elif name == "event_fn":
+            a[name] = Code(g.choice(_events_bad(call.target) + [f"E.time({lit(t_mid)})", "E.level(0.5)"]))
+            m = a[name].text
+            if a["mode"] == "record" and g.p(0.8):
+                a["mode"] = "graph"
+                m += " (graph mode)"
+        elif name == "progress":
+            m = _mutate_progress(g, a)
+        else:
+            m = _mutate_setting(g, a, name, D)
+        call.muts.append(f"{name}: {m}")
+    a["step_t"], a["jump_t"] = resolve_times(a["step_t"], a["t_out"]), resolve_times(a["jump_t"], a["t_out"])
+    if a["event_fn"] is None:
+        del a["event_fn"]
+
+    y0, t_out = a["y0"], a["t_out"]
+    must = []
+    if {y0.device, t_out.device} != {"cpu"}:
+        must.append("meta tensors")
+    y0_ok = y0.dtype in ("float32", "float64") and len(y0.shape) == 2
+    if not y0_ok:
+        must.append("y0 must be a float32/float64 [B, D] tensor")
+    if t_out.dtype != "float64" or len(t_out.shape) not in (1, 2) or not t_out.shape or t_out.shape[-1] < 1 or (
+            len(t_out.shape) == 2 and len(y0.shape) == 2 and t_out.shape[0] != y0.shape[0]):
+        must.append("t_out must be float64 [T] or [B, T] with T >= 1")
+    tv = t_out.numbers()
+    if t_out.device == "cpu" and tv is not None and t_out.shape and not _is_monotone(tv, t_out.shape[-1]):
+        must.append("t_out not finite and strictly monotone")
+    must += _solve_settings_must_raise(a, y0.shape[1] if len(y0.shape) == 2 else None)
+    mode = a["mode"]
+    if mode not in ("graph", "record"):
+        must.append(f"mode {mode!r}")
+    ev = a.get("event_fn")
+    if ev is not None and ev.text in ("3", "'event'"):
+        must.append("event_fn not callable")
+    if ev is not None and mode == "record":
+        must.append("event_fn in record mode")
+    if len(y0.shape) == 2:
+        must += _user_shape_must_raise(a["user_shape"], math.prod(y0.shape))
+        if a["joint"] and y0.shape[0] != 1:
+            must.append("joint mode needs B == 1")
+    must += _progress_must_raise(a)
+    if a["func"].text in BAD_OUTPUT:
+        must.append(f"{a['func'].text} returns no tensor of y's shape, dtype and device")
+    call.must_raise = must
+
+    has_event = ev is not None
+    call.checks = [
+        ("wrong-output-shape", f"ps_shapes_ok(RESULT, y0, t_out, event={has_event}, record={mode == 'record'})"),
+        ("returned-while-running", "not bool((RESULT['status'] == RUNNING).any())"),
+        ("success-with-nonfinite-or-short", "ps_solved_ok(RESULT, y0, t_out)"),
+        ("event-result-inconsistent", "ps_events_ok(RESULT, y0, t_out)"),
+        ("nonfinite-gradient", "ps_grad_finite(RESULT, y0)"),
+    ]
+    if (not must and a["norm"] is None and a["func"].text in ROWWISE and B > 1 and a["user_shape"] == [B, D]
+            and "progress" not in a):
+        kw = {k: a[k] for k in SETTINGS}
+        kw["mode"] = mode
+        ev_txt = ev.text if ev is not None else "None"
+        call.checks.append(("batch-differs-from-alone",
+                            f"ps_alone_ok(RESULT, {a['func'].text}, y0, t_out, event_fn={ev_txt}, **{lit(kw)})"))
+    if not must and a["norm"] is None and ev is None and "progress" not in a:
+        kw = {k: a[k] for k in SETTINGS}
+        call.checks.append(("loops-disagree", f"ps_loops_agree(RESULT, {a['func'].text}, y0, t_out, {mode!r}, "
+                                              f"{a['joint']}, {lit(a['user_shape'])}, **{lit(kw)})"))
+    if a["func"].text == "F.identity":
+        call.swap = ("F.identity", "F.grow")
+    return call
+
+
+def checkpoint_per_sample_call(g: Gen) -> Call:
+    """_C.rk_checkpoint_backward_per_sample(func, tape, grad_ys, params, user_shape) after a per-sample solve in
+    record mode."""
+    B = g.choice([1, 2, 3, 4])
+    D = g.choice([1, 2, 3, 5])
+    T = g.choice([1, 2, 3, 4])
+    t_out, _ = _rows_grid(g, B, T, per_row=B > 1 and g.p(0.4))
+    kw = _base_settings(g, D)
+    kw["max_num_steps"] = 10000
+    dtype = g.choice(["float64", "float64", "float32"])
+    env = {"y0": Ten((B, D), dtype, seed=g.seed()), "t_out": t_out}
+    setup = [f"field = Lin({g.uniform(0.2, 2.0)}, torch.{dtype})", f"kw = {lit(kw)}",
+             f"fwd = rk_solve_per_sample(field, y0, t_out, mode='record', user_shape={[B, D]}, **kw)",
+             "tape = fwd['tape']"]
+    a: Dict[str, Any] = {"func": Code("field"), "tape": Code("tape"), "grad_ys": Ten((T, B, D), dtype, seed=g.seed()),
+                         "params": [Code("field.theta")], "user_shape": [B, D]}
+    call = Call(target="rk_checkpoint_backward_per_sample", callee="_C.rk_checkpoint_backward_per_sample", args=a,
+                positional=5, env=env, setup=setup, level="C")
+    valid = True
+    for _ in range(g.choice([0, 0, 1, 1, 2])):
+        valid = False
+        name = g.choice(["grad_ys", "grad_ys", "params", "func", "tape", "tape", "user_shape"])
+        if name == "grad_ys":
+            if g.p(0.5):
+                shape = g.choice([(T + 1, B, D), (max(T - 1, 0), B, D), (T, B + 1, D), (T, B, D + 1), (T, B * D),
+                                  (), (0, B, D), (T, 1, D)])
+                a[name] = replace(a[name], shape=shape)
+                m = f"shape {shape}"
+            else:
+                a[name], m = g.mutate_tensor(a[name])
+        elif name == "params":
+            a[name] = g.choice([[], [Code("field.theta.detach()")], [Code("field.theta")] * 2, [Code("y0")],
+                                [Ten((), "int64", fill="full", value=1)], [Ten((2,), "float64", device="meta")],
+                                [Code("torch.zeros(2, dtype=torch.float64, requires_grad=True)")],
+                                [Code("torch.ones((), dtype=torch.float32, requires_grad=True)")]]
+                               + ([[Code("1.0")]] if _known("pybind-types") else []))
+            m = lit(a[name]) if not any(isinstance(x, Ten) for x in a[name]) else "odd tensor"
+        elif name == "func":
+            a[name] = Code(g.choice(["F.decay", "F.wrong_shape", "F.raises", "F.identity", "F.nan_late",
+                                     "F.wrong_dtype", "F.not_tensor", "Lin(0.5)"]))
+            m = a[name].text
+        elif name == "tape":
+            tape = g.choice([
+                "None", "fwd", "3",
+                # a joint-mode RkTape
+                "rk_solve(field, y0[:1], t_out if t_out.dim() == 1 else t_out[:1], mode='record', user_shape=[1, "
+                f"{D}], joint=False, **kw)['tape']",
+                # per-sample tapes of other problems: fewer samples, other D, other T, float32, no steps
+                "rk_solve_per_sample(field, y0[:1], t_out if t_out.dim() == 1 else t_out[:1], mode='record', "
+                f"user_shape=[1, {D}], **kw)['tape']",
+                f"rk_solve_per_sample(field, y0[:, :1], t_out, mode='record', user_shape=[{B}, 1], "
+                "**dict(kw, segment_ends=[1]))['tape']",
+                f"rk_solve_per_sample(field, y0, t_out[..., :1], mode='record', user_shape=[{B}, {D}], **kw)['tape']",
+                f"rk_solve_per_sample(field, y0.double() if y0.dtype == torch.float32 else y0.float(), t_out, "
+                f"mode='record', user_shape=[{B}, {D}], **kw)['tape']",
+                f"rk_solve_per_sample(F.nan_late, y0, t_out, mode='record', user_shape=[{B}, {D}], **kw)['tape']",
+                f"rk_solve_per_sample(field, y0, t_out, mode='graph', user_shape=[{B}, {D}], **kw).get('tape')",
+            ])
+            a[name] = Code(tape)
+            m = tape
+        else:
+            a[name] = g.choice([[B, D + 1], [], [-1], [2**62], [B * D], [1, B * D], [D, B], [B, D, 1]])
+            m = lit(a[name])
+        call.muts.append(f"{name}: {m}")
+    gy = a["grad_ys"]
+    must = []
+    if gy.device != "cpu":
+        must.append("meta grad_ys")
+    tape = a["tape"].text
+    if tape in ("None", "fwd", "3") or "rk_solve(" in tape or ".get('tape')" in tape:
+        must.append("not a SampleTape")
+    tB, tD, tT, tdt = B, D, T, dtype
+    if "y0[:1]" in tape:
+        tB = 1
+    if "y0[:, :1]" in tape:
+        tD = 1
+    if "t_out[..., :1]" in tape:
+        tT = 1
+    if "y0.double()" in tape:
+        tdt = "float64" if dtype == "float32" else "float32"
+    if tuple(gy.shape) != (tT, tB, tD):
+        must.append(f"grad_ys shape: must be [{tT}, {tB}, {tD}], got {list(gy.shape)}")
+    elif gy.dtype != tdt:
+        must.append(f"grad_ys dtype must be the tape's ({tdt})")
+    must += _user_shape_must_raise(a["user_shape"], tB * tD)
+    for p in a["params"]:
+        if isinstance(p, Ten) or (isinstance(p, Code) and p.text in ("field.theta.detach()", "y0", "1.0")):
+            must.append(f"params: {p.text if isinstance(p, Code) else 'odd tensor'}")
+    call.must_raise = must
+    n_params = len(a["params"])
+    call.checks = [
+        ("wrong-gradient-shape", f"tuple(RESULT[0].shape) == ({tB}, {tD}) and len(RESULT[1]) == {n_params} and "
+                                 + ("all(r.shape == p.shape for r, p in zip(RESULT[1], params))"
+                                    if n_params else "True")),
+    ]
+    if valid:
+        call.checks.append(("checkpoint-gradient-differs-from-direct",
+                            f"all(close(x, y, {1e-6 if dtype == 'float64' else 1e-3}, "
+                            f"{1e-9 if dtype == 'float64' else 1e-4}) for x, y in zip([RESULT[0], *RESULT[1]], "
+                            f"grad_direct_ps(field, y0, t_out, grad_ys, [field.theta], {[B, D]}, **kw)))"))
+    return call
+
+
+def adjoint_per_sample_call(g: Gen) -> Call:
+    """_C.rk_adjoint_per_sample(func, params, t_out, ys, grad_ys, active, options, *, user_shape, tape, progress,
+    progress_interval) after a forward solve, through helpers.rk_adjoint_per_sample (the options flat): the
+    'resolve' trajectory (ys, the forward outputs) or the 'interpolated' one (tape, a per-sample record with
+    record_dense)."""
+    B = g.choice([1, 2, 3, 4])
+    D = g.choice([1, 2, 3, 5])
+    T = g.choice([1, 2, 3, 4])
+    t_out, _ = _rows_grid(g, B, T, per_row=B > 1 and g.p(0.4))
+    dtype = g.choice(["float64", "float64", "float32"])
+    fwd_kw = dict(method="dopri5", rtol=[1e-10], atol=[1e-12], segment_ends=[D])
+    env = {"y0": Ten((B, D), dtype, seed=g.seed()), "t_grid": t_out}
+    interpolated = g.p(0.5) and (T > 1 or _known("adjoint-ps-interpolated-no-steps"))
+    setup = [f"field = Lin({g.uniform(0.2, 2.0)}, torch.{dtype})", f"fwd_kw = {lit(fwd_kw)}",
+             f"fwd = rk_solve_per_sample(field, y0, t_grid, mode='record', user_shape={[B, D]}, record_dense=True, "
+             "**fwd_kw)" if interpolated else
+             f"fwd = rk_solve(field, y0, t_grid, mode='masked', user_shape={[B, D]}, joint=False, **fwd_kw)"]
+    settings = _base_settings(g, D)
+    all_active = g.p(0.6)
+    a: Dict[str, Any] = {
+        "func": Code("field"), "params": [Code("field.theta")], "t_out": Code("t_grid"),
+        "ys": Code("None" if interpolated else "fwd['ys']"),
+        "grad_ys": Ten((T, B, D), dtype, seed=g.seed()),
+        "active": Ten((B,), "bool", fill="values", values=[True if all_active else g.choice([True, False])
+                                                           for _ in range(B)]),
+        **settings, "user_shape": [B, D], "tape": Code("fwd['tape']" if interpolated else "None"),
+    }
+    call = Call(target="rk_adjoint_per_sample", callee="rk_adjoint_per_sample", args=a, positional=6, env=env,
+                setup=setup, level="C")
+    valid = True
+    t_T, t_rows, t_ok = T, 0, True  # what t_out is after the mutations
+    names = ["grad_ys", "grad_ys", "ys", "ys", "tape", "tape", "t_out", "t_out", "active", "active", "active",
+             "params", "func", "user_shape", "progress", "setting", "setting"]
+    rec = f"mode='record', record_dense=True, **fwd_kw)['tape']"
+    tapes = {  # tape expression -> (dense SampleTape?, its B, D, dtype) (None: not a tape the adjoint takes)
+        "None": None, "fwd": None, "3": None, "fwd['tape']": (True, B, D, dtype),
+        "fwd.get('tape')": (True, B, D, dtype) if interpolated else None,
+        f"rk_solve_per_sample(field, y0, t_grid, mode='record', user_shape={[B, D]}, **fwd_kw)['tape']": None,
+        f"rk_solve_per_sample(field, y0[:1], t_grid if t_grid.dim() == 1 else t_grid[:1], user_shape={[1, D]}, "
+        + rec: (True, 1, D, dtype),
+        f"rk_solve_per_sample(field, y0[:, :1], t_grid, user_shape={[B, 1]}, "
+        + rec.replace("**fwd_kw", "**dict(fwd_kw, segment_ends=[1])"): (True, B, 1, dtype),
+        f"rk_solve_per_sample(field, y0.double() if y0.dtype == torch.float32 else y0.float(), t_grid, "
+        f"user_shape={[B, D]}, " + rec: (True, B, D, "float64" if dtype == "float32" else "float32"),
+        # another problem's record of the same shape: accepted (the per-sample adjoint does not compare times)
+        f"rk_solve_per_sample(field, -y0, t_grid * 0.5, user_shape={[B, D]}, " + rec: (True, B, D, dtype),
+        f"rk_solve(field, y0[:1], t_grid if t_grid.dim() == 1 else t_grid[:1], user_shape={[1, D]}, joint=False, "
+        + rec: None,
+    }
+    for _ in range(g.choice([0, 0, 1, 1, 2])):
+        name = g.choice(names)
+        if name == "setting":
+            name = g.choice(SETTINGS)
+        valid = valid and name == "active"
+        if name == "grad_ys":
+            if g.p(0.5):
+                other_T = [(T + 1, B, D), (max(T - 1, 0), B, D)] if _known("adjoint-ps-t_out-length") else []
+                shape = g.choice([(T, B + 1, D), (T, B, D + 1), (T, B * D), (), (T, 0, D)] + other_T)
+                a[name] = replace(a[name], shape=shape)
+                m = f"shape {shape}"
+            else:
+                a[name], m = g.mutate_tensor(a[name])
+                while len(a[name].shape) == 3 and a[name].shape[0] != T and not _known("adjoint-ps-t_out-length"):
+                    a[name], m = g.mutate_tensor(Ten((T, B, D), dtype, seed=g.seed()))
+        elif name == "ys":
+            a[name] = Code(g.choice(["fwd['ys']", "None", "fwd['ys'][:1]", "fwd['ys'][:, :1]", "fwd['ys'].float()",
+                                     "fwd['ys'].double()", "fwd['ys'].transpose(0, 1)", "fwd['ys'] * nan",
+                                     "torch.zeros_like(fwd['ys'])", "fwd['ys'].to('meta')", "[fwd['ys']]",
+                                     "fwd['ys'].transpose(0, 1).contiguous().transpose(0, 1)"]))
+            m = a[name].text
+        elif name == "tape":
+            # (a record without steps, T == 1, reaches "adjoint-ps-interpolated-no-steps")
+            a[name] = Code(g.choice([k for k, v in tapes.items() if (k != "fwd['tape']" or interpolated) and (
+                v is None or T > 1 or _known("adjoint-ps-interpolated-no-steps"))]))
+            m = a[name].text
+        elif name == "t_out":
+            how = g.choice(["mutate", "mutate", "rows", "float32"]
+                           + (["longer", "shorter"] if _known("adjoint-ps-t_out-length") else []))
+            t_ok = how != "float32"
+            if how == "mutate":
+                spec, m = g.mutate_tensor(t_out, "grid")
+                while spec.shape[-1:] != t_out.shape[-1:] and not _known("adjoint-ps-t_out-length"):
+                    spec, m = g.mutate_tensor(t_out, "grid")
+                a[name] = spec
+                t_T = spec.shape[-1] if spec.shape else 0
+                t_rows = spec.shape[0] if len(spec.shape) == 2 else 0
+            elif how in ("longer", "shorter"):
+                t_T = T + 2 if how == "longer" else max(T - 1, 1)
+                a[name] = _rows_grid(g, B, t_T, per_row=False)[0]
+                t_rows = 0
+                m = f"t_out with {t_T} times (grad_ys has {T})"
+            elif how == "rows":
+                t_rows = g.choice([B + 1, max(B - 1, 1)])
+                a[name] = _rows_grid(g, t_rows, T, per_row=True)[0]
+                m = f"t_out with {t_rows} rows"
+            else:
+                a[name] = Code("t_grid.float()")
+                m = "t_out float32"
+                t_T, t_rows = T, 0
+        elif name == "active":
+            strided = _known("adjoint-ps-active-strides")
+            if g.p(0.5):
+                a[name], m = g.mutate_tensor(a[name])
+                while a[name].layout in ("stride2", "expand") and not strided:
+                    a[name], m = g.mutate_tensor(a[name])
+                valid = False
+            else:
+                a[name] = replace(a[name], values=[g.choice([True, False]) for _ in range(B)],
+                                  layout=g.choice(["contig", "offset"] + (["stride2", "expand"] if strided else [])))
+                m = f"active {a[name].values} {a[name].layout}"  # still a valid call
+        elif name == "params":
+            a[name] = g.choice([[], [Code("field.theta.detach()")], [Code("field.theta")] * 2, [Code("y0")],
+                                [Ten((), "int64", fill="full", value=1)], [Ten((2,), "float64", device="meta")],
+                                [Code("torch.zeros(2, dtype=torch.float64, requires_grad=True)")]]
+                               + ([[Code("1.0")]] if _known("pybind-types") else []))
+            m = lit(a[name]) if not any(isinstance(x, Ten) for x in a[name]) else "odd tensor"
+        elif name == "func":
+            a[name] = Code(g.choice(["F.decay", "F.wrong_shape", "F.raises", "F.nan_late", "F.identity", "F.inf",
+                                     "F.not_tensor", "Lin(0.5)"]))
+            m = a[name].text
+        elif name == "user_shape":
+            a[name] = g.choice([[B, D + 1], [], [-1], [2**62], [B, D, 1], [B, 1, D]]
+                               + ([[B * D], [D, B], [1, B * D]] if _known("adjoint-ps-user_shape") else []))
+            m = lit(a[name])
+        elif name == "progress":
+            m = _mutate_progress(g, a)
+        else:
+            m = _mutate_setting(g, a, name, D)
+        call.muts.append(f"{name}: {m}")
+    a["step_t"], a["jump_t"] = resolve_times(a["step_t"], t_out), resolve_times(a["jump_t"], t_out)
+
+    gy, act = a["grad_ys"], a["active"]
+    must = []
+    if gy.device != "cpu":
+        must.append("meta grad_ys")
+    if len(gy.shape) != 3:
+        must.append("grad_ys must be [T, B, D]")
+    gT, gB, gD = (tuple(gy.shape) + (None, None, None))[:3]
+    ys = a["ys"].text
+    ys_shape = {"fwd['ys'][:1]": (1, B, D), "fwd['ys'][:, :1]": (T, 1, D),
+                "fwd['ys'].transpose(0, 1)": (B, T, D)}.get(ys, (T, B, D))
+    ys_dtype = {"fwd['ys'].float()": "float32", "fwd['ys'].double()": "float64"}.get(ys, dtype)
+    tape = a["tape"].text
+    if ys == "[fwd['ys']]":
+        must.append("ys must be a tensor or None")
+    if tape in ("None",) or tape == "fwd.get('tape')" and not interpolated:
+        # the 'resolve' trajectory: ys are the forward outputs
+        if ys in ("None", "fwd['ys'].to('meta')") or ys_shape != tuple(gy.shape) or ys_dtype != gy.dtype:
+            must.append("ys must match grad_ys (shape, dtype, device)")
+    elif tapes.get(tape) is None:
+        must.append("tape must be a SampleTape with a dense record (record_dense=True)")
+    else:
+        _, tB, tD, tdt = tapes[tape]
+        if (tB, tD, tdt) != (gB, gD, gy.dtype):
+            must.append(f"the tape's record must match grad_ys: B, D, dtype = {(tB, tD, tdt)} vs {(gB, gD, gy.dtype)}")
+    if not (isinstance(act, Ten) and act.dtype == "bool" and tuple(act.shape) == (gB,) and act.device == "cpu"):
+        must.append(f"active must be a CPU bool [{gB}] tensor")
+    if len(gy.shape) == 3:
+        must += _user_shape_must_raise(a["user_shape"], gB * gD)
+    if len(a["rtol"]) != 1 or len(a["atol"]) != 1:
+        must.append("one rtol and one atol")
+    elif not (a["rtol"][0] >= 0 and math.isfinite(a["rtol"][0])) or not a["atol"][0] >= 0:
+        must.append("tolerances >= 0 (rtol finite)")
+    segs = a["segment_ends"]
+    if segs and gD is not None and segs[-1] != gD:
+        must.append("segment_ends must end at D")
+    must += _control_must_raise(a)
+    fs = a["first_step"]
+    if isinstance(fs, float) and not (math.isfinite(fs) and fs >= 0):
+        must.append(f"first_step={lit(fs)}")
+    ce = a["check_every"]
+    if isinstance(ce, int) and not 1 <= ce <= 64:
+        must.append("check_every in [1, 64]")
+    if a["step_t"] or a["jump_t"]:
+        must.append("step_t/jump_t in a per-sample solve")
+    if not t_ok or (gT is not None and t_T != gT) or (t_rows and t_rows != gB):
+        must.append(f"t_out must hold grad_ys' times (float64 [T] or [B, T]): T = {gT}, B = {gB}")
+    if isinstance(a["t_out"], Ten):
+        tv = a["t_out"].numbers()
+        if a["t_out"].device != "cpu" or a["t_out"].dtype != "float64" or (
+                tv is not None and a["t_out"].shape and not _is_monotone(tv, a["t_out"].shape[-1])):
+            must.append("t_out float64, finite and strictly monotone on the CPU")
+    for p in a["params"]:
+        if isinstance(p, Ten) or (isinstance(p, Code) and p.text in ("field.theta.detach()", "y0", "1.0")):
+            must.append(f"params: {p.text if isinstance(p, Code) else 'odd tensor'}")
+    must += _progress_must_raise(a)
+    call.must_raise = must
+    n_params = len(a["params"])
+    call.checks = [
+        ("wrong-gradient-shape", f"tuple(RESULT['grad_y0'].shape) == ({gB}, {gD}) and len(RESULT['grad_params']) == "
+                                 f"{n_params} and tuple(RESULT['status'].shape) == ({gB},)"),
+        ("returned-while-running", "not bool((RESULT['status'] == RUNNING).any())"),
+        ("inactive-sample-integrated", "adjoint_ps_ok(RESULT, active)"),
+        ("success-with-nonfinite-gradient", "not bool((RESULT['status'] == SUCCESS).all()) or "
+                                            "not all_finite(fwd['ys'], grad_ys) or "
+                                            "all_finite(RESULT['grad_y0'], RESULT['grad_params'])"),
+    ]
+    if valid:
+        tol = 1e-4 if dtype == "float64" else 1e-2  # (the adjoint's rtol is 1e-6)
+        call.checks.append(("adjoint-gradient-differs-from-exact",
+                            "bool((RESULT['status'] == SUCCESS).all()) and all(close_scaled(x.reshape(y.shape), y, "
+                            f"{tol}) for x, y in zip((RESULT['grad_y0'], RESULT['grad_params'][0]), "
+                            "lin_exact_grads_ps(field, y0, t_grid, grad_ys, active)))"))
+    return call
+
+
+IVP_OPTION_VALUES: Dict[str, list] = dict(API_OPTION_VALUES, norm=[
+    Code("lambda x: x.reshape(x.shape[0], -1).abs().amax(1)"), Code("N.max_abs"), Code("N.elementwise"),
+    Code("N.string"), Code("N.nan"), Code("lambda x: x.reshape(x.shape[0], -1).norm(dim=1)"),
+    Code("lambda x: torch.zeros(x.shape[0], dtype=torch.float64)")])
+
+
+BAD_OUTPUT = {"F.wrong_shape", "F.meta_out", "F.not_tensor", "F.wrong_dtype"}
+
+
+def _mixed_rows(t: Any) -> bool:
+    """Whether a [B, T] grid spec has rows running in both directions."""
+    vals = t.numbers() if isinstance(t, Ten) and len(t.shape) == 2 and t.shape[1] > 1 else None
+    if not vals:
+        return False
+    n = t.shape[1]
+    signs = {math.copysign(1.0, vals[r + n - 1] - vals[r]) for r in range(0, len(vals), n)
+             if math.isfinite(vals[r + n - 1] - vals[r])}
+    return len(signs) > 1
+
+
+def solve_ivp_call(g: Gen) -> Call:
+    """fastdiffeq.solve_ivp(func, y0, t_eval, *, method, rtol, atol, gradient, options, on_failure, event_fn, params,
+    progress) through helpers.ivp_call (optionally with a backward pass)."""
+    dtype = g.choice(["float64", "float64", "float32"])
+    B = g.choice([1, 2, 3, 4])
+    state = g.choice([(2,), (3,), (), (2, 2), (1,)])
+    T = g.choice([1, 2, 3, 5])
+    gradient = g.choice(["direct", "direct", "checkpoint", "adjoint"])
+    backward = g.p(0.5)
+    lin = g.p(0.5) or gradient != "direct" and g.p(0.5)
+    per_row = B > 1 and g.p(0.5)
+    t_eval, t_mid = _rows_grid(g, B, T, per_row=per_row, mixed=per_row and g.p(0.4))
+    a: Dict[str, Any] = {
+        "func": Code(f"Lin({g.uniform(0.2, 2.0)}, torch.{dtype})" if lin else f"F.{g.choice(FIELDS)}"),
+        "y0": Ten((B, *state), dtype, seed=g.seed(), requires_grad=backward),
+        "t_eval": t_eval,
+        "backward": backward,
+        "rtol": g.choice([1e-6, 1e-7]) if dtype == "float64" else 1e-5,
+        "atol": g.choice([1e-8, 1e-9]) if dtype == "float64" else 1e-6,
+        "gradient": gradient,
+    }
+    if g.p(0.3):
+        a["method"] = g.choice(["dopri5", "tsit5", "bosh3"])
+    if not lin and gradient != "direct":
+        a["params"] = ()
+    if g.p(0.4):
+        a["on_failure"] = g.choice(["mark", "raise"])
+    if gradient == "direct" and g.p(0.3):
+        a["event_fn"] = Code(g.choice([f"E.time({lit(t_mid)})", "E.level(0.0)", "E.level(0.5)"]))
+    if gradient == "adjoint" and g.p(0.5):
+        a["adjoint_options"] = {"trajectory": g.choice(["interpolated", "resolve"]) if T > 1 or _known(
+            "adjoint-ps-interpolated-no-steps") else "resolve"}
+    options: Dict[str, Any] = {}
+    y0_spec = a["y0"]
+    pre: List[str] = []  # non-tensor y0 / t_eval, bound to their names before the call
+    names = ["y0", "y0", "t_eval", "t_eval", "t_eval", "rtol", "atol", "gradient", "on_failure", "options", "options",
+             "options", "event_fn", "event_fn", "params", "func", "method", "progress", "adjoint_options"]
+    for _ in range(g.choice([0, 0, 1, 1, 2, 3])):
+        name = g.choice(names)
+        if name == "y0":
+            if g.p(0.8):
+                a["y0"], m = g.mutate_tensor(a["y0"] if isinstance(a["y0"], Ten) else y0_spec)
+            else:
+                m = g.choice(["[1.0, 2.0]", "None", "(mk([2, 2]),)"])
+                pre.append(f"y0 = {m}")
+                a["y0"] = Code("y0")
+        elif name == "t_eval":
+            how = g.choice(["mutate", "mutate", "rows", "bad_row", "bad_row", "grad", "other"])
+            t = a["t_eval"] if isinstance(a["t_eval"], Ten) else t_eval
+            if how == "mutate":
+                a["t_eval"], m = g.mutate_tensor(t, "grid")
+                while a["t_eval"].device != "cpu" and not _known("ivp-t_eval-device"):
+                    a["t_eval"], m = g.mutate_tensor(t, "grid")
+            elif how == "rows":
+                rows = g.choice([B + 1, max(B - 1, 1), 1]) if B > 1 else 2
+                a["t_eval"] = _rows_grid(g, rows, T, per_row=True, mixed=g.p(0.5))[0]
+                m = f"t_eval with {rows} rows"
+            elif how == "bad_row":
+                grid = _rows_grid(g, B, max(T, 3), per_row=True, mixed=g.p(0.5))[0]
+                vals = list(grid.values)
+                n = grid.shape[1]
+                r = g.randint(0, B - 1)
+                k = r * n + g.randint(0, n - 1)
+                bad = g.choice(["nan", "inf", "repeat", "swap", "huge"])
+                if bad == "nan":
+                    vals[k] = math.nan
+                elif bad == "inf":
+                    vals[k] = g.choice([math.inf, -math.inf])
+                elif bad == "repeat":
+                    vals[r * n + 1] = vals[r * n]
+                elif bad == "swap":
+                    vals[r * n + 1], vals[r * n + 2] = vals[r * n + 2], vals[r * n + 1]
+                else:
+                    vals[r * n + n - 1] = math.copysign(1e300, vals[r * n + n - 1] - vals[r * n])
+                a["t_eval"] = replace(grid, values=vals)
+                m = f"t_eval row {r}: {bad}"
+            elif how == "grad":
+                a["t_eval"] = replace(t, requires_grad=True)
+                m = "t_eval requires grad"
+            else:
+                m = g.choice(["[0.0, 1.0]", "None", "torch.arange(3)", "torch.linspace(0, 1, 3).numpy()",
+                              "torch.tensor([[[0.0, 1.0]]])", "torch.zeros(2, 0)",
+                              "torch.tensor([0.0, 1.0], dtype=torch.float16)",
+                              "torch.tensor([0.0, 1.0], dtype=torch.complex64)"])
+                pre.append(f"t_eval = {m}")
+                a["t_eval"] = Code("t_eval")
+        elif name in ("rtol", "atol"):
+            a[name] = g.choice([Code("10**400"), -1.0, math.nan, 0.0, math.inf, 1e300, 1e-300, [1e-6], [1e-6, 1e-6],
+                                "1e-3", True, None, Ten((2,), "float64", fill="full", value=1e-6),
+                                Ten((), "float64", fill="full", value=1e-5),
+                                Ten((B,), "float64", fill="full", value=1e-6)])
+            m = lit(a[name]) if not isinstance(a[name], Ten) else f"a {list(a[name].shape)} tensor"
+        elif name == "gradient":
+            a["gradient"] = g.choice(["direct", "checkpoint", "adjoint", "bogus", None, "Adjoint"])
+            m = lit(a["gradient"])
+        elif name == "on_failure":
+            a["on_failure"] = g.choice(["mark", "raise", "ignore", None, True])
+            m = lit(a["on_failure"])
+        elif name == "options":
+            k = g.choice(list(IVP_OPTION_VALUES) + ["step_t", "jump_t", "options_type"])
+            if k in ("step_t", "jump_t"):
+                v = Rel(g.choice(REL_CHOICES))
+            elif k == "options_type":
+                a["options"] = Code(g.choice(["[('safety', 0.9)]", "'fast'"]))
+                m = a["options"].text
+                call_m = f"options: {m}"
+                a.setdefault("_muts", []).append(call_m)
+                continue
+            else:
+                v = g.choice(IVP_OPTION_VALUES[k])
+            options[k] = v
+            m = f"options[{k!r}] = {lit(v) if not isinstance(v, (Ten, Rel)) else 'times'}"
+        elif name == "event_fn":
+            a["event_fn"] = Code(g.choice(_events_bad("solve_ivp", backward) + [f"E.time({lit(t_mid)})", "E.level(0.0)",
+                                                                                 "E.sin"]))
+            m = a["event_fn"].text
+        elif name == "params":
+            a["params"] = g.choice([None, (), [Code("torch.zeros(2, requires_grad=True)")], [1.0],
+                                    [Code("torch.zeros(2)")], Code("torch.zeros(2, requires_grad=True)"),
+                                    [Ten((2,), "float64", device="meta", requires_grad=True)]])
+            m = lit(a["params"]) if not isinstance(a["params"], list) or not any(
+                isinstance(x, Ten) for x in a["params"]) else "[meta tensor]"
+        elif name == "func":
+            a["func"] = Code(g.choice([f"F.{g.choice(FIELDS)}", "3", f"Lin(0.5, torch.{dtype})"]))
+            m = a["func"].text
+        elif name == "method":
+            a["method"] = g.choice(["rk4", "DOPRI5", 5, "euler", None, "bosh3"])
+            m = lit(a["method"])
+        elif name == "adjoint_options":
+            a["adjoint_options"] = g.choice([{"trajectory": "interpolated"} if T > 1 or _known(
+                "adjoint-ps-interpolated-no-steps") else {"trajectory": "resolve"}, {"trajectory": "resolve"}, {},
+                                             {"trajectory": "bogus"}, {"trajectory": None}, {"bogus": 1},
+                                             {"norm": "seminorm"}, Code("'interpolated'"), None])
+            m = lit(a["adjoint_options"])
+        else:
+            a["progress"] = g.choice(["yes", 1, None])
+            m = f"progress={lit(a['progress'])}"
+        a.setdefault("_muts", []).append(f"{name}: {m}")
+    muts = a.pop("_muts", [])
+    pre = [ln for ln in pre if not any(ln.startswith(f"{k} = ") and isinstance(a[k], Ten) for k in ("y0", "t_eval"))]
+    if a["func"].text in BAD_OUTPUT and _mixed_rows(a["t_eval"]) and not _known("ivp-mixed-directions-output-checks"):
+        a["func"] = Code("F.decay")
+        muts.append("func: F.decay (a wrong output with mixed directions: known bug)")
+    if (isinstance(a.get("adjoint_options"), dict) and a["adjoint_options"].get("trajectory") == "interpolated"
+            and a["func"].text in ("F.inf", "F.nan_late") and not _known("adjoint-ps-interpolated-no-steps")):
+        a["adjoint_options"] = {"trajectory": "resolve"}  # (every sample failing at t0: no step recorded)
+    if any(m.startswith("t_eval") for m in muts) and not isinstance(a.get("options"), Code):
+        # a far grid with the default max_num_steps (2**31 - 1 per output interval) runs for hours
+        options.setdefault("max_num_steps", 10000)
+    if options:
+        a["options"] = resolve_times(options, a["t_eval"] if isinstance(a["t_eval"], Ten) else t_eval)
+    call = Call(target="solve_ivp", callee="ivp_call", args=a, positional=3, level="api", muts=muts, setup=pre)
+
+    must = []
+    y0, te = a["y0"], a["t_eval"]
+    func = a["func"].text
+    if func == "3":
+        must.append("func not callable")
+    if func in BAD_OUTPUT:
+        must.append(f"{func} returns no tensor of y's shape, dtype and device")
+    B_eff = None
+    if isinstance(y0, Ten):
+        if y0.device != "cpu":
+            must.append("meta y0")
+        if y0.dtype not in ("float32", "float64"):
+            must.append("y0 dtype")
+        if not y0.shape or y0.shape[0] == 0:
+            must.append("y0 must be [B, ...] with B >= 1")
+        else:
+            B_eff = y0.shape[0]
+        if y0.dtype in ("float32", "float64") and math.prod(y0.shape) and any(
+                not math.isfinite(v) for _, v in y0.specials if isinstance(v, float)):
+            must.append("y0 not finite")
+        if y0.dtype in ("float32", "float64") and math.prod(y0.shape) and any(
+                abs(v) > 3e38 for _, v in y0.specials if isinstance(v, float)) and y0.dtype == "float32":
+            must.append("y0 not finite (float32 overflow)")
+    else:
+        must.append("y0 not a tensor")
+    if isinstance(te, Ten):
+        tv = te.numbers()
+        if te.device != "cpu":
+            must.append("meta t_eval")
+        if te.dtype not in ("float16", "float32", "float64", "bfloat16"):
+            must.append("t_eval not floating")
+        if len(te.shape) not in (1, 2) or (te.shape and te.shape[-1] == 0):
+            must.append("t_eval must be [T] or [B, T], T >= 1")
+        elif len(te.shape) == 2 and B_eff is not None and te.shape[0] != B_eff:
+            must.append("t_eval rows != B")
+        elif tv is not None and te.shape and not _is_monotone(tv, te.shape[-1]):
+            must.append("t_eval not finite and strictly monotone per row")
+        if te.requires_grad:
+            must.append("t_eval requires grad")
+    elif not any(ln == "t_eval = torch.tensor([0.0, 1.0], dtype=torch.float16)" for ln in pre):
+        must.append("t_eval not a float tensor [T] / [B, T]")
+    for k in ("rtol", "atol"):
+        v = a[k]
+        if isinstance(v, float) and (v != v or v < 0 or math.isinf(v)):
+            must.append(f"{k}={lit(v)}")
+        elif isinstance(v, (str, bool)) or v is None or isinstance(v, Code):
+            must.append(f"{k}={lit(v)}")
+        elif isinstance(v, list) and len(v) != 1:
+            must.append(f"{k}: one value")
+        elif isinstance(v, Ten) and math.prod(v.shape) != 1:
+            must.append(f"{k}: a tensor of {math.prod(v.shape)} values")
+    if a["rtol"] == 0.0 and a["atol"] == 0.0:
+        must.append("rtol and atol both 0")
+    if a.get("gradient", "direct") not in ("direct", "checkpoint", "adjoint"):
+        must.append("gradient")
+    if a.get("on_failure", "raise") not in ("mark", "raise"):
+        must.append("on_failure")
+    if "method" in a and a["method"] not in ("dopri5", "tsit5", "bosh3"):
+        must.append("method")
+    if "progress" in a and not isinstance(a["progress"], bool):
+        must.append("progress must be a bool")
+    ao = a.get("adjoint_options")
+    if isinstance(ao, Code) or isinstance(ao, dict) and (set(ao) - {"trajectory"} or ao.get(
+            "trajectory", "resolve") not in ("resolve", "interpolated")):
+        must.append("adjoint_options: a dict with trajectory 'resolve' or 'interpolated'")
+    opts = a.get("options")
+    if isinstance(opts, Code):
+        must.append("options not a dict")
+    elif opts:
+        must += [f"options: {m}" for m in _control_must_raise(
+            {k: v for k, v in opts.items() if k != "max_num_steps" or isinstance(v, int)})]
+        if "bogus_option" in opts:
+            must.append("unknown option")
+        if opts.get("step_t") or opts.get("jump_t"):
+            must.append("step_t/jump_t in solve_ivp")
+    ev = a.get("event_fn")
+    if ev is not None:
+        if ev.text in ("3", "'event'"):
+            must.append("event_fn not callable")
+        if a.get("gradient", "direct") != "direct":
+            must.append("event_fn with gradient != 'direct'")
+    params = a.get("params")
+    if isinstance(params, list) and any(not isinstance(p, (Ten, Code)) or isinstance(p, Code) and "torch" not in p.text
+                                        for p in params):
+        must.append("params must hold tensors")
+    # (params given as one tensor is iterated over its 0-dim elements: accepted)
+    if params is None and not func.startswith("Lin") and a.get("gradient") in ("checkpoint", "adjoint"):
+        must.append("params required for gradient checkpoint/adjoint with a plain function")
+    call.must_raise = sorted(set(must))
+
+    has_event = ev is not None
+    call.checks = [
+        ("wrong-output-shape", f"ivp_shapes_ok(RESULT, y0, t_eval, event={has_event})"),
+        ("returned-with-failed-samples", "RESULT['status'].eq(SUCCESS).all() or "
+                                         f"{a.get('on_failure', 'raise')!r} == 'mark'"),
+        ("success-with-nonfinite", "ivp_success_finite(RESULT, y0)"),
+    ]
+    valid = not must and not muts
+    if valid and func.startswith("Lin") and not has_event and isinstance(y0, Ten) and y0.dtype == "float64":
+        # the field is built before the call, so that the check sees its theta
+        a["func"] = Code("field")
+        call.setup.insert(0, f"field = {func}")
+        call.checks.append(("differs-from-exact", "ivp_lin_exact_ok(RESULT, field, y0, t_eval)"))
+    if valid and B_eff and B_eff > 1 and (func in ROWWISE or func.startswith("Lin")) and "options" not in a:
+        kw = {k: a[k] for k in ("rtol", "atol", "method") if k in a}
+        ev_txt = f", event_fn={ev.text}" if has_event else ""
+        fn = "field" if a["func"].text == "field" else func
+        call.checks.append(("batch-differs-from-alone", f"ivp_alone_ok(RESULT, {fn}, y0, t_eval{ev_txt}, **{lit(kw)})"))
+    if func == "F.identity":
+        call.swap = ("F.identity", "F.grow")
+    return call
+
+
+def odeint_event_call(g: Gen) -> Call:
+    """fastdiffeq.odeint_event(func, y0, t0, *, event_fn, reverse_time, odeint_interface, **kwargs) through
+    helpers.event_call (optionally back-propagating the event time)."""
+    dtype = g.choice(["float64", "float64", "float32"])
+    kind = g.choice(["const", "decay"])
+    reverse = g.p(0.3)
+    level = {("const", False): 1.5, ("const", True): 0.5, ("decay", False): 0.5, ("decay", True): 2.0}[kind, reverse]
+    n_parts = g.choice([0, 0, 0, 1, 2])
+    backward = g.p(0.5)
+    shapes = [g.choice([(2,), (3,), (), (1,), (2, 2)]) for _ in range(max(n_parts, 1))]
+    parts = [Ten(s, dtype, fill="full", value=1.0, requires_grad=backward and (j == 0 or g.p(0.5)))
+             for j, s in enumerate(shapes)]
+    t0v = g.choice([0.0, 1.0, -2.0])
+    t0 = Ten(g.choice([(), (), (1,)]), g.choice(["float64", "float64", "float32"]), fill="full", value=t0v,
+             requires_grad=g.p(0.4))
+    interface = g.choice([None, None, "fde.odeint", "fde.odeint_adjoint"])
+    a: Dict[str, Any] = {
+        "func": Code(f"F.{kind}"),
+        "y0": parts[0] if n_parts == 0 else tuple(parts),
+        "t0": t0,
+        "backward": backward,
+        "event_fn": Code(f"E.level({lit(level)})"),
+        "reverse_time": reverse,
+        "rtol": 1e-9 if dtype == "float64" else 1e-6, "atol": 1e-11 if dtype == "float64" else 1e-7,
+    }
+    if interface:
+        a["odeint_interface"] = Code(interface)
+        if interface == "fde.odeint_adjoint":
+            a["adjoint_params"] = ()
+    if g.p(0.3):
+        a["method"] = g.choice(["dopri5", "tsit5", "bosh3"])
+    options: Dict[str, Any] = {}
+    names = ["y0", "t0", "t0", "event_fn", "event_fn", "reverse_time", "interface", "func", "rtol", "options",
+             "options", "method", "extra"]
+    for _ in range(g.choice([0, 0, 1, 1, 2])):
+        name = g.choice(names)
+        if name == "y0":
+            if n_parts and g.p(0.5):
+                j = g.randint(0, n_parts - 1)
+                parts[j], m = g.mutate_tensor(parts[j])
+                a["y0"] = tuple(parts) if g.p(0.8) else list(parts)
+                m = f"y0[{j}] {m}"
+            elif n_parts == 0:
+                a["y0"], m = g.mutate_tensor(a["y0"])
+            else:
+                a["y0"], m = (), "empty tuple"
+        elif name == "t0":
+            if g.p(0.6):
+                a["t0"], m = g.mutate_tensor(a["t0"] if isinstance(a["t0"], Ten) else t0, "time")
+            else:
+                a["t0"] = g.choice([0.0, Code("None"), Ten((2,), "float64", fill="values", values=[0.0, 1.0]),
+                                    Ten((0,), "float64")])
+                m = lit(a["t0"]) if not isinstance(a["t0"], Ten) else f"t0 shape {a['t0'].shape}"
+        elif name == "event_fn":
+            a["event_fn"] = Code(g.choice(_events_bad("odeint_event", backward) + ["E.level(-5.0)", "E.time(0.5)"]
+                                          + (["None"] if _known("odeint-event-unchecked") else [])))
+            m = a["event_fn"].text
+        elif name == "reverse_time":
+            a["reverse_time"] = g.choice([not reverse, "yes", None, 1])
+            m = lit(a["reverse_time"])
+        elif name == "interface":
+            a["odeint_interface"] = Code(g.choice(["fde.odeint_adjoint", "fde.odeint"]
+                                                  + (["3"] if _known("odeint-event-unchecked") else [])))
+            a.pop("adjoint_params", None) if g.p(0.5) else a.__setitem__("adjoint_params", ())
+            m = a["odeint_interface"].text + (" with adjoint_params=()" if "adjoint_params" in a else "")
+        elif name == "func":
+            a["func"] = Code(f"F.{g.choice(FIELDS)}")
+            m = a["func"].text
+        elif name == "rtol":
+            a[g.choice(["rtol", "atol"])] = g.choice([-1.0, math.nan, "1e-3", [1e-6] * 3, None])
+            m = f"rtol/atol {lit(a.get('rtol'))}/{lit(a.get('atol'))}"
+        elif name == "options":
+            k = g.choice(list(API_OPTION_VALUES) + ["step_t", "jump_t"])
+            if k in ("step_t", "jump_t"):
+                v = [t0v + g.choice([0.25, -0.25, 1e-300])]
+            else:
+                v = g.choice([x for x in API_OPTION_VALUES[k] if k != "max_step" or x != 1e-300
+                              or _known("event-span-underflow")])
+            options[k] = v
+            m = f"options[{k!r}] = {lit(v)}"
+        elif name == "method":
+            a["method"] = g.choice(["rk4", "DOPRI5", 5, None])
+            m = lit(a["method"])
+        else:
+            k, v = g.choice([("gradient", "checkpoint"), ("gradient", "bogus"), ("progress", "yes"),
+                             ("progress", False)])
+            a[k] = v
+            m = f"{k}={lit(v)}"
+        call_m = f"{name}: {m}"
+        a.setdefault("_muts", []).append(call_m)
+    muts = a.pop("_muts", [])
+    if muts or g.p(0.5):
+        # An event that never fires is searched for over min(1e300, max_step * max_num_steps): with the default
+        # 2**31 - 1 steps and a solution whose steps stop growing, hours.
+        options.setdefault("max_num_steps", 5000)
+    if options:
+        a["options"] = options
+    call = Call(target="odeint_event", callee="event_call", args=a, positional=3, level="api", muts=muts)
+
+    must = []
+    ys = list(a["y0"]) if isinstance(a["y0"], (tuple, list)) else [a["y0"]]
+    if isinstance(a["y0"], list) or a["y0"] == ():
+        must.append("y0 a list or an empty tuple")
+    for s in ys:
+        if s.device != "cpu":
+            must.append("meta y0")
+        if s.dtype not in ("float32", "float64"):
+            must.append("y0 dtype")
+        if s.dtype in ("float32", "float64") and math.prod(s.shape) and any(
+                isinstance(v, float) and not math.isfinite(v) for _, v in s.specials):
+            must.append("y0 not finite")
+    if len({s.dtype for s in ys}) > 1:
+        must.append("y0 parts of different dtypes")
+    t0s = a["t0"]
+    if not isinstance(t0s, Ten) or math.prod(t0s.shape) != 1:
+        must.append("t0 must be a tensor holding one time")
+    else:
+        tv = t0s.numbers()
+        if t0s.device != "cpu":
+            must.append("meta t0")
+        if tv is not None and not all(math.isfinite(v) for v in tv):
+            must.append("t0 not finite")
+    ev = a["event_fn"].text
+    if ev in ("3", "'event'", "None"):
+        must.append("event_fn not callable")
+    if ev in ("E.number", "E.string", "E.none"):
+        must.append("event_fn must return a tensor")
+    itf = a.get("odeint_interface")
+    if itf is not None and itf.text == "3":
+        must.append("odeint_interface not callable")
+    if itf is not None and itf.text == "fde.odeint_adjoint" and "adjoint_params" not in a:
+        must.append("odeint_adjoint with a plain function needs adjoint_params")
+    if itf is not None and itf.text == "fde.odeint" and "adjoint_params" in a:
+        must.append("odeint has no adjoint_params")
+    for k in ("rtol", "atol"):
+        v = a[k]
+        if isinstance(v, float) and (v != v or v < 0) or isinstance(v, str) or v is None:
+            must.append(f"{k}={lit(v)}")
+        if isinstance(v, list) and len(v) != len(ys):
+            must.append(f"{k}: one per tuple element")
+    if "method" in a and a["method"] not in ("dopri5", "tsit5", "bosh3", None):
+        must.append("method")
+    must += [f"options: {m}" for m in _control_must_raise(
+        {k: v for k, v in options.items() if k != "max_num_steps" or isinstance(v, int)})]
+    if "bogus_option" in options:
+        must.append("unknown option")
+    rev = a["reverse_time"]
+    if isinstance(a["t0"], Ten) and a["t0"].fill == "full" and a["t0"].value == t0v and isinstance(rev, bool):
+        ahead = [p for k in ("step_t", "jump_t") for p in options.get(k, []) if (p - t0v) * (-1 if rev else 1) > 0]
+        if ahead:  # (points behind t0 are dropped)
+            must.append("step_t/jump_t with an event")
+    if a.get("gradient") == "bogus" or a.get("progress") == "yes":
+        must.append("bad gradient/progress")
+    call.must_raise = sorted(set(must))
+    call.checks = [
+        ("wrong-output-shape", "(shape_of(RESULT['sol']) == tuple((2, *p.shape) for p in y0)) if isinstance(y0, "
+                               "tuple) else tuple(RESULT['sol'].shape) == (2, *y0.shape)"),
+        ("wrong-output-shape", "RESULT['t'].numel() == 1"),
+    ]
+    valid = not must and not muts
+    if valid:
+        tol = 1e-6 if dtype == "float64" and t0.dtype == "float64" else 1e-4
+        call.checks.append(("event-differs-from-exact", f"event_exact_ok(RESULT, {kind!r}, y0, t0, {lit(level)}, "
+                                                        f"{tol})"))
+    return call
+
+
 ENTRY_POINTS: Dict[str, Callable[[Gen], Call]] = {
     "rk_solve": solve_call,
     "rk_checkpoint_backward": backward_call,
@@ -1126,6 +2204,11 @@ ENTRY_POINTS: Dict[str, Callable[[Gen], Call]] = {
     "all_finite": finite_call,
     "odeint": lambda g: api_call(g, "odeint"),
     "odeint_adjoint": lambda g: api_call(g, "odeint_adjoint"),
+    "rk_solve_per_sample": solve_per_sample_call,
+    "rk_checkpoint_backward_per_sample": checkpoint_per_sample_call,
+    "rk_adjoint_per_sample": adjoint_per_sample_call,
+    "solve_ivp": solve_ivp_call,
+    "odeint_event": odeint_event_call,
 }
 
 

@@ -25,9 +25,10 @@ __all__ = ["torch", "fde", "_C", "OPS", "rk_solve", "rk_adjoint", "options", "na
            "check_guards", "SUCCESS", "RUNNING", "all_finite", "shape_of", "odeint_shape_ok", "grad_direct", "close", "solved_ok", "defined_part",
            "inplace_then_read", "write_past_end", "lin_exact_grads",
            # per-sample entry points, solve_ivp and events
-           "rk_solve_per_sample", "rk_adjoint_per_sample", "E", "ivp_call", "event_call", "ps_shapes_ok", "ps_solved_ok",
-           "ps_events_ok", "ps_grad_finite", "ps_alone_ok", "grad_direct_ps", "lin_exact_grads_ps", "adjoint_ps_ok",
-           "ivp_shapes_ok", "ivp_success_finite", "ivp_alone_ok", "ivp_lin_exact_ok", "event_exact_ok"]
+           "rk_solve_per_sample", "rk_adjoint_per_sample", "E", "ivp_call", "event_call", "ps_shapes_ok",
+           "ps_solved_ok", "ps_events_ok", "ps_grad_finite", "ps_alone_ok", "ps_loops_agree", "grad_direct_ps",
+           "lin_exact_grads_ps", "adjoint_ps_ok", "ivp_shapes_ok", "ivp_success_finite", "ivp_alone_ok",
+           "ivp_lin_exact_ok", "event_exact_ok", "close_scaled"]
 
 # Status codes: taken from the extension when it exports them (F9), else today's values.
 _codes = getattr(_C, "status_codes", None) or {}
@@ -68,12 +69,13 @@ def rk_solve_per_sample(func, y0, t_out, *, norm=None, user_shape=None, mode="gr
                                   progress_interval=progress_interval)
 
 
-def rk_adjoint_per_sample(func, params, t_out, ys, grad_ys, active, *, user_shape=None, progress=None,
+def rk_adjoint_per_sample(func, params, t_out, ys, grad_ys, active, *, user_shape=None, tape=None, progress=None,
                           progress_interval=0.1, **settings):
-    """_C.rk_adjoint_per_sample(func, params, t_out, ys, grad_ys, active, options, user_shape=, progress=,
+    """_C.rk_adjoint_per_sample(func, params, t_out, ys, grad_ys, active, options, user_shape=, tape=, progress=,
     progress_interval=) with the options flat."""
     return _C.rk_adjoint_per_sample(func, params, t_out, ys, grad_ys, active, options(**settings),
-                                    user_shape=user_shape, progress=progress, progress_interval=progress_interval)
+                                    user_shape=user_shape, tape=tape, progress=progress,
+                                    progress_interval=progress_interval)
 
 
 def rk_adjoint(func, params, t_out, ys, tape, grad_ys, *, seminorm=False, trajectory="resolve", norm=None,
@@ -234,8 +236,8 @@ N = types.SimpleNamespace(
 
 # Functions that stand for the user's code: an exception raised inside them (or in a lambda of the
 # program) is the user's, and must come out of fastdiffeq unchanged.
-USER_CODE = {"<lambda>", "_map", "_late", "_raises", "forward", "inplace_then_read", "write_past_end", "_first", "_rows",
-             "_event_raises", "_progress_raises"}
+USER_CODE = {"<lambda>", "_map", "_late", "_raises", "forward", "inplace_then_read", "write_past_end", "_first",
+             "_rows", "_event_raises"}
 
 
 class Lin(torch.nn.Module):
@@ -340,8 +342,373 @@ def lin_exact_grads(field, y0, t_out, grad_ys):
     return (g * e).sum(0), (g * (-dt) * e * y0.double()).sum()
 
 
+def close_scaled(a, b, tol) -> bool:
+    """max |a - b| <= tol (1 + max |b|): an error relative to the whole tensor's scale (a solver's error on one
+    element follows the tolerance of the whole trajectory, not that element's size)."""
+    a, b = a.detach().double(), b.detach().double()
+    if a.shape != b.shape:
+        return False
+    if a.numel() == 0:
+        return True
+    return bool((a - b).abs().max() <= tol * (1.0 + b.abs().max()))
+
+
 def close(a, b, rtol=1e-7, atol=1e-9) -> bool:
     return a.shape == b.shape and bool(torch.allclose(a.double(), b.double(), rtol=rtol, atol=atol, equal_nan=True))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Per-sample solves, solve_ivp and events
+# ---------------------------------------------------------------------------------------------------
+
+def _rows(t, y):
+    """y as one row per sample: [B, -1] when t is [B] (per sample), one row when t is 0-dim (joint); the
+    first part of a tuple state."""
+    y = y[0] if isinstance(y, (tuple, list)) else y
+    return y.reshape(t.numel() if t.dim() else 1, -1)
+
+
+def _first(t, y):
+    """Each sample's first state element ([B]; 0-dim when t is 0-dim)."""
+    v = _rows(t, y)[:, 0]
+    return v if t.dim() else v.reshape(())
+
+
+def _event_raises(t, y):
+    raise FieldError("raised on purpose by the fuzz event function")
+
+
+# Event functions event(t, y): t is [B] per sample (0-dim in joint mode / odeint), one value per sample.
+E = types.SimpleNamespace(
+    level=lambda c: (lambda t, y: _first(t, y) - c),     # the first state element crosses c
+    time=lambda c: (lambda t, y: t - c),                 # fires at t = c (when inside the span)
+    never=lambda t, y: torch.ones_like(t),
+    at_start=lambda t, y: torch.zeros_like(t),
+    sin=lambda t, y: torch.sin(20.0 * t),
+    number=lambda t, y: 1.0,
+    string=lambda t, y: "small",
+    none=lambda t, y: None,
+    extra=lambda t, y: torch.zeros(t.numel() + 1, dtype=torch.float64),
+    empty=lambda t, y: torch.zeros(0, dtype=torch.float64),
+    column=lambda t, y: (t - 1e300).reshape(-1, 1),
+    nan=lambda t, y: torch.full_like(t, nan),
+    inf=lambda t, y: torch.full_like(t, -inf),
+    meta=lambda t, y: torch.zeros_like(t, device="meta"),
+    boolean=lambda t, y: _first(t, y) > 0,
+    integer=lambda t, y: (_first(t, y) > 0).long(),
+    complex=lambda t, y: (t - 1e300).to(torch.complex128),
+    float32=lambda t, y: _first(t, y).float() - 0.25,
+    vector=lambda t, y: torch.stack([_first(t, y) - 0.5, t - 1e300]),
+    raises=_event_raises,
+)
+
+
+def _counter_width() -> int:
+    return len(getattr(_C, "counter_indices", {}) or {}) or 4
+
+
+def _direction_rows(t_out, B):
+    """t_out as float64 [B, T] rows on the CPU."""
+    t = t_out.detach().double().cpu()
+    return t.reshape(1, -1).expand(B, -1) if t.dim() == 1 else t
+
+
+def ps_shapes_ok(res, y0, t_out, event=False, record=False) -> bool:
+    """rk_solve_per_sample's result: ys [T, B, D], status/t/h [B], counters [B, n]; tape in record mode,
+    t_event [B] / y_event [B, D] with an event function."""
+    B, D = y0.shape
+    T = t_out.shape[-1]
+    ok = (tuple(res["ys"].shape) == (T, B, D) and tuple(res["status"].shape) == (B,)
+          and tuple(res["counters"].shape) == (B, _counter_width()) and tuple(res["t"].shape) == (B,)
+          and tuple(res["h"].shape) == (B,) and res["ys"].dtype == y0.dtype)
+    ok = ok and (("tape" in res) == bool(record)) and (("t_event" in res) == bool(event))
+    if event and ok:
+        ok = tuple(res["t_event"].shape) == (B,) and tuple(res["y_event"].shape) == (B, D)
+    return bool(ok)
+
+
+def _event_times(res, B):
+    te = res.get("t_event")
+    return te.detach().double().cpu() if te is not None else torch.full((B,), nan, dtype=torch.float64)
+
+
+def ps_solved_ok(res, y0, t_out) -> bool:
+    """Samples reporting success without an event have finite outputs (from a finite y0) and reached their
+    last output time."""
+    status = res["status"].reshape(-1)
+    B = status.numel()
+    plain = (status == SUCCESS) & ~torch.isfinite(_event_times(res, B))
+    if not bool(plain.any()):
+        return True
+    if all_finite(y0) and not all_finite(res["ys"][:, plain]):
+        return False
+    rows = _direction_rows(t_out, B)
+    first, last = rows[:, 0], rows[:, -1]
+    reached = res["t"].detach().double().cpu().reshape(-1)
+    good = torch.sign(last - first) * (reached - last) >= 0
+    return bool(good[plain].all()) if rows.shape[1] > 1 else True
+
+
+def ps_events_ok(res, y0, t_out) -> bool:
+    """A sample with an event succeeded and stopped at its event time, inside its span, finite there, its
+    outputs after the event NaN and before it finite; a sample without one has a NaN y_event."""
+    if "t_event" not in res:
+        return True
+    B = y0.shape[0]
+    te = _event_times(res, B)
+    rows = _direction_rows(t_out, B)
+    d = torch.sign(rows[:, -1] - rows[:, 0]) if rows.shape[1] > 1 else torch.ones(B, dtype=torch.float64)
+    t_reached = res["t"].detach().double().cpu()
+    ye = res["y_event"].detach()
+    ys = res["ys"].detach()
+    for b in range(B):
+        if not math.isfinite(float(te[b])):
+            if not bool(torch.isnan(ye[b]).all()):
+                return False
+            continue
+        if int(res["status"][b]) != SUCCESS or float(t_reached[b]) != float(te[b]):
+            return False
+        if d[b] * (te[b] - rows[b, 0]) < 0 or (rows.shape[1] > 1 and d[b] * (te[b] - rows[b, -1]) > 0):
+            return False
+        if all_finite(y0) and not all_finite(ye[b]):
+            return False
+        after = d[b] * (rows[b] - te[b]) > 0
+        before = d[b] * (rows[b] - te[b]) < 0
+        if not bool(torch.isnan(ys[after, b]).all()):
+            return False
+        if all_finite(y0) and not all_finite(ys[before, b]):
+            return False
+    return True
+
+
+def _finite_sum(outs):
+    return sum(torch.where(torch.isfinite(o), o, torch.zeros_like(o)).sum() for o in outs)
+
+
+def ps_grad_finite(res, y0) -> bool:
+    """Graph mode with y0 requiring grad: back-propagating the finite outputs gives a finite dL/dy0 (stopped
+    and failed samples' rows are zeroed so that no NaN reaches the graph)."""
+    if not (isinstance(y0, torch.Tensor) and y0.requires_grad) or not all_finite(y0):
+        return True
+    outs = [o for o in (res.get("ys"), res.get("y_event")) if isinstance(o, torch.Tensor) and o.requires_grad]
+    if not outs:
+        return True
+    (g,) = torch.autograd.grad(_finite_sum(outs), [y0], allow_unused=True)
+    return g is None or bool(torch.isfinite(g).all())
+
+
+def _same_nan(a, b, tol=1e-12) -> bool:
+    a, b = a.detach().double(), b.detach().double()
+    if a.shape != b.shape or not torch.equal(torch.isnan(a), torch.isnan(b)):
+        return False
+    m = ~torch.isnan(a)
+    return bool(torch.allclose(a[m], b[m], rtol=tol, atol=tol))
+
+
+def ps_alone_ok(res, func, y0, t_out, event_fn=None, **kw) -> bool:
+    """Each sample solved alone gives its row of the batch (solve_ivp's independence)."""
+    B = y0.shape[0]
+    for b in range(B):
+        t_b = t_out[b:b + 1] if t_out.dim() == 2 else t_out
+        alone = rk_solve_per_sample(func, y0[b:b + 1].detach(), t_b, event_fn=event_fn,
+                                    user_shape=[1, y0.shape[1]], **kw)
+        if not _same_nan(res["ys"][:, b], alone["ys"][:, 0]):
+            return False
+        if int(res["status"][b]) != int(alone["status"][0]):
+            return False
+        if not torch.equal(res["counters"][b], alone["counters"][0]):
+            return False
+        if "t_event" in res and not _same_nan(res["t_event"][b:b + 1], alone["t_event"][:1]):
+            return False
+    return True
+
+
+def ps_loops_agree(res, func, y0, t_out, mode, joint, user_shape, **settings) -> bool:
+    """The per-sample loop in the other mode ('graph' / 'record') and the fused masked loop (rk_solve) give the
+    same outputs (NaN where the sample failed), status and step counts."""
+    other = rk_solve_per_sample(func, y0.detach(), t_out, mode="record" if mode == "graph" else "graph",
+                                joint=joint, user_shape=user_shape, **settings)
+    masked = rk_solve(func, y0.detach(), t_out, mode="masked", joint=joint, user_shape=user_shape,
+                      **dict(settings, check_every=1))
+    for r in (other, masked):
+        if not torch.equal(r["status"], res["status"]) or not torch.equal(r["counters"][:, :2], res["counters"][:, :2]):
+            return False
+        if not _same_nan(r["ys"], res["ys"], 1e-12):
+            return False
+    return True
+
+
+def grad_direct_ps(func, y0, t_out, grad_ys, params, user_shape, **kw):
+    """(dL/dy0, dL/dparams...) of L = <grad_ys, ys> through the graph-mode per-sample loop (the reference of
+    the per-sample checkpoint replay)."""
+    y = y0.detach().clone().requires_grad_(True)
+    res = rk_solve_per_sample(func, y, t_out, mode="graph", user_shape=user_shape, **kw)
+    wrt = [y] + list(params)
+    ys = res["ys"]
+    gy = torch.where(torch.isnan(ys), torch.zeros_like(grad_ys), grad_ys)
+    gs = torch.autograd.grad(ys, wrt, gy, allow_unused=True)
+    return [torch.zeros_like(w) if g is None else g for g, w in zip(gs, wrt)]
+
+
+def lin_exact_grads_ps(field, y0, t_out, grad_ys, active=None):
+    """(dL/dy0 [B, D], dL/dtheta) of L = <grad_ys, ys> for Lin per sample (y_b(t) = y0_b exp(-theta (t -
+    t_b0))), t_out [T] or [B, T]; inactive samples contribute nothing."""
+    th = float(field.theta.detach())
+    B = y0.shape[0]
+    rows = _direction_rows(t_out, B)
+    dt = (rows - rows[:, :1]).t().unsqueeze(-1)  # [T, B, 1]
+    e = torch.exp(-th * dt)
+    g = grad_ys.detach().double()
+    gy0 = (g * e).sum(0)
+    gth = (g * (-dt) * e * y0.detach().double()).sum((0, 2))
+    if active is not None:
+        act = torch.tensor(active.tolist(), dtype=torch.bool)
+        gy0 = torch.where(act.unsqueeze(1), gy0, torch.zeros_like(gy0))
+        gth = torch.where(act, gth, torch.zeros_like(gth))
+    return gy0, gth.sum()
+
+
+def adjoint_ps_ok(res, active) -> bool:
+    """Inactive samples are not integrated: zero gradient, zero counters, status success."""
+    act = active.tolist()
+    for b, a in enumerate(act):
+        if a:
+            continue
+        if bool(res["grad_y0"][b].ne(0).any()) or bool(res["counters"][b].ne(0).any()):
+            return False
+        if int(res["status"][b]) != SUCCESS:
+            return False
+    return True
+
+
+def ivp_call(func, y0, t_eval, backward=False, **kwargs):
+    """fastdiffeq.solve_ivp(func, y0, t_eval, **kwargs) as a dict of the Solution's fields; with
+    backward=True also the gradients of the finite outputs (ys, t_events, y_events) w.r.t. y0, func's
+    parameters and `params`."""
+    sol = fde.solve_ivp(func, y0, t_eval, **kwargs)
+    grads = []
+    if backward:
+        wrt = [y0] if isinstance(y0, torch.Tensor) and y0.requires_grad else []
+        if isinstance(func, torch.nn.Module):
+            wrt += [p for p in func.parameters() if p.requires_grad]
+        given = kwargs.get("params")
+        for p in (given if isinstance(given, (list, tuple)) else ()):
+            if isinstance(p, torch.Tensor) and p.requires_grad and not any(p is w for w in wrt):
+                wrt.append(p)
+        outs = [o for o in (sol.ys, sol.t_events, sol.y_events) if isinstance(o, torch.Tensor) and o.requires_grad]
+        if wrt and outs:
+            grads = list(torch.autograd.grad(_finite_sum(outs), wrt, allow_unused=True))
+    return {"ys": sol.ys, "t_eval": sol.t_eval, "status": sol.status, "n_steps": sol.n_steps,
+            "n_accepted": sol.n_accepted, "n_rejected": sol.n_rejected, "nfe": sol.nfe, "t_events": sol.t_events,
+            "y_events": sol.y_events, "grads": grads}
+
+
+def ivp_shapes_ok(r, y0, t_eval, event=False) -> bool:
+    B = y0.shape[0]
+    T = t_eval.shape[-1]
+    ok = (tuple(r["ys"].shape) == (B, T, *y0.shape[1:]) and r["ys"].dtype == y0.dtype
+          and tuple(r["t_eval"].shape) == (B, T) and tuple(r["status"].shape) == (B,)
+          and all(tuple(r[k].shape) == (B,) for k in ("n_steps", "n_accepted", "n_rejected")))
+    if event:
+        ok = ok and r["t_events"] is not None and tuple(r["t_events"].shape) == (B,) \
+            and tuple(r["y_events"].shape) == (B, *y0.shape[1:])
+    else:
+        ok = ok and r["t_events"] is None and r["y_events"] is None
+    return bool(ok)
+
+
+def ivp_success_finite(r, y0) -> bool:
+    """Samples that succeeded without an event have finite outputs; gradients are finite."""
+    B = y0.shape[0]
+    te = r["t_events"].detach().double().cpu() if r["t_events"] is not None else torch.full((B,), nan)
+    plain = (r["status"] == SUCCESS) & ~torch.isfinite(te)
+    if bool(plain.any()) and not all_finite(r["ys"][plain]):
+        return False
+    return all(g is None or all_finite(g) for g in r["grads"])
+
+
+def ivp_alone_ok(r, func, y0, t_eval, **kw) -> bool:
+    """Each sample solved alone gives its row of the batch (the same values, steps and status)."""
+    B = y0.shape[0]
+    kw = dict(kw, on_failure="mark")
+    with torch.no_grad():
+        for b in range(B):
+            t_b = t_eval[b:b + 1] if t_eval.dim() == 2 else t_eval
+            alone = fde.solve_ivp(func, y0[b:b + 1].detach(), t_b, **kw)
+            if not _same_nan(r["ys"][b], alone.ys[0]) or int(r["status"][b]) != int(alone.status[0]):
+                return False
+            if int(r["n_steps"][b]) != int(alone.n_steps[0]):
+                return False
+            if r["t_events"] is not None and not _same_nan(r["t_events"][b:b + 1], alone.t_events[:1]):
+                return False
+    return True
+
+
+def ivp_lin_exact_ok(r, field, y0, t_eval, tol=1e-4) -> bool:
+    """Lin per sample: ys = y0 exp(-theta (t - t_b0)); with backward, the gradients of sum(ys) w.r.t. y0
+    (when it requires grad) and theta."""
+    B = y0.shape[0]
+    th = float(field.theta.detach())
+    rows = _direction_rows(t_eval, B)                               # [B, T]
+    dt = (rows - rows[:, :1]).reshape(B, -1, *([1] * (y0.dim() - 1)))  # [B, T, 1...]
+    e = torch.exp(-th * dt)
+    y = y0.detach().double().unsqueeze(1)
+    if not close_scaled(r["ys"], y * e, tol):
+        return False
+    if not r["grads"]:
+        return True
+    want = []
+    if y0.requires_grad:
+        want.append(e.sum(1).expand_as(y0.detach()).double())
+    want.append((-dt * e * y).sum())
+    return len(want) == len(r["grads"]) and all(  # (None: unused, a zero gradient)
+        close_scaled((torch.zeros_like(w) if g is None else g).reshape(w.shape), w, tol)
+        for g, w in zip(r["grads"], want))
+
+
+def event_call(func, y0, t0, backward=False, **kwargs):
+    """fastdiffeq.odeint_event(func, y0, t0, **kwargs) -> {'t', 'sol', 'grads'}; with backward=True the
+    gradients of the event time w.r.t. t0, then each y0 part, then func's parameters (those requiring grad;
+    None where unused)."""
+    event_t, sol = fde.odeint_event(func, y0, t0, **kwargs)
+    grads = []
+    if backward:
+        parts = list(y0) if isinstance(y0, (tuple, list)) else [y0]
+        wrt = [v for v in [t0] + parts if isinstance(v, torch.Tensor) and v.requires_grad]
+        if isinstance(func, torch.nn.Module):
+            wrt += [p for p in func.parameters() if p.requires_grad]
+        if wrt and isinstance(event_t, torch.Tensor) and event_t.requires_grad:
+            grads = list(torch.autograd.grad(event_t, wrt, allow_unused=True))
+    return {"t": event_t, "sol": sol, "grads": grads}
+
+
+def event_exact_ok(r, kind, y0, t0, level, tol=1e-6) -> bool:
+    """The event of `first element of y == level` for F.const (y = y0 + (t - t0)) or F.decay (y = y0
+    exp(-(t - t0))), y0's first element 1: its time, the state there and d tau / d (t0, y0)."""
+    t0v = float(t0.detach().reshape(-1)[0])
+    y00 = 1.0
+    tau = t0v + (level - y00) if kind == "const" else t0v + math.log(y00 / level)
+    if abs(float(r["t"].detach()) - tau) > tol * max(1.0, abs(tau)):
+        return False
+    sol = r["sol"]
+    last = (sol[0] if isinstance(sol, tuple) else sol)[-1].detach().reshape(-1)
+    if abs(float(last[0]) - level) > tol * 10:
+        return False
+    if not r["grads"]:
+        return True
+    parts = list(y0) if isinstance(y0, (tuple, list)) else [y0]
+    want = []
+    if isinstance(t0, torch.Tensor) and t0.requires_grad:
+        want.append(torch.ones_like(t0, dtype=torch.float64))
+    for j, p in enumerate(parts):
+        if isinstance(p, torch.Tensor) and p.requires_grad:
+            w = torch.zeros(p.shape, dtype=torch.float64)
+            if j == 0 and w.numel():
+                w.view(-1)[0] = -1.0 if kind == "const" else 1.0 / y00
+            want.append(w)
+    return len(want) == len(r["grads"]) and all(
+        (g if g is not None else torch.zeros_like(w)).double().reshape(w.shape).sub(w).abs().max().item() < 1e-5
+        if w.numel() else True for g, w in zip(r["grads"], want))
 
 
 # Defects on purpose, for the harness's own tests (the selftest targets in gen.py).

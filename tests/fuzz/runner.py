@@ -48,7 +48,8 @@ RESTART_AFTER = {"accepted-invalid-input", "out-of-bounds-write", "alias-result-
 
 _API_ARG = re.compile(
     r"`[A-Za-z_][\w\[\]]*`|options\['\w+'\]|\b(func|y0|rtol|atol|method|options|gradient\w*|adjoint_\w+|event_fn|"
-    r"norm|step_t|jump_t|first_step|min_step|max_step|safety|ifactor|dfactor|max_num_steps|dtype)\b")
+    r"norm|step_t|jump_t|first_step|min_step|max_step|safety|ifactor|dfactor|max_num_steps|dtype|"
+    r"params|t_eval|on_failure|t0|reverse_time|odeint_interface)\b")  # (solve_ivp, odeint_event)
 
 
 def in_user_code(exc: BaseException) -> bool:
