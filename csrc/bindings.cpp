@@ -307,7 +307,14 @@ py::tuple checkpoint_backward_py(py::function func, const py::object& tape_obj,
   return py::make_tuple(g.grad_y0, g.grad_params, g.nfe);
 }
 
-// Per-sample solves (solve_ivp): t is passed to func as [B].
+// Per-sample solves (solve_ivp): t is passed to func as [B], and y as user_shape, whose first size is B.
+void check_sample_shape(const std::vector<int64_t>& user_shape, int64_t numel, int64_t B) {
+  check_user_shape(user_shape, numel, B, false);
+  if (user_shape.empty() || user_shape[0] != B)
+    throw py::value_error("fastdiffeq: user_shape must start with the number of samples B = " + std::to_string(B) +
+                          ", got " + shape_str(user_shape));
+}
+
 std::shared_ptr<fde::solver::SampleTape> sample_tape_arg(const py::object& tape) {
   if (!py::isinstance<fde::solver::SampleTape>(tape))
     throw py::type_error("fastdiffeq: tape must be a SampleTape (rk_solve_per_sample(..., mode='record')['tape']), got " +
@@ -328,6 +335,12 @@ class PyEventFunction final : public fde::solver::EventFunction {
     at::Tensor v;
     if (unpack_tensor(r, v)) {
       v = v.detach();
+      if (v.is_complex())
+        throw py::type_error(std::string("fastdiffeq: event_fn must return a real tensor, got ") +
+                             c10::toString(v.scalar_type()));
+      if (!(v.is_cpu() || v.is_cuda()))
+        throw py::value_error("fastdiffeq: event_fn returned a tensor on " + v.device().str() +
+                              " (expected a CPU or CUDA tensor)");
     } else if (py::isinstance<py::float_>(r) || py::isinstance<py::int_>(r)) {
       v = at::tensor(r.cast<double>(), at::kDouble);
     } else {
@@ -352,7 +365,13 @@ py::dict rk_solve_per_sample_py(py::function func, const at::Tensor& y0, const a
   const fde::solver::LoopMode loop_mode = parse_mode(mode);
   if (loop_mode == fde::solver::LoopMode::kMasked)
     throw py::value_error("fastdiffeq: rk_solve_per_sample runs in 'graph' or 'record' mode (the masked loop is rk_solve)");
-  if (y0.dim() == 2) check_user_shape(user_shape, y0.numel(), y0.size(0), joint);
+  if (y0.dim() == 2) {
+    if (joint) {
+      check_user_shape(user_shape, y0.numel(), y0.size(0), true);
+    } else {
+      check_sample_shape(user_shape, y0.numel(), y0.size(0));
+    }
+  }
   PyVectorField field(std::move(func), user_shape, joint);
   std::unique_ptr<PyErrorNorm> user_norm = make_norm(norm, user_shape);
   const std::unique_ptr<PyProgressSink> sink = make_progress(progress, progress_interval);
@@ -388,7 +407,7 @@ py::dict rk_solve_per_sample_py(py::function func, const at::Tensor& y0, const a
 py::tuple checkpoint_backward_per_sample_py(py::function func, const py::object& tape_obj, const at::Tensor& grad_ys,
                                             std::vector<at::Tensor> params, std::vector<int64_t> user_shape) {
   const std::shared_ptr<fde::solver::SampleTape> tape = sample_tape_arg(tape_obj);
-  if (tape->y0.defined()) check_user_shape(user_shape, tape->y0.numel(), tape->y0.size(0), false);
+  if (tape->y0.defined()) check_sample_shape(user_shape, tape->y0.numel(), tape->y0.size(0));
   fde::solver::check_vjp_params(params, grad_ys.device());
   PyVectorField field(std::move(func), std::move(user_shape), false, params);
   fde::solver::CheckpointGradients g = fde::solver::rk_checkpoint_backward_per_sample(field, *tape, grad_ys, params);
@@ -405,7 +424,7 @@ py::dict rk_adjoint_per_sample_py(py::function func, std::vector<at::Tensor> par
     tape = sample_tape_arg(tape_obj);
     if (!tape->dense) throw py::value_error("fastdiffeq: the tape has no dense record (record_dense=True)");
   }
-  if (grad_ys.dim() == 3) check_user_shape(user_shape, grad_ys.size(1) * grad_ys.size(2), grad_ys.size(1), false);
+  if (grad_ys.dim() == 3) check_sample_shape(user_shape, grad_ys.size(1) * grad_ys.size(2), grad_ys.size(1));
   fde::solver::check_vjp_params(params, grad_ys.device());
   const std::unique_ptr<PyProgressSink> sink = make_progress(progress, progress_interval);
   fde::solver::RkOptions opts = options;

@@ -39,6 +39,7 @@ class SampleTrajectory {
 
   // t: [B] (any float dtype, any device). Returns [B, D]; samples without a record get zeros.
   at::Tensor at(const at::Tensor& t) const {
+    if (rec_.t0.empty()) return at::zeros({t.numel(), rec_.y.size(1)}, rec_.y.options());  // nothing recorded
     const at::Tensor tc = t.to(at::kCPU, at::kDouble).contiguous();
     const double* tp = tc.data_ptr<double>();
     const int64_t B = tc.numel();
@@ -112,7 +113,7 @@ class DeferringAugmentedField final : public VectorField {
 }  // namespace
 
 SampleAdjointResult rk_adjoint_per_sample(VectorField& field, const at::Tensor& t_out, const at::Tensor& ys,
-                                          const at::Tensor& grad_ys, const at::Tensor& active,
+                                          const at::Tensor& grad_ys, const at::Tensor& active_in,
                                           const RkOptions& options, const SampleDenseRecord* dense) {
   TORCH_CHECK_VALUE(grad_ys.dim() == 3, "fastdiffeq: grad_ys must be [T, B, D], got ", grad_ys.sizes());
   const bool interpolated = dense != nullptr;
@@ -127,9 +128,15 @@ SampleAdjointResult rk_adjoint_per_sample(VectorField& field, const at::Tensor& 
                       "fastdiffeq: the dense record does not match grad_ys (B = ", B, ", D = ", D,
                       ", dtype and device)");
   }
-  TORCH_CHECK_VALUE(active.defined() && active.is_cpu() && active.scalar_type() == at::kBool && active.dim() == 1 &&
-                        active.size(0) == B,
+  TORCH_CHECK_VALUE(active_in.defined() && active_in.is_cpu() && active_in.scalar_type() == at::kBool &&
+                        active_in.dim() == 1 && active_in.size(0) == B,
                     "fastdiffeq: active must be a CPU bool tensor [", B, "]");
+  const at::Tensor active = active_in.contiguous();  // read through data_ptr below
+  TORCH_CHECK_VALUE(T >= 1, "fastdiffeq: grad_ys must hold at least one output time (T >= 1)");
+  TORCH_CHECK_VALUE(t_out.defined() && (t_out.dim() == 1 || (t_out.dim() == 2 && t_out.size(0) == B)) &&
+                        t_out.size(-1) == T,
+                    "fastdiffeq: t_out must be [T] or [B, T] with T = ", T, " (grad_ys' outputs) and B = ", B,
+                    ", got ", t_out.defined() ? t_out.sizes() : at::IntArrayRef{});
   TORCH_CHECK_VALUE(options.rtol.size() == 1 && options.atol.size() == 1,
                     "fastdiffeq: the adjoint takes one rtol and one atol");
   TORCH_CHECK_VALUE(options.step_t.empty() && options.jump_t.empty(),

@@ -41,6 +41,12 @@ def _event_values(event_fn: Callable, t: torch.Tensor, y: Any, what: str) -> tor
     v = event_fn(t, y)
     if not isinstance(v, torch.Tensor):
         raise TypeError(f"`event_fn` must return a tensor ({what}), got {type(v).__name__}")
+    if v.is_complex():
+        raise TypeError(f"`event_fn` must return a real tensor ({what}), got {v.dtype}")
+    if v.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"`event_fn` returned a tensor on {v.device} ({what}); expected a CPU or CUDA tensor")
+    if v.numel() == 0:
+        raise ValueError(f"`event_fn` returned an empty tensor ({what})")
     return v
 
 
@@ -63,7 +69,11 @@ def _locate(p: _Problem, y_flat: torch.Tensor, event_fn: Callable, who: str) -> 
 
         max_step = p.opts["control"].max_step
         span = min(1e300, max_step * float(p.opts["max_num_steps"]))
-        t_out = torch.tensor([t0, t0 + direction * span], dtype=torch.float64)
+        t_end = t0 + direction * span
+        if t_end == t0:
+            raise ValueError(f"options['max_step'] ({max_step:g}) x options['max_num_steps'] "
+                             f"({p.opts['max_num_steps']}) cannot move t from t0 = {t0:g}: no event can be reached")
+        t_out = torch.tensor([t0, t_end], dtype=torch.float64)
         options = solver_options(p.method, p.rtols, p.atols, p.segment_ends, p.opts, [], [], p.device)
         with gc_paused():
             res = _C.rk_solve_per_sample(p.field, y_flat.detach(), t_out.to(p.device), options, norm=p.user_norm,
@@ -137,7 +147,10 @@ class _ImplicitEventTime(torch.autograd.Function):
             g = ctx.event_fn(tau, y)
             if not ctx.per_sample:
                 g = g.min() if g.dim() > 0 else g  # (the combined event; its active component at the root)
-            g_t, g_y = torch.autograd.grad(g.sum(), (tau, y), allow_unused=True)
+            if g.requires_grad:
+                g_t, g_y = torch.autograd.grad(g.sum(), (tau, y), allow_unused=True)
+            else:  # a piecewise-constant event (a comparison, a constant): no derivative, no correction
+                g_t = g_y = None
         g_t = torch.zeros_like(tau) if g_t is None else g_t
         g_y = torch.zeros_like(y) if g_y is None else g_y
         if grad_t is None:
@@ -177,8 +190,10 @@ def odeint_event(func: Callable, y0: TensorOrTuple, t0: torch.Tensor, *, event_f
         >>> t.backward()   # dt/dy0[0] = 1 / (g t)
     """
     from ._odeint import odeint
+    check_func(event_fn, "event_fn")
     if odeint_interface is None:
         odeint_interface = odeint
+    check_func(odeint_interface, "odeint_interface")
     if not isinstance(t0, torch.Tensor) or t0.numel() != 1:
         raise ValueError(f"`t0` must be a tensor holding one time, got "
                          f"{tuple(t0.shape) if isinstance(t0, torch.Tensor) else type(t0).__name__}")

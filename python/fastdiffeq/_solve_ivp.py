@@ -77,6 +77,8 @@ def _check_t_eval(t_eval: Any, B: int) -> Tuple[torch.Tensor, torch.Tensor]:
         raise TypeError(f"`t_eval` must be a torch.Tensor of times ([T] or [B, T]), got {type(t_eval).__name__}")
     if not t_eval.is_floating_point():
         raise TypeError(f"`t_eval` must be a floating-point tensor, got {t_eval.dtype}")
+    if t_eval.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"`t_eval` must be on a CPU or CUDA device, got {t_eval.device}")
     if t_eval.dim() not in (1, 2):
         raise ValueError(f"`t_eval` must be [T] or [B, T], got shape {tuple(t_eval.shape)}")
     if t_eval.requires_grad and torch.is_grad_enabled():
@@ -187,7 +189,18 @@ def _prepare(func: Callable, y0: Any, t_eval: Any, method: str, rtol: Any, atol:
 
         def field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             sign = sign64.to(y.dtype)
-            return func(t * sign, y) * sign.view(view)
+            out = func(t * sign, y)
+            # The checks the C++ side makes of what func returns, before the sign could broadcast it.
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(f"fastdiffeq: func must return a torch.Tensor, got {type(out).__name__}")
+            if out.shape != y.shape:
+                raise ValueError(f"fastdiffeq: func returned shape {list(out.shape)} but the state has shape "
+                                 f"{list(y.shape)}")
+            if out.dtype != y.dtype:
+                raise TypeError(f"fastdiffeq: func returned dtype {out.dtype} but the state is {y.dtype}")
+            if out.device != y.device:
+                raise ValueError(f"fastdiffeq: func returned a tensor on {out.device} but the state is on {y.device}")
+            return out * sign.view(view)
 
     return _Batch(func=func, field=field, method=method, rtol=rtol_v, atol=atol_v, opts=opts, y0=y0,
                   state_shape=state_shape, t_eval=t_eval64, t_solve=t_solve.contiguous(), user_norm=opts["norm"],

@@ -1128,35 +1128,8 @@ def api_call(g: Gen, fn: str) -> Call:
 # that reach them are drawn only with FDE_FUZZ_KNOWN_BUGS=1 (python -m tests.fuzz --known-bugs), so that the CI
 # campaign stays green until they are fixed; then drop the entry (the mutations are drawn again by default).
 KNOWN_BUGS: Dict[str, str] = {
-    "adjoint-ps-t_out-length": "rk_adjoint_per_sample accepts a t_out whose number of times differs from grad_ys' "
-                               "T (reads past t_out when it is shorter; wrong gradients)",
-    "adjoint-ps-active-strides": "rk_adjoint_per_sample reads `active` through data_ptr ignoring its strides: a "
-                                 "non-contiguous / expanded mask is misread (wrong gradients; out-of-bounds read)",
-    "event-backward-no-grad": "backward through odeint_event / solve_ivp(event_fn=...) raises torch's 'element 0 of "
-                              "tensors does not require grad' when event_fn's value has no grad_fn",
-    "event-device-dtype": "an event_fn returning a meta tensor gives torch's NotImplementedError, not a fastdiffeq "
-                          "error naming event_fn; a complex one is taken as its real part in the loop (a warning), "
-                          "then torch errors in odeint_event and in solve_ivp's backward",
     "pybind-types": "wrong Python types for the typed arguments of the per-sample _C entry points (ys=None, "
                     "params=[1.0], ...) give pybind11's signature dump",
-    "odeint-event-unchecked": "odeint_event does not check event_fn (None) and odeint_interface (not callable)",
-    "event-empty": "odeint / odeint_event with an event_fn returning an empty tensor: torch's min() error from "
-                   "_events.py",
-    "ivp-t_eval-device": "solve_ivp with t_eval on the meta device: torch's NotImplementedError (no device check, "
-                         "unlike odeint's t)",
-    "adjoint-ps-interpolated-no-steps": "the interpolated per-sample adjoint fails with torch's index_select error "
-                                        "when the forward record has no step at all (T == 1, or every sample failed "
-                                        "at t0): solve_ivp(gradient='adjoint', adjoint_options={'trajectory': "
-                                        "'interpolated'}) with one output time",
-    "adjoint-ps-user_shape": "rk_adjoint_per_sample accepts any user_shape holding B * D elements, then fails with "
-                             "torch's view error when its first size is not B (the state is a non-contiguous slice)",
-    "ivp-mixed-directions-output-checks": "solve_ivp with t_eval rows in both directions multiplies func's output by "
-                                          "each row's direction in Python before fastdiffeq checks it: a wrong "
-                                          "shape / device gives torch's error, a number or another float dtype is "
-                                          "silently accepted",
-    "event-span-underflow": "odeint / odeint_event with event_fn and max_step * max_num_steps too small to move t0 "
-                            "(max_step=1e-300): the internal 't_out must be strictly monotone' error, naming no "
-                            "argument of the call",
 }
 WITH_KNOWN_BUGS = os.environ.get("FDE_FUZZ_KNOWN_BUGS", "") not in ("", "0")
 
@@ -1167,22 +1140,11 @@ def _known(bug: str) -> bool:
     return WITH_KNOWN_BUGS
 
 
-# Event functions whose value has no grad_fn (constants, comparisons): backward needs
-# "event-backward-no-grad".
-EVENTS_NO_GRAD = {"E.never", "E.at_start", "E.extra", "E.nan", "E.inf", "E.boolean", "E.integer", "E.empty"}
 
 
 def _events_bad(target: str, backward: bool = False) -> List[str]:
     out = []
     for e in EVENTS_BAD:
-        if e == "E.meta" and not _known("event-device-dtype"):
-            continue
-        if e == "E.complex" and (target == "odeint_event" or backward) and not _known("event-device-dtype"):
-            continue
-        if e == "E.empty" and target == "odeint_event" and not _known("event-empty"):
-            continue
-        if backward and e in EVENTS_NO_GRAD and not _known("event-backward-no-grad"):
-            continue
         out.append(e)
     return out
 
@@ -1550,7 +1512,7 @@ def adjoint_per_sample_call(g: Gen) -> Call:
     dtype = g.choice(["float64", "float64", "float32"])
     fwd_kw = dict(method="dopri5", rtol=[1e-10], atol=[1e-12], segment_ends=[D])
     env = {"y0": Ten((B, D), dtype, seed=g.seed()), "t_grid": t_out}
-    interpolated = g.p(0.5) and (T > 1 or _known("adjoint-ps-interpolated-no-steps"))
+    interpolated = g.p(0.5)
     setup = [f"field = Lin({g.uniform(0.2, 2.0)}, torch.{dtype})", f"fwd_kw = {lit(fwd_kw)}",
              f"fwd = rk_solve_per_sample(field, y0, t_grid, mode='record', user_shape={[B, D]}, record_dense=True, "
              "**fwd_kw)" if interpolated else
@@ -1594,14 +1556,12 @@ def adjoint_per_sample_call(g: Gen) -> Call:
         valid = valid and name == "active"
         if name == "grad_ys":
             if g.p(0.5):
-                other_T = [(T + 1, B, D), (max(T - 1, 0), B, D)] if _known("adjoint-ps-t_out-length") else []
+                other_T = [(T + 1, B, D), (max(T - 1, 0), B, D)] if True else []
                 shape = g.choice([(T, B + 1, D), (T, B, D + 1), (T, B * D), (), (T, 0, D)] + other_T)
                 a[name] = replace(a[name], shape=shape)
                 m = f"shape {shape}"
             else:
                 a[name], m = g.mutate_tensor(a[name])
-                while len(a[name].shape) == 3 and a[name].shape[0] != T and not _known("adjoint-ps-t_out-length"):
-                    a[name], m = g.mutate_tensor(Ten((T, B, D), dtype, seed=g.seed()))
         elif name == "ys":
             a[name] = Code(g.choice(["fwd['ys']", "None", "fwd['ys'][:1]", "fwd['ys'][:, :1]", "fwd['ys'].float()",
                                      "fwd['ys'].double()", "fwd['ys'].transpose(0, 1)", "fwd['ys'] * nan",
@@ -1609,18 +1569,14 @@ def adjoint_per_sample_call(g: Gen) -> Call:
                                      "fwd['ys'].transpose(0, 1).contiguous().transpose(0, 1)"]))
             m = a[name].text
         elif name == "tape":
-            # (a record without steps, T == 1, reaches "adjoint-ps-interpolated-no-steps")
-            a[name] = Code(g.choice([k for k, v in tapes.items() if (k != "fwd['tape']" or interpolated) and (
-                v is None or T > 1 or _known("adjoint-ps-interpolated-no-steps"))]))
+            a[name] = Code(g.choice([k for k, v in tapes.items() if k != "fwd['tape']" or interpolated]))
             m = a[name].text
         elif name == "t_out":
             how = g.choice(["mutate", "mutate", "rows", "float32"]
-                           + (["longer", "shorter"] if _known("adjoint-ps-t_out-length") else []))
+                           + (["longer", "shorter"] if True else []))
             t_ok = how != "float32"
             if how == "mutate":
                 spec, m = g.mutate_tensor(t_out, "grid")
-                while spec.shape[-1:] != t_out.shape[-1:] and not _known("adjoint-ps-t_out-length"):
-                    spec, m = g.mutate_tensor(t_out, "grid")
                 a[name] = spec
                 t_T = spec.shape[-1] if spec.shape else 0
                 t_rows = spec.shape[0] if len(spec.shape) == 2 else 0
@@ -1638,7 +1594,7 @@ def adjoint_per_sample_call(g: Gen) -> Call:
                 m = "t_out float32"
                 t_T, t_rows = T, 0
         elif name == "active":
-            strided = _known("adjoint-ps-active-strides")
+            strided = True
             if g.p(0.5):
                 a[name], m = g.mutate_tensor(a[name])
                 while a[name].layout in ("stride2", "expand") and not strided:
@@ -1660,7 +1616,7 @@ def adjoint_per_sample_call(g: Gen) -> Call:
             m = a[name].text
         elif name == "user_shape":
             a[name] = g.choice([[B, D + 1], [], [-1], [2**62], [B, D, 1], [B, 1, D]]
-                               + ([[B * D], [D, B], [1, B * D]] if _known("adjoint-ps-user_shape") else []))
+                               + ([[B * D], [D, B], [1, B * D]] if True else []))
             m = lit(a[name])
         elif name == "progress":
             m = _mutate_progress(g, a)
@@ -1753,17 +1709,6 @@ IVP_OPTION_VALUES: Dict[str, list] = dict(API_OPTION_VALUES, norm=[
 BAD_OUTPUT = {"F.wrong_shape", "F.meta_out", "F.not_tensor", "F.wrong_dtype"}
 
 
-def _mixed_rows(t: Any) -> bool:
-    """Whether a [B, T] grid spec has rows running in both directions."""
-    vals = t.numbers() if isinstance(t, Ten) and len(t.shape) == 2 and t.shape[1] > 1 else None
-    if not vals:
-        return False
-    n = t.shape[1]
-    signs = {math.copysign(1.0, vals[r + n - 1] - vals[r]) for r in range(0, len(vals), n)
-             if math.isfinite(vals[r + n - 1] - vals[r])}
-    return len(signs) > 1
-
-
 def solve_ivp_call(g: Gen) -> Call:
     """fastdiffeq.solve_ivp(func, y0, t_eval, *, method, rtol, atol, gradient, options, on_failure, event_fn, params,
     progress) through helpers.ivp_call (optionally with a backward pass)."""
@@ -1794,8 +1739,7 @@ def solve_ivp_call(g: Gen) -> Call:
     if gradient == "direct" and g.p(0.3):
         a["event_fn"] = Code(g.choice([f"E.time({lit(t_mid)})", "E.level(0.0)", "E.level(0.5)"]))
     if gradient == "adjoint" and g.p(0.5):
-        a["adjoint_options"] = {"trajectory": g.choice(["interpolated", "resolve"]) if T > 1 or _known(
-            "adjoint-ps-interpolated-no-steps") else "resolve"}
+        a["adjoint_options"] = {"trajectory": g.choice(["interpolated", "resolve"])}
     options: Dict[str, Any] = {}
     y0_spec = a["y0"]
     pre: List[str] = []  # non-tensor y0 / t_eval, bound to their names before the call
@@ -1815,8 +1759,6 @@ def solve_ivp_call(g: Gen) -> Call:
             t = a["t_eval"] if isinstance(a["t_eval"], Ten) else t_eval
             if how == "mutate":
                 a["t_eval"], m = g.mutate_tensor(t, "grid")
-                while a["t_eval"].device != "cpu" and not _known("ivp-t_eval-device"):
-                    a["t_eval"], m = g.mutate_tensor(t, "grid")
             elif how == "rows":
                 rows = g.choice([B + 1, max(B - 1, 1), 1]) if B > 1 else 2
                 a["t_eval"] = _rows_grid(g, rows, T, per_row=True, mixed=g.p(0.5))[0]
@@ -1893,8 +1835,7 @@ def solve_ivp_call(g: Gen) -> Call:
             a["method"] = g.choice(["rk4", "DOPRI5", 5, "euler", None, "bosh3"])
             m = lit(a["method"])
         elif name == "adjoint_options":
-            a["adjoint_options"] = g.choice([{"trajectory": "interpolated"} if T > 1 or _known(
-                "adjoint-ps-interpolated-no-steps") else {"trajectory": "resolve"}, {"trajectory": "resolve"}, {},
+            a["adjoint_options"] = g.choice([{"trajectory": "interpolated"}, {"trajectory": "resolve"}, {},
                                              {"trajectory": "bogus"}, {"trajectory": None}, {"bogus": 1},
                                              {"norm": "seminorm"}, Code("'interpolated'"), None])
             m = lit(a["adjoint_options"])
@@ -1904,12 +1845,6 @@ def solve_ivp_call(g: Gen) -> Call:
         a.setdefault("_muts", []).append(f"{name}: {m}")
     muts = a.pop("_muts", [])
     pre = [ln for ln in pre if not any(ln.startswith(f"{k} = ") and isinstance(a[k], Ten) for k in ("y0", "t_eval"))]
-    if a["func"].text in BAD_OUTPUT and _mixed_rows(a["t_eval"]) and not _known("ivp-mixed-directions-output-checks"):
-        a["func"] = Code("F.decay")
-        muts.append("func: F.decay (a wrong output with mixed directions: known bug)")
-    if (isinstance(a.get("adjoint_options"), dict) and a["adjoint_options"].get("trajectory") == "interpolated"
-            and a["func"].text in ("F.inf", "F.nan_late") and not _known("adjoint-ps-interpolated-no-steps")):
-        a["adjoint_options"] = {"trajectory": "resolve"}  # (every sample failing at t0: no step recorded)
     if any(m.startswith("t_eval") for m in muts) and not isinstance(a.get("options"), Code):
         # a far grid with the default max_num_steps (2**31 - 1 per output interval) runs for hours
         options.setdefault("max_num_steps", 10000)
@@ -2085,14 +2020,14 @@ def odeint_event_call(g: Gen) -> Call:
                 m = lit(a["t0"]) if not isinstance(a["t0"], Ten) else f"t0 shape {a['t0'].shape}"
         elif name == "event_fn":
             a["event_fn"] = Code(g.choice(_events_bad("odeint_event", backward) + ["E.level(-5.0)", "E.time(0.5)"]
-                                          + (["None"] if _known("odeint-event-unchecked") else [])))
+                                          + (["None"] if True else [])))
             m = a["event_fn"].text
         elif name == "reverse_time":
             a["reverse_time"] = g.choice([not reverse, "yes", None, 1])
             m = lit(a["reverse_time"])
         elif name == "interface":
             a["odeint_interface"] = Code(g.choice(["fde.odeint_adjoint", "fde.odeint"]
-                                                  + (["3"] if _known("odeint-event-unchecked") else [])))
+                                                  + (["3"] if True else [])))
             a.pop("adjoint_params", None) if g.p(0.5) else a.__setitem__("adjoint_params", ())
             m = a["odeint_interface"].text + (" with adjoint_params=()" if "adjoint_params" in a else "")
         elif name == "func":
@@ -2106,8 +2041,7 @@ def odeint_event_call(g: Gen) -> Call:
             if k in ("step_t", "jump_t"):
                 v = [t0v + g.choice([0.25, -0.25, 1e-300])]
             else:
-                v = g.choice([x for x in API_OPTION_VALUES[k] if k != "max_step" or x != 1e-300
-                              or _known("event-span-underflow")])
+                v = g.choice(API_OPTION_VALUES[k])
             options[k] = v
             m = f"options[{k!r}] = {lit(v)}"
         elif name == "method":
