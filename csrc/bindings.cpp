@@ -206,6 +206,23 @@ std::shared_ptr<fde::solver::RkTape> tape_arg(const py::object& tape) {
   return tape.cast<std::shared_ptr<fde::solver::RkTape>>();
 }
 
+// A list (or tuple) of tensors, e.g. the parameters to differentiate.
+std::vector<at::Tensor> tensor_list_arg(const py::object& x, const char* name) {
+  if (!py::isinstance<py::list>(x) && !py::isinstance<py::tuple>(x))
+    throw py::type_error(std::string("fastdiffeq: ") + name + " must be a list of tensors, got " + py_type_name(x));
+  std::vector<at::Tensor> out;
+  size_t i = 0;
+  for (const py::handle item : x) {
+    at::Tensor t;
+    if (!unpack_tensor(item, t))
+      throw py::type_error(std::string("fastdiffeq: ") + name + "[" + std::to_string(i) + "] must be a torch.Tensor, got " +
+                           py_type_name(item));
+    out.push_back(t);
+    ++i;
+  }
+  return out;
+}
+
 // An optional tensor argument: None or a torch.Tensor.
 at::Tensor optional_tensor_arg(const py::object& x, const char* name) {
   at::Tensor out;
@@ -251,11 +268,12 @@ std::vector<at::Tensor> split_params(const at::Tensor& flat, const std::vector<a
 }
 
 // The adjoint's backward solve: dL/dy0 and dL/dparams (one tensor per parameter, its shape and dtype).
-py::dict rk_adjoint_py(py::function func, std::vector<at::Tensor> params, const at::Tensor& t_out,
+py::dict rk_adjoint_py(py::function func, const py::object& params_obj, const at::Tensor& t_out,
                        const py::object& ys_arg, const py::object& tape_obj,
                        const at::Tensor& grad_ys, const fde::solver::RkOptions& options, bool seminorm,
                        const std::string& trajectory, py::object norm, std::vector<int64_t> user_shape, bool joint,
                        const py::object& progress, double progress_interval) {
+  const std::vector<at::Tensor> params = tensor_list_arg(params_obj, "params");
   const std::unique_ptr<PyProgressSink> sink = make_progress(progress, progress_interval);
   fde::solver::AdjointOptions opt;
   opt.solve = options;
@@ -297,8 +315,9 @@ py::dict rk_adjoint_py(py::function func, std::vector<at::Tensor> params, const 
 }
 
 py::tuple checkpoint_backward_py(py::function func, const py::object& tape_obj,
-                                 const at::Tensor& grad_ys, std::vector<at::Tensor> params,
+                                 const at::Tensor& grad_ys, const py::object& params_obj,
                                  std::vector<int64_t> user_shape, bool joint) {
+  const std::vector<at::Tensor> params = tensor_list_arg(params_obj, "params");
   const std::shared_ptr<fde::solver::RkTape> tape = tape_arg(tape_obj);
   if (!tape) throw py::value_error("fastdiffeq: no checkpoint tape");
   if (tape->y0.defined()) check_user_shape(user_shape, tape->y0.numel(), tape->y0.size(0), joint);
@@ -405,7 +424,8 @@ py::dict rk_solve_per_sample_py(py::function func, const at::Tensor& y0, const a
 }
 
 py::tuple checkpoint_backward_per_sample_py(py::function func, const py::object& tape_obj, const at::Tensor& grad_ys,
-                                            std::vector<at::Tensor> params, std::vector<int64_t> user_shape) {
+                                            const py::object& params_obj, std::vector<int64_t> user_shape) {
+  const std::vector<at::Tensor> params = tensor_list_arg(params_obj, "params");
   const std::shared_ptr<fde::solver::SampleTape> tape = sample_tape_arg(tape_obj);
   if (tape->y0.defined()) check_sample_shape(user_shape, tape->y0.numel(), tape->y0.size(0));
   fde::solver::check_vjp_params(params, grad_ys.device());
@@ -414,10 +434,11 @@ py::tuple checkpoint_backward_per_sample_py(py::function func, const py::object&
   return py::make_tuple(g.grad_y0, g.grad_params, g.nfe);
 }
 
-py::dict rk_adjoint_per_sample_py(py::function func, std::vector<at::Tensor> params, const at::Tensor& t_out,
+py::dict rk_adjoint_per_sample_py(py::function func, const py::object& params_obj, const at::Tensor& t_out,
                                   const py::object& ys_arg, const at::Tensor& grad_ys, const at::Tensor& active,
                                   const fde::solver::RkOptions& options, std::vector<int64_t> user_shape,
                                   const py::object& tape_obj, const py::object& progress, double progress_interval) {
+  const std::vector<at::Tensor> params = tensor_list_arg(params_obj, "params");
   const at::Tensor ys = optional_tensor_arg(ys_arg, "ys");
   std::shared_ptr<fde::solver::SampleTape> tape;
   if (!tape_obj.is_none()) {

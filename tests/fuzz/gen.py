@@ -1127,10 +1127,7 @@ def api_call(g: Gen, fn: str) -> Call:
 # Library bugs the generators know how to reach (found by the long campaign, not fixed yet). The mutations
 # that reach them are drawn only with FDE_FUZZ_KNOWN_BUGS=1 (python -m tests.fuzz --known-bugs), so that the CI
 # campaign stays green until they are fixed; then drop the entry (the mutations are drawn again by default).
-KNOWN_BUGS: Dict[str, str] = {
-    "pybind-types": "wrong Python types for the typed arguments of the per-sample _C entry points (ys=None, "
-                    "params=[1.0], ...) give pybind11's signature dump",
-}
+KNOWN_BUGS: Dict[str, str] = {}
 WITH_KNOWN_BUGS = os.environ.get("FDE_FUZZ_KNOWN_BUGS", "") not in ("", "0")
 
 
@@ -1432,7 +1429,7 @@ def checkpoint_per_sample_call(g: Gen) -> Call:
                                 [Ten((), "int64", fill="full", value=1)], [Ten((2,), "float64", device="meta")],
                                 [Code("torch.zeros(2, dtype=torch.float64, requires_grad=True)")],
                                 [Code("torch.ones((), dtype=torch.float32, requires_grad=True)")]]
-                               + ([[Code("1.0")]] if _known("pybind-types") else []))
+                               + [[Code("1.0")]])
             m = lit(a[name]) if not any(isinstance(x, Ten) for x in a[name]) else "odd tensor"
         elif name == "func":
             a[name] = Code(g.choice(["F.decay", "F.wrong_shape", "F.raises", "F.identity", "F.nan_late",
@@ -1608,7 +1605,7 @@ def adjoint_per_sample_call(g: Gen) -> Call:
             a[name] = g.choice([[], [Code("field.theta.detach()")], [Code("field.theta")] * 2, [Code("y0")],
                                 [Ten((), "int64", fill="full", value=1)], [Ten((2,), "float64", device="meta")],
                                 [Code("torch.zeros(2, dtype=torch.float64, requires_grad=True)")]]
-                               + ([[Code("1.0")]] if _known("pybind-types") else []))
+                               + [[Code("1.0")]])
             m = lit(a[name]) if not any(isinstance(x, Ten) for x in a[name]) else "odd tensor"
         elif name == "func":
             a[name] = Code(g.choice(["F.decay", "F.wrong_shape", "F.raises", "F.nan_late", "F.identity", "F.inf",
