@@ -43,6 +43,7 @@ demo: build
 
 bench: build
 	$(PY) benchmarks/bench_forward.py
+	$(PY) benchmarks/bench_vdp.py
 
 # A long fuzz campaign of every op and entry point (tests/fuzz; CI runs a short one in tests/test_fuzz.py).
 fuzz: build

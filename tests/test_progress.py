@@ -77,6 +77,29 @@ def test_odeint_adjoint_bars_forward_and_backward(capsys, calls):
     assert any(line.startswith("odeint_adjoint (backward): 100%") and "t=0/0" in line for line in lines)
 
 
+@pytest.mark.parametrize("gradient", [None, "direct", "checkpoint", "adjoint"])
+def test_solve_ivp_bar_follows_the_slowest_sample(capsys, calls, gradient):
+    # Per-sample solves report the least advanced sample: the bar never goes back and ends at 100 %.
+    f = Field()
+    y0 = torch.randn(6, 2)
+    t = torch.linspace(0.0, 4.0, 9)
+    if gradient is None:
+        with torch.no_grad():
+            sol = fastdiffeq.solve_ivp(f, y0, t, rtol=1e-7, atol=1e-7, progress=True)
+    else:
+        sol = fastdiffeq.solve_ivp(f, y0.requires_grad_(True), t, rtol=1e-7, atol=1e-7, gradient=gradient,
+                                   progress=True)
+    n_forward = len(calls)
+    _check_reports(calls, 0.0, 4.0, int(sol.n_steps.max()))
+    if gradient is not None:
+        sol.ys.square().sum().backward()
+    lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    assert any(line.startswith("solve_ivp: 100%") and "t=4/4" in line for line in lines)
+    if gradient == "adjoint":
+        _check_reports(calls[n_forward:], 4.0, 0.0, 1)
+        assert any(line.startswith("solve_ivp (adjoint): 100%") for line in lines)
+
+
 def test_progress_off_prints_nothing_and_never_calls_back(capsys, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("no bar may be created with progress=False")
