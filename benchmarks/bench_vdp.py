@@ -280,7 +280,7 @@ def forward_method(name: str, batch: str, mu: torch.Tensor, y0: torch.Tensor, t:
         solve = torch.compile(build(False).solve)
         t0 = time.perf_counter()
         try:
-            sol = solve(problem)  # compiles
+            solve(problem)  # compiles
         except Exception as e:
             compile_info[batch] = dict(error=f"{type(e).__name__}: {e}".splitlines()[0][:300])
             raise

@@ -233,17 +233,8 @@ at::Tensor optional_tensor_arg(const py::object& x, const char* name) {
   return out;
 }
 
-py::dict rk_solve_py(py::function func, const at::Tensor& y0, const at::Tensor& t_out,
-                     const fde::solver::RkOptions& options, py::object norm, std::vector<int64_t> user_shape,
-                     bool joint, const std::string& mode, const py::object& progress, double progress_interval) {
-  const fde::solver::LoopMode loop_mode = parse_mode(mode);
-  if (y0.dim() == 2) check_user_shape(user_shape, y0.numel(), y0.size(0), joint);
-  PyVectorField field(std::move(func), user_shape, joint);
-  std::unique_ptr<PyErrorNorm> user_norm = make_norm(norm, user_shape);
-  const std::unique_ptr<PyProgressSink> sink = make_progress(progress, progress_interval);
-  fde::solver::RkOptions opts = options;
-  opts.progress = sink.get();
-  fde::solver::RkResult r = fde::solver::rk_solve(field, user_norm.get(), y0, t_out, opts, loop_mode);
+// A forward solve's result as the dict the Python layer reads.
+py::dict solve_result(const fde::solver::RkResult& r) {
   py::dict out;
   out["ys"] = r.ys;
   out["status"] = r.status;
@@ -254,6 +245,19 @@ py::dict rk_solve_py(py::function func, const at::Tensor& y0, const at::Tensor& 
   out["n_steps"] = r.n_steps;
   if (r.tape) out["tape"] = r.tape;
   return out;
+}
+
+py::dict rk_solve_py(py::function func, const at::Tensor& y0, const at::Tensor& t_out,
+                     const fde::solver::RkOptions& options, py::object norm, std::vector<int64_t> user_shape,
+                     bool joint, const std::string& mode, const py::object& progress, double progress_interval) {
+  const fde::solver::LoopMode loop_mode = parse_mode(mode);
+  if (y0.dim() == 2) check_user_shape(user_shape, y0.numel(), y0.size(0), joint);
+  PyVectorField field(std::move(func), user_shape, joint);
+  std::unique_ptr<PyErrorNorm> user_norm = make_norm(norm, user_shape);
+  const std::unique_ptr<PyProgressSink> sink = make_progress(progress, progress_interval);
+  fde::solver::RkOptions opts = options;
+  opts.progress = sink.get();
+  return solve_result(fde::solver::rk_solve(field, user_norm.get(), y0, t_out, opts, loop_mode));
 }
 
 // A flat parameter cotangent as one tensor per parameter (its shape and dtype).
@@ -406,14 +410,7 @@ py::dict rk_solve_per_sample_py(py::function func, const at::Tensor& y0, const a
   events.event = event.get();
   fde::solver::SampleSolveResult r =
       fde::solver::rk_solve_per_sample(field, user_norm.get(), y0, t_out, opts, loop_mode, events);
-  py::dict out;
-  out["ys"] = r.result.ys;
-  out["status"] = r.result.status;
-  out["counters"] = r.result.counters;
-  out["t"] = r.result.t;
-  out["h"] = r.result.h;
-  out["nfe"] = r.result.nfe;
-  out["n_steps"] = r.result.n_steps;
+  py::dict out = solve_result(r.result);
   if (r.tape) out["tape"] = r.tape;
   if (r.t_event.defined()) {
     out["t_event"] = r.t_event;

@@ -179,24 +179,20 @@ SampleAdjointResult rk_adjoint_per_sample(VectorField& field, const at::Tensor& 
   at::Tensor h_t = p.first_step(t0_t, s, k0, res.nfe);
   field.drop_deferred();
 
-  const at::Tensor t0_c = t0_t.cpu(), h_c = h_t.cpu();
-  std::vector<double> t0(t0_c.data_ptr<double>(), t0_c.data_ptr<double>() + B);
-  std::vector<double> h(h_c.data_ptr<double>(), h_c.data_ptr<double>() + B);
-  std::vector<int32_t> status(B, core::kRunning);
-  std::vector<int64_t> counters(B * core::kNumCounters, 0), out_index(B, 1);
-  int64_t running = B;
+  HostSamples samples(t0_t, h_t);
+  std::vector<double>&t0 = samples.t0, &h = samples.h;
+  std::vector<int32_t>& status = samples.status;
+  std::vector<int64_t>&counters = samples.counters, &out_index = samples.out_index;
+  const int64_t& running = samples.running;
   for (int64_t b = 0; b < B; ++b) {
     const bool stop = !active.data_ptr<bool>()[b] || T == 1 || (k_ok.defined() && !k_ok.data_ptr<bool>()[b]);
-    if (!stop) continue;
-    status[b] = active.data_ptr<bool>()[b] && T > 1 ? core::kNonFinite : core::kSuccess;
-    h[b] = 0.0;
-    --running;
+    if (stop) samples.stop(b, active.data_ptr<bool>()[b] && T > 1 ? core::kNonFinite : core::kSuccess);
   }
 
   ProgressReporter progress(aug.progress, p.t_out_host_);
   std::vector<double> h_step(B), t1(B), weight(B);
-  std::vector<uint8_t> accepted(B), landed(B);
-  std::vector<int64_t> land_rows;
+  std::vector<uint8_t> accepted(B), landed(B), on_output(B);
+  std::vector<int64_t> land_rows, land_samples;
   int64_t live_count = B;
   std::vector<uint8_t> live(B);
   while (running > 0) {
@@ -206,7 +202,7 @@ SampleAdjointResult rk_adjoint_per_sample(VectorField& field, const at::Tensor& 
       live_count = running;
     }
     // Each running sample steps, or lands exactly on its next output time when the step would reach it.
-    std::vector<uint8_t> on_output(B, 0);
+    std::fill(on_output.begin(), on_output.end(), 0);
     for (int64_t b = 0; b < B; ++b) {
       if (status[b] != core::kRunning) {
         h_step[b] = 0.0;
@@ -242,7 +238,7 @@ SampleAdjointResult rk_adjoint_per_sample(VectorField& field, const at::Tensor& 
 
     bool any_accepted = false, any_landed = false;
     land_rows.clear();
-    std::vector<int64_t> land_samples;
+    land_samples.clear();
     for (int64_t b = 0; b < B; ++b) {
       accepted[b] = landed[b] = 0;
       weight[b] = 0.0;
@@ -266,7 +262,7 @@ SampleAdjointResult rk_adjoint_per_sample(VectorField& field, const at::Tensor& 
       core::commit_sample_to(t0[b], t1[b], h_commit, status[b], &counters[b * core::kNumCounters], out_index[b],
                              accept[b], ratio[b], h_after, row_of(b), T, aug.max_num_steps);
       h[b] = h_commit;
-      if (status[b] != core::kRunning) --running;
+      if (status[b] != core::kRunning) --samples.running;
     }
 
     if (any_accepted) {
@@ -289,10 +285,10 @@ SampleAdjointResult rk_adjoint_per_sample(VectorField& field, const at::Tensor& 
     if (any_landed) {
       // On an output time: y is re-anchored to the forward output and a jumps by its cotangent; f is
       // evaluated again there (FSAL does not hold across the jump).
-      const auto rows = at::tensor(land_rows, at::kLong).to(dev), samples = at::tensor(land_samples, at::kLong).to(dev);
-      const c10::List<std::optional<at::Tensor>> at_rows({rows, samples});
-      const at::Tensor a_new = aug_field.a_of(s.index_select(0, samples)) + at::index(grad_ys, at_rows);
-      s.index_copy_(0, samples, interpolated ? a_new : at::cat({at::index(ys, at_rows), a_new}, 1));
+      const auto rows = at::tensor(land_rows, at::kLong).to(dev), idx = at::tensor(land_samples, at::kLong).to(dev);
+      const c10::List<std::optional<at::Tensor>> at_rows({rows, idx});
+      const at::Tensor a_new = aug_field.a_of(s.index_select(0, idx)) + at::index(grad_ys, at_rows);
+      s.index_copy_(0, idx, interpolated ? a_new : at::cat({at::index(ys, at_rows), a_new}, 1));
       if (running > 0) {
         const at::Tensor k_new = aug_field.eval(at::tensor(t0, at::kDouble).to(dev).to(dtype), s);
         field.drop_deferred();

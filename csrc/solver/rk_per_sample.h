@@ -16,6 +16,7 @@
 #include <memory>
 #include <vector>
 
+#include "core/status.h"
 #include "core/tableau.h"
 #include "solver/finite.h"
 #include "solver/rk_solve.h"
@@ -23,6 +24,35 @@
 #include "solver/vector_field.h"
 
 namespace fde::solver {
+
+// The host's view of the per-sample bookkeeping of a host-driven loop: each sample's time, step, status,
+// counters (core::Counter, kNumCounters per sample) and next output row; the loops commit each sample with
+// core::commit_sample_to on these.
+struct HostSamples {
+  std::vector<double> t0, h;
+  std::vector<int32_t> status;
+  std::vector<int64_t> counters, out_index;
+  int64_t running = 0;
+
+  // t0_t, h_t: float64 [B] (any device).
+  HostSamples(const at::Tensor& t0_t, const at::Tensor& h_t) {
+    const at::Tensor t0c = t0_t.cpu().contiguous(), hc = h_t.cpu().contiguous();
+    const int64_t B = t0c.numel();
+    t0.assign(t0c.data_ptr<double>(), t0c.data_ptr<double>() + B);
+    h.assign(hc.data_ptr<double>(), hc.data_ptr<double>() + B);
+    status.assign(B, core::kRunning);
+    counters.assign(B * core::kNumCounters, 0);
+    out_index.assign(B, 1);
+    running = B;
+  }
+
+  // Sample b (still running) stops with status `code`: its step is 0 from now on.
+  void stop(int64_t b, int32_t code) {
+    status[b] = code;
+    h[b] = 0.0;
+    --running;
+  }
+};
 
 // Per-sample host flags (0 / 1) as a bool [B, 1] mask on `device`.
 inline at::Tensor sample_mask(const std::vector<uint8_t>& flags, at::Device device) {

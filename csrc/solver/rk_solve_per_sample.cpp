@@ -33,25 +33,6 @@ std::vector<at::Tensor> detached(const std::vector<at::Tensor>& ks) {
   return out;
 }
 
-// The host's view of the per-sample bookkeeping: each sample's time, step, status, counters and next row.
-struct HostSamples {
-  std::vector<double> t0, h;
-  std::vector<int32_t> status;
-  std::vector<int64_t> counters, out_index;
-  int64_t running = 0;
-
-  HostSamples(const at::Tensor& t0_t, const at::Tensor& h_t) {
-    const at::Tensor t0c = t0_t.cpu().contiguous(), hc = h_t.cpu().contiguous();
-    const int64_t B = t0c.numel();
-    t0.assign(t0c.data_ptr<double>(), t0c.data_ptr<double>() + B);
-    h.assign(hc.data_ptr<double>(), hc.data_ptr<double>() + B);
-    status.assign(B, core::kRunning);
-    counters.assign(B * core::kNumCounters, 0);
-    out_index.assign(B, 1);
-    running = B;
-  }
-};
-
 // The dense record ordered by sample (each sample's steps stay in time order).
 std::shared_ptr<SampleDenseRecord> collect_dense_record(std::vector<at::Tensor> (&rows)[5],
                                                         const std::vector<int64_t>& sample,
@@ -143,17 +124,13 @@ SampleSolveResult rk_solve_per_sample(VectorField& field, ErrorNorm* norm, const
   if (!finite) {
     for (int64_t b = 0; b < B; ++b)
       if (!startable.data_ptr<bool>()[b]) {
-        s.status[b] = core::kNonFinite;
-        s.h[b] = 0.0;
-        --s.running;
+        s.stop(b, core::kNonFinite);
       }
   }
   if (T == 1)
     for (int64_t b = 0; b < B; ++b)
       if (s.status[b] == core::kRunning) {
-        s.status[b] = core::kSuccess;
-        s.h[b] = 0.0;
-        --s.running;
+        s.stop(b, core::kSuccess);
       }
 
   const double* t_host = p.t_out_host_.data_ptr<double>();
@@ -184,9 +161,7 @@ SampleSolveResult rk_solve_per_sample(VectorField& field, ErrorNorm* norm, const
       if (sign0[b] == 0.0 && s.status[b] == core::kRunning) {
         at_start.push_back(b);
         t_event[b] = s.t0[b];
-        s.status[b] = core::kSuccess;
-        s.h[b] = 0.0;
-        --s.running;
+        s.stop(b, core::kSuccess);
       }
     }
     if (!at_start.empty()) {
@@ -304,9 +279,7 @@ SampleSolveResult rk_solve_per_sample(VectorField& field, ErrorNorm* norm, const
           s.out_index[b] = last;
           s.t0[b] = t_event[b] = t_stop[b];
           s.counters[b * core::kNumCounters + core::kAccepted] += 1;
-          s.status[b] = core::kSuccess;
-          s.h[b] = 0.0;
-          --s.running;
+          s.stop(b, core::kSuccess);
           continue;
         }
       }

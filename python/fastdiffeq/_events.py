@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import torch
 
 from . import _C
+from ._errors import SolverError
 from ._odeint import (_Problem, _prepare, _raise_status, gc_paused, solver_options)
 from ._stats import SolveStats, _record
 from ._status import Counter, Status, status_name
@@ -88,14 +89,9 @@ def _locate(p: _Problem, y_flat: torch.Tensor, event_fn: Callable, who: str) -> 
         _raise_status(status, t_final, stats, p.opts, who)
     t_event = res["t_event"][0]
     if math.isnan(float(t_event)):
-        raise _C_no_event(t_final, stats, who)
+        raise SolverError(f"fastdiffeq.{who}: event_fn did not change sign before t={t_final:.6g}", t=t_final,
+                          stats=stats)
     return t_event, res["y_event"]
-
-
-def _C_no_event(t_final: float, stats: SolveStats, who: str) -> Exception:
-    from ._errors import SolverError
-    return SolverError(f"fastdiffeq.{who}: event_fn did not change sign before t={t_final:.6g}", t=t_final,
-                       stats=stats)
 
 
 def odeint_until_event(func: Callable, y0: TensorOrTuple, t: torch.Tensor, *, rtol: Any, atol: Any,

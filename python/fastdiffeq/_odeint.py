@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 

@@ -18,8 +18,8 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from . import _C
-from ._errors import MaxStepsError, NonFiniteStateError, SolverError, StepSizeUnderflowError
-from ._odeint import METHODS, _parse_options, gc_paused, solver_options
+from ._errors import SolverError
+from ._odeint import _STATUS_ERRORS, METHODS, _parse_options, gc_paused, solver_options
 from ._progress import ProgressBar, check_progress, progress_bar
 from ._stats import SolveStats, _record, _record_backward
 from ._status import Counter, Status, status_name
@@ -29,8 +29,6 @@ __all__ = ["solve_ivp", "Solution"]
 
 _GRADIENTS = ("direct", "adjoint", "checkpoint")
 _FAILURES = ("raise", "mark")
-_STATUS_ERRORS = {Status.MAX_STEPS: MaxStepsError, Status.STEP_UNDERFLOW: StepSizeUnderflowError,
-                  Status.NON_FINITE: NonFiniteStateError}
 
 
 @dataclass
@@ -187,7 +185,7 @@ def _prepare(func: Callable, y0: Any, t_eval: Any, method: str, rtol: Any, atol:
         flip = direction
         view = (B,) + (1,) * len(state_shape)
 
-        def field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        def flipped_field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             sign = sign64.to(y.dtype)
             out = func(t * sign, y)
             # The checks the C++ side makes of what func returns, before the sign could broadcast it.
@@ -201,6 +199,8 @@ def _prepare(func: Callable, y0: Any, t_eval: Any, method: str, rtol: Any, atol:
             if out.device != y.device:
                 raise ValueError(f"fastdiffeq: func returned a tensor on {out.device} but the state is on {y.device}")
             return out * sign.view(view)
+
+        field = flipped_field
 
     return _Batch(func=func, field=field, method=method, rtol=rtol_v, atol=atol_v, opts=opts, y0=y0,
                   state_shape=state_shape, t_eval=t_eval64, t_solve=t_solve.contiguous(), user_norm=opts["norm"],
