@@ -16,6 +16,8 @@ Public API:
     last_stats(), last_backward_stats() -> SolveStats  -- NFE, accepted/rejected steps, status
     SolverError, MaxStepsError, StepSizeUnderflowError, NonFiniteStateError
     Status  -- the solver's status codes (an IntEnum of the values the compiled core defines)
+    nn.CNF, nn.ConcatSquashLinear, nn.ConcatSquashMLP  -- continuous normalizing flows (FFJORD, RNODE)
+    datasets.toy_2d, datasets.TOY_2D, datasets.TOY_2D_ENTROPY  -- FFJORD's 2-D toy distributions
 """
 
 import torch  # noqa: F401  (loads libtorch before the extension, which has no RPATH to it)
@@ -32,6 +34,7 @@ from ._solve_ivp import Solution, solve_ivp
 from ._events import odeint_event
 from ._stats import SolveStats, last_backward_stats, last_stats
 from ._status import Status
+from . import datasets, nn  # noqa: E402  (fastdiffeq.nn: CNF and layers; fastdiffeq.datasets: toy data)
 
 __version__ = "0.1.0"
 
@@ -50,4 +53,6 @@ __all__ = [
     "NonFiniteStateError",
     "METHODS",
     "Status",
+    "nn",
+    "datasets",
 ]
