@@ -38,12 +38,14 @@ build: $(VENV)/.build-stamp
 test: build
 	$(PY) -m pytest -q tests
 
+# The main job: train a CNF on 8gaussians (tqdm progress, plot to examples/out/cnf_toy.png, NLL vs the floor).
 demo: build
-	$(PY) examples/demo.py
+	$(PY) examples/cnf_toy.py
 
 bench: build
 	$(PY) benchmarks/bench_forward.py
 	$(PY) benchmarks/bench_vdp.py
+	$(PY) benchmarks/bench_cnf.py
 
 # A long fuzz campaign of every op and entry point (tests/fuzz; CI runs a short one in tests/test_fuzz.py).
 fuzz: build

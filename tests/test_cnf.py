@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-import fastdiffeq
 from fastdiffeq.datasets import TOY_2D, TOY_2D_ENTROPY, toy_2d
 from fastdiffeq.nn import ACTIVATIONS, CNF, ConcatSquashLinear, ConcatSquashMLP
 
@@ -416,3 +415,20 @@ def test_bad_inputs_raise_clear_errors():
         toy_2d("moons", 0)
     with pytest.raises(TypeError, match="seed"):
         toy_2d("moons", 10, seed=1.5)
+
+
+# ---- the demo ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("extra", [[], ["--backend", "torchdiffeq", "--trace", "hutchinson", "--gradient", "direct"]])
+def test_demo_script_runs(tmp_path, extra):
+    import os
+    import subprocess
+    import sys
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "cnf_toy.py")
+    out = tmp_path / "cnf.png"
+    proc = subprocess.run([sys.executable, script, "--iterations", "3", "--batch", "64", "--test-size", "500",
+                           "--hidden", "16,16", "--out", str(out), *extra],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "test NLL on 500 fresh samples" in proc.stdout
+    assert out.exists() and out.stat().st_size > 10000
