@@ -3,6 +3,7 @@
 // Only torch's pybind11 glue (<torch/csrc/utils/pybind.h>: pybind11 and the at::Tensor caster), not
 // <torch/extension.h>, which pulls in every ATen operator and the whole C++ frontend (a third of the build).
 #include <ATen/ops/tensor.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/ops/view_native.h>
 #include <torch/csrc/utils/pybind.h>
 
@@ -17,6 +18,7 @@
 #include "core/tableau.h"
 #include "solver/autograd_vjp.h"
 #include "solver/finite.h"
+#include "solver/native_mlp.h"
 #include "solver/progress.h"
 #include "solver/rk_adjoint.h"
 #include "solver/rk_per_sample.h"
@@ -109,6 +111,48 @@ class PyVectorField final : public fde::solver::VectorField {
   std::vector<at::Tensor> params_;
   int64_t n_params_;
 };
+
+// fastdiffeq.nn.MLP's native description (_C.NativeMLP): its parameters (shared with the module) and activation.
+struct NativeMlpHandle {
+  fde::solver::MlpSpec spec;
+};
+
+// The native field as the loops see it; releases the GIL around the autograd engine (checkpoint replays).
+class PyNativeMlpField final : public fde::solver::NativeMlpField {
+ public:
+  using NativeMlpField::NativeMlpField;
+  std::unique_ptr<fde::solver::ScopedUnlock> unlock() override { return std::make_unique<GilRelease>(); }
+
+ private:
+  struct GilRelease final : fde::solver::ScopedUnlock {
+    py::gil_scoped_release release;
+  };
+};
+
+bool same_tensors(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (!a[i].is_same(b[i])) return false;
+  return true;
+}
+
+// The one place a field object is made from what Python passed: a _C.NativeMLP runs natively (its vector-Jacobian
+// products differentiate all of its parameters, so `params` must be empty or exactly those); anything else
+// callable is a Python field.
+std::unique_ptr<fde::solver::VectorField> make_field(const py::object& func, std::vector<int64_t> user_shape,
+                                                     bool joint, std::vector<at::Tensor> params = {}) {
+  if (py::isinstance<NativeMlpHandle>(func)) {
+    const NativeMlpHandle& h = func.cast<const NativeMlpHandle&>();
+    if (!params.empty() && !same_tensors(params, h.spec.params()))
+      throw py::value_error("fastdiffeq: a native MLP field differentiates all of its parameters, in module order; "
+                            "got another parameter list");
+    return std::make_unique<PyNativeMlpField>(h.spec);
+  }
+  if (!PyCallable_Check(func.ptr()))
+    throw py::type_error("fastdiffeq: func must be callable as func(t, y), got " + py_type_name(func));
+  return std::make_unique<PyVectorField>(py::reinterpret_borrow<py::function>(func), std::move(user_shape), joint,
+                                         std::move(params));
+}
 
 // norm(x) -> a scalar per group: in joint mode a 0-dim tensor or a float for the whole state.
 class PyErrorNorm final : public fde::solver::ErrorNorm {
@@ -247,17 +291,17 @@ py::dict solve_result(const fde::solver::RkResult& r) {
   return out;
 }
 
-py::dict rk_solve_py(py::function func, const at::Tensor& y0, const at::Tensor& t_out,
+py::dict rk_solve_py(const py::object& func, const at::Tensor& y0, const at::Tensor& t_out,
                      const fde::solver::RkOptions& options, py::object norm, std::vector<int64_t> user_shape,
                      bool joint, const std::string& mode, const py::object& progress, double progress_interval) {
   const fde::solver::LoopMode loop_mode = parse_mode(mode);
   if (y0.dim() == 2) check_user_shape(user_shape, y0.numel(), y0.size(0), joint);
-  PyVectorField field(std::move(func), user_shape, joint);
+  const auto field = make_field(func, user_shape, joint);
   std::unique_ptr<PyErrorNorm> user_norm = make_norm(norm, user_shape);
   const std::unique_ptr<PyProgressSink> sink = make_progress(progress, progress_interval);
   fde::solver::RkOptions opts = options;
   opts.progress = sink.get();
-  return solve_result(fde::solver::rk_solve(field, user_norm.get(), y0, t_out, opts, loop_mode));
+  return solve_result(fde::solver::rk_solve(*field, user_norm.get(), y0, t_out, opts, loop_mode));
 }
 
 // A flat parameter cotangent as one tensor per parameter (its shape and dtype).
@@ -272,7 +316,7 @@ std::vector<at::Tensor> split_params(const at::Tensor& flat, const std::vector<a
 }
 
 // The adjoint's backward solve: dL/dy0 and dL/dparams (one tensor per parameter, its shape and dtype).
-py::dict rk_adjoint_py(py::function func, const py::object& params_obj, const at::Tensor& t_out,
+py::dict rk_adjoint_py(const py::object& func, const py::object& params_obj, const at::Tensor& t_out,
                        const py::object& ys_arg, const py::object& tape_obj,
                        const at::Tensor& grad_ys, const fde::solver::RkOptions& options, bool seminorm,
                        const std::string& trajectory, py::object norm, std::vector<int64_t> user_shape, bool joint,
@@ -299,12 +343,12 @@ py::dict rk_adjoint_py(py::function func, const py::object& params_obj, const at
   const std::shared_ptr<fde::solver::RkTape> tape = tape_arg(tape_obj);
   if (grad_ys.dim() == 3) check_user_shape(user_shape, grad_ys.size(1) * grad_ys.size(2), grad_ys.size(1), joint);
   fde::solver::check_vjp_params(params, grad_ys.device());
-  PyVectorField field(std::move(func), user_shape, joint, params);
+  const auto field = make_field(func, user_shape, joint, params);
   // A user norm sees the flat augmented state [(y,) a, theta_bar].
   const int64_t D = grad_ys.dim() == 3 ? grad_ys.size(2) : 0;
   const int64_t N = (opt.trajectory == fde::solver::AdjointTrajectory::kResolve ? 2 * D : D) + P;
   std::unique_ptr<PyErrorNorm> user_norm = make_norm(norm, {N});
-  fde::solver::AdjointResult r = fde::solver::rk_adjoint(field, user_norm.get(), t_out, ys, tape.get(), grad_ys, opt);
+  fde::solver::AdjointResult r = fde::solver::rk_adjoint(*field, user_norm.get(), t_out, ys, tape.get(), grad_ys, opt);
   py::dict out;
   out["status"] = r.status;
   out["t"] = r.t;
@@ -318,15 +362,15 @@ py::dict rk_adjoint_py(py::function func, const py::object& params_obj, const at
   return out;
 }
 
-py::tuple checkpoint_backward_py(py::function func, const py::object& tape_obj,
+py::tuple checkpoint_backward_py(const py::object& func, const py::object& tape_obj,
                                  const at::Tensor& grad_ys, const py::object& params_obj,
                                  std::vector<int64_t> user_shape, bool joint) {
   const std::vector<at::Tensor> params = tensor_list_arg(params_obj, "params");
   const std::shared_ptr<fde::solver::RkTape> tape = tape_arg(tape_obj);
   if (!tape) throw py::value_error("fastdiffeq: no checkpoint tape");
   if (tape->y0.defined()) check_user_shape(user_shape, tape->y0.numel(), tape->y0.size(0), joint);
-  PyVectorField field(std::move(func), std::move(user_shape), joint, params);
-  fde::solver::CheckpointGradients g = fde::solver::rk_checkpoint_backward(field, *tape, grad_ys, params);
+  const auto field = make_field(func, std::move(user_shape), joint, params);
+  fde::solver::CheckpointGradients g = fde::solver::rk_checkpoint_backward(*field, *tape, grad_ys, params);
   return py::make_tuple(g.grad_y0, g.grad_params, g.nfe);
 }
 
@@ -381,7 +425,7 @@ class PyEventFunction final : public fde::solver::EventFunction {
   bool joint_;
 };
 
-py::dict rk_solve_per_sample_py(py::function func, const at::Tensor& y0, const at::Tensor& t_out,
+py::dict rk_solve_per_sample_py(const py::object& func, const at::Tensor& y0, const at::Tensor& t_out,
                                 const fde::solver::RkOptions& options, py::object norm, std::vector<int64_t> user_shape,
                                 const std::string& mode, const py::object& event_fn, bool joint,
                                 const py::object& progress, double progress_interval) {
@@ -395,7 +439,7 @@ py::dict rk_solve_per_sample_py(py::function func, const at::Tensor& y0, const a
       check_sample_shape(user_shape, y0.numel(), y0.size(0));
     }
   }
-  PyVectorField field(std::move(func), user_shape, joint);
+  const auto field = make_field(func, user_shape, joint);
   std::unique_ptr<PyErrorNorm> user_norm = make_norm(norm, user_shape);
   const std::unique_ptr<PyProgressSink> sink = make_progress(progress, progress_interval);
   std::unique_ptr<PyEventFunction> event;
@@ -409,7 +453,7 @@ py::dict rk_solve_per_sample_py(py::function func, const at::Tensor& y0, const a
   fde::solver::EventSettings events;
   events.event = event.get();
   fde::solver::SampleSolveResult r =
-      fde::solver::rk_solve_per_sample(field, user_norm.get(), y0, t_out, opts, loop_mode, events);
+      fde::solver::rk_solve_per_sample(*field, user_norm.get(), y0, t_out, opts, loop_mode, events);
   py::dict out = solve_result(r.result);
   if (r.tape) out["tape"] = r.tape;
   if (r.t_event.defined()) {
@@ -420,18 +464,18 @@ py::dict rk_solve_per_sample_py(py::function func, const at::Tensor& y0, const a
   return out;
 }
 
-py::tuple checkpoint_backward_per_sample_py(py::function func, const py::object& tape_obj, const at::Tensor& grad_ys,
+py::tuple checkpoint_backward_per_sample_py(const py::object& func, const py::object& tape_obj, const at::Tensor& grad_ys,
                                             const py::object& params_obj, std::vector<int64_t> user_shape) {
   const std::vector<at::Tensor> params = tensor_list_arg(params_obj, "params");
   const std::shared_ptr<fde::solver::SampleTape> tape = sample_tape_arg(tape_obj);
   if (tape->y0.defined()) check_sample_shape(user_shape, tape->y0.numel(), tape->y0.size(0));
   fde::solver::check_vjp_params(params, grad_ys.device());
-  PyVectorField field(std::move(func), std::move(user_shape), false, params);
-  fde::solver::CheckpointGradients g = fde::solver::rk_checkpoint_backward_per_sample(field, *tape, grad_ys, params);
+  const auto field = make_field(func, std::move(user_shape), false, params);
+  fde::solver::CheckpointGradients g = fde::solver::rk_checkpoint_backward_per_sample(*field, *tape, grad_ys, params);
   return py::make_tuple(g.grad_y0, g.grad_params, g.nfe);
 }
 
-py::dict rk_adjoint_per_sample_py(py::function func, const py::object& params_obj, const at::Tensor& t_out,
+py::dict rk_adjoint_per_sample_py(const py::object& func, const py::object& params_obj, const at::Tensor& t_out,
                                   const py::object& ys_arg, const at::Tensor& grad_ys, const at::Tensor& active,
                                   const fde::solver::RkOptions& options, std::vector<int64_t> user_shape,
                                   const py::object& tape_obj, const py::object& progress, double progress_interval) {
@@ -447,8 +491,8 @@ py::dict rk_adjoint_per_sample_py(py::function func, const py::object& params_ob
   const std::unique_ptr<PyProgressSink> sink = make_progress(progress, progress_interval);
   fde::solver::RkOptions opts = options;
   opts.progress = sink.get();
-  PyVectorField field(std::move(func), user_shape, false, params);
-  fde::solver::SampleAdjointResult r = fde::solver::rk_adjoint_per_sample(field, t_out, ys, grad_ys, active, opts,
+  const auto field = make_field(func, user_shape, false, params);
+  fde::solver::SampleAdjointResult r = fde::solver::rk_adjoint_per_sample(*field, t_out, ys, grad_ys, active, opts,
                                                                          tape ? tape->dense.get() : nullptr);
   py::dict out;
   out["grad_y0"] = r.grad_y0;
@@ -591,6 +635,33 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("ys"), py::arg("grad_ys"), py::arg("active"), py::arg("options"), py::kw_only(),
         py::arg("user_shape"), py::arg("tape") = py::none(), py::arg("progress") = py::none(),
         py::arg("progress_interval") = 0.1);
+  py::class_<NativeMlpHandle>(m, "NativeMLP",
+                              "fastdiffeq.nn.MLP's native description: the solvers evaluate it in C++ (its parameters "
+                              "are shared with the module, not copied).")
+      .def(py::init([](const py::object& weights, const py::object& biases, const std::string& activation) {
+             NativeMlpHandle h;
+             h.spec.weights = tensor_list_arg(weights, "weights");
+             h.spec.biases = tensor_list_arg(biases, "biases");
+             h.spec.activation = fde::solver::parse_mlp_activation(activation);
+             fde::solver::check_mlp_spec(h.spec);
+             return h;
+           }),
+           py::arg("weights"), py::arg("biases"), py::arg("activation"))
+      .def("__call__",
+           [](const NativeMlpHandle& h, const at::Tensor& t, const at::Tensor& y) {
+             return fde::solver::NativeMlpField(h.spec).eval(t, y);
+           },
+           py::arg("t"), py::arg("y"), "f(t, y) (t ignored), y of any shape [..., in_features]")
+      .def("vjp",
+           [](const NativeMlpHandle& h, const at::Tensor& y, const at::Tensor& v) {
+             fde::solver::NativeMlpField field(h.spec);
+             TORCH_CHECK(v.sizes() == y.sizes(), "fastdiffeq: v must have y's shape ", y.sizes(), ", got ", v.sizes());
+             at::Tensor grad_params = at::zeros({field.num_params()}, y.options());
+             fde::solver::FieldVjp r = field.vjp(at::Tensor(), y, v, grad_params);
+             return py::make_tuple(r.f, r.grad_y, grad_params);
+           },
+           py::arg("y"), py::arg("v"),
+           "(f, v^T df/dy, v^T df/dtheta flattened in parameter order): the hand-written product the adjoint uses");
   m.def("tableau", &tableau_py, py::arg("name"));
   m.def("all_finite", &fde::solver::all_finite, py::arg("x"),
         "Whether every element of x is finite (no allocation for contiguous CPU float tensors).");

@@ -17,6 +17,7 @@ import torch
 from . import _C
 from ._odeint import (METHODS, _gradient_params, _grid_after, _parse_options, _prepare, _Problem, _raise_status,
                       _run, gc_paused, output_time_gradients, solver_options)
+from ._native import field_for
 from ._progress import ProgressBar, progress_bar
 from ._stats import SolveStats, _record_backward
 from ._status import Status, status_name
@@ -107,7 +108,8 @@ class _AdjointConfig:
                                  _grid_after(self.options["jump_t"], t_end, -direction), p.device)
         with progress_bar(self.progress, p.t64, "odeint_adjoint (backward)", reverse=True) as bar:
             with gc_paused():
-                res = _C.rk_adjoint(p.field, list(params), p.t64.to(p.device), ys if tape is None else None, tape,
+                field, path = field_for(p.field, p.func, p.native, params)
+                res = _C.rk_adjoint(field, list(params), p.t64.to(p.device), ys if tape is None else None, tape,
                                     grad_ys.to(ys.dtype).contiguous(), options, seminorm=self.seminorm,
                                     trajectory=self.trajectory, norm=self._flat_norm(p, params),
                                     user_shape=p.user_shape, joint=True, progress=bar,
@@ -115,7 +117,7 @@ class _AdjointConfig:
             status = int(res["status"])
             stats = SolveStats(method=self.method, nfe=int(res["nfe"]), n_accepted=int(res["n_accepted"]),
                                n_rejected=int(res["n_rejected"]), t_final=float(res["t"]),
-                               status=status_name(status))
+                               status=status_name(status), field=path)
             _record_backward(stats)
             if status != Status.SUCCESS:
                 _raise_status(status, float(res["t"]), stats, self.options, "odeint_adjoint (backward)")

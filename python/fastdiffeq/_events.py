@@ -83,7 +83,8 @@ def _locate(p: _Problem, y_flat: torch.Tensor, event_fn: Callable, who: str) -> 
     counters = res["counters"][0].tolist()
     t_final = float(res["t"][0])
     stats = SolveStats(method=p.method, nfe=int(res["nfe"]), n_accepted=int(counters[Counter.ACCEPTED]),
-                       n_rejected=int(counters[Counter.REJECTED]), t_final=t_final, status=status_name(status))
+                       n_rejected=int(counters[Counter.REJECTED]), t_final=t_final, status=status_name(status),
+                       field=p.field_path)
     _record(stats)
     if status != Status.SUCCESS:
         _raise_status(status, t_final, stats, p.opts, who)

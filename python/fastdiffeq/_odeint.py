@@ -13,6 +13,7 @@ from torch.autograd.function import once_differentiable
 
 from . import _C
 from ._errors import MaxStepsError, NonFiniteStateError, SolverError, StepSizeUnderflowError
+from ._native import field_for, native_field
 from ._progress import ProgressBar, check_progress, progress_bar
 from ._stats import SolveStats, _record, _record_backward
 from ._status import Counter, Status, status_name
@@ -125,6 +126,11 @@ class _Problem:
     device: torch.device
     dtype: torch.dtype
     progress: bool = False       # a progress bar for each solve (fastdiffeq._progress)
+    native: bool = False         # field is func's native (C++) description (fastdiffeq._native)
+
+    @property
+    def field_path(self) -> str:
+        return "native" if self.native else "python"
 
     def flat_y0(self) -> torch.Tensor:
         """y0 as [1, D], keeping its autograd graph."""
@@ -208,7 +214,8 @@ def _prepare(func: Callable, y0: TensorOrTuple, t: torch.Tensor, rtol: Any, atol
             def user_norm(x: torch.Tensor) -> Any:
                 return norm(tuple(x[s - n:s].view(shape) for s, n, shape in zip(segment_ends, sizes, shapes)))
     else:
-        field = func
+        native = native_field(func, parts[0])
+        field = func if native is None else native
         user_shape = list(parts[0].shape)
         user_norm = opts["norm"]
 
@@ -219,6 +226,7 @@ def _prepare(func: Callable, y0: TensorOrTuple, t: torch.Tensor, rtol: Any, atol
         rtols=rtols, atols=atols, opts=opts, parts=parts, t=t, t64=t64, field=field, user_shape=user_shape,
         user_norm=user_norm, step_t=_grid_after(opts["step_t"], t0, direction),
         jump_t=_grid_after(opts["jump_t"], t0, direction), device=device, dtype=dtype, progress=progress,
+        native=not is_tuple and field is not func,
     )
 
 
@@ -271,7 +279,8 @@ def _run(p: _Problem, y_flat: torch.Tensor, mode: str, *, who: str = "odeint", r
         counters = res["counters"].tolist()[0]
         t_final = res["t"].tolist()[0]
         stats = SolveStats(method=p.method, nfe=int(res["nfe"]), n_accepted=int(counters[Counter.ACCEPTED]),
-                           n_rejected=int(counters[Counter.REJECTED]), t_final=t_final, status=status_name(status))
+                           n_rejected=int(counters[Counter.REJECTED]), t_final=t_final, status=status_name(status),
+                           field=p.field_path)
         if record:
             _record(stats)
         if status != Status.SUCCESS:
@@ -349,11 +358,13 @@ class _CheckpointSolve(torch.autograd.Function):
     def backward(ctx, grad_ys: torch.Tensor):
         p = ctx.problem
         params = list(ctx.saved_tensors)
+        field, path = field_for(p.field, p.func, p.native, params)
         grad_y0, grad_params, nfe = _C.rk_checkpoint_backward(
-            p.field, ctx.tape, grad_ys.contiguous(), params, p.user_shape, True)
+            field, ctx.tape, grad_ys.contiguous(), params, p.user_shape, True)
         # The tape stays with ctx (freed with the graph), so a retain_graph=True backward can run again.
         _record_backward(SolveStats(method=p.method, nfe=int(nfe), n_accepted=ctx.tape.n_steps, n_rejected=0,
-                                    t_final=float(p.t64[0]), status=status_name(Status.SUCCESS)))
+                                    t_final=float(p.t64[0]), status=status_name(Status.SUCCESS),
+                                    field=path))
         return (grad_y0, None, *grad_params)
 
 

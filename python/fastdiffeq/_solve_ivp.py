@@ -19,6 +19,7 @@ from torch.autograd.function import once_differentiable
 
 from . import _C
 from ._errors import SolverError
+from ._native import field_for, native_field
 from ._odeint import _STATUS_ERRORS, METHODS, _parse_options, gc_paused, solver_options
 from ._progress import ProgressBar, check_progress, progress_bar
 from ._stats import SolveStats, _record, _record_backward
@@ -120,6 +121,11 @@ class _Batch:
     user_norm: Optional[Callable]
     progress: bool
     flip: torch.Tensor         # float64 [B]: -1 for the rows solved in s = -t (mixed directions), else +1
+    native: bool = False       # field is func's native (C++) description (fastdiffeq._native)
+
+    @property
+    def field_path(self) -> str:
+        return "native" if self.native else "python"
 
     @property
     def B(self) -> int:
@@ -174,7 +180,8 @@ def _prepare(func: Callable, y0: Any, t_eval: Any, method: str, rtol: Any, atol:
         raise ValueError("options['step_t'] and options['jump_t'] are not supported by solve_ivp (use odeint)")
     state_shape = tuple(y0.shape[1:])
 
-    field = func
+    native = native_field(func, y0)
+    field = func if native is None else native
     t_solve = t_eval64
     flip = torch.ones(B, dtype=torch.float64)
     if bool((direction != direction[0]).any()):
@@ -200,11 +207,11 @@ def _prepare(func: Callable, y0: Any, t_eval: Any, method: str, rtol: Any, atol:
                 raise ValueError(f"fastdiffeq: func returned a tensor on {out.device} but the state is on {y.device}")
             return out * sign.view(view)
 
-        field = flipped_field
+        field = flipped_field  # (a native field is autonomous, but its sign flips: it runs in Python here)
 
     return _Batch(func=func, field=field, method=method, rtol=rtol_v, atol=atol_v, opts=opts, y0=y0,
                   state_shape=state_shape, t_eval=t_eval64, t_solve=t_solve.contiguous(), user_norm=opts["norm"],
-                  progress=progress, flip=flip)
+                  progress=progress, flip=flip, native=native is not None and field is native)
 
 
 def _solve_params(func: Callable, params: Optional[Sequence[torch.Tensor]], gradient: str) -> Tuple[torch.Tensor, ...]:
@@ -279,7 +286,8 @@ class _AdjointSolve(torch.autograd.Function):
         opts = b.options()
         with progress_bar(b.progress, b.t_solve[0], "solve_ivp (adjoint)", reverse=True) as bar:
             with gc_paused():
-                res = _C.rk_adjoint_per_sample(b.field, list(params), b.t_out(), None if ctx.tape else ys, grad_ys,
+                field, path = field_for(b.field, b.func, b.native, params)
+                res = _C.rk_adjoint_per_sample(field, list(params), b.t_out(), None if ctx.tape else ys, grad_ys,
                                                active.cpu(), opts, user_shape=b.user_shape(), tape=ctx.tape,
                                                progress=bar, progress_interval=ProgressBar.interval)
             status = res["status"]
@@ -288,7 +296,7 @@ class _AdjointSolve(torch.autograd.Function):
                 method=b.method, nfe=int(res["nfe"]), n_accepted=int(counters[:, Counter.ACCEPTED].sum()),
                 n_rejected=int(counters[:, Counter.REJECTED].sum()), t_final=float(res["t"].min()),
                 status=status_name(int(status.max()) if bool((status != int(Status.SUCCESS)).any())
-                                   else int(Status.SUCCESS))))
+                                   else int(Status.SUCCESS)), field=path))
             if bool((status != int(Status.SUCCESS)).any()):
                 msg, cls = _failure_message(status, res["t"], "solve_ivp (adjoint backward)")
                 raise cls(msg, t=float(res["t"].min()))  # (in the solver's time)
@@ -316,12 +324,13 @@ class _CheckpointSolve(torch.autograd.Function):
         params = list(ctx.saved_tensors)
         active = (ctx.status == int(Status.SUCCESS)).to(grad_ys.device).view(1, -1, 1)
         grad_ys = torch.where(active, grad_ys, 0.0).contiguous()
+        field, path = field_for(b.field, b.func, b.native, params)
         with gc_paused():
-            grad_y0, grad_params, nfe = _C.rk_checkpoint_backward_per_sample(b.field, ctx.tape, grad_ys, params,
+            grad_y0, grad_params, nfe = _C.rk_checkpoint_backward_per_sample(field, ctx.tape, grad_ys, params,
                                                                              b.user_shape())
         grad_y0 = torch.where(active[0], grad_y0, 0.0)
         _record_backward(SolveStats(method=b.method, nfe=int(nfe), n_accepted=ctx.tape.n_steps, n_rejected=0,
-                                    t_final=float(b.t_eval[0, 0]), status=status_name(Status.SUCCESS)))
+                                    t_final=float(b.t_eval[0, 0]), status=status_name(Status.SUCCESS), field=path))
         return (grad_y0, None, None, *grad_params)
 
 
@@ -451,7 +460,8 @@ def _solution(b: _Batch, res: Dict[str, Any], ys: torch.Tensor, on_failure: str,
     t_reached = res["t"].cpu() * b.flip  # in the caller's time
     _record(SolveStats(method=b.method, nfe=int(res["nfe"]), n_accepted=int(n_acc.sum()),
                        n_rejected=int(n_rej.sum()), t_final=float(t_reached[0]),
-                       status=status_name(int(status[failed][0]) if bool(failed.any()) else int(Status.SUCCESS))))
+                       status=status_name(int(status[failed][0]) if bool(failed.any()) else int(Status.SUCCESS)),
+                       field=b.field_path))
     if bool(failed.any()) and on_failure == "raise":
         msg, cls = _failure_message(status, t_reached, who)
         raise cls(msg, t=float(t_reached[failed][0]))

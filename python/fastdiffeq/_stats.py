@@ -22,6 +22,8 @@ class SolveStats:
         t_final: the time the solver reached (past the last output time: outputs are interpolated).
         status: the lower-case name of a :class:`fastdiffeq.Status`: 'success', 'max_steps', 'step_underflow',
             'non_finite' (or 'invalid_index', which only a CUDA kernel fed an invalid index reports).
+        field: which path evaluated the vector field: 'native' (in C++, e.g. :class:`fastdiffeq.nn.MLP`) or
+            'python' (a call into Python per evaluation).
     """
 
     method: str
@@ -30,6 +32,7 @@ class SolveStats:
     n_rejected: int
     t_final: float
     status: str
+    field: str = "python"
 
     @property
     def n_steps(self) -> int:
@@ -40,7 +43,7 @@ class SolveStats:
         # Every counter, n_steps (a property) included.
         return (f"SolveStats(method={self.method!r}, nfe={self.nfe}, n_steps={self.n_steps}, "
                 f"n_accepted={self.n_accepted}, n_rejected={self.n_rejected}, t_final={self.t_final!r}, "
-                f"status={self.status!r})")
+                f"status={self.status!r}, field={self.field!r})")
 
 
 _local = threading.local()

@@ -1,5 +1,7 @@
 """Neural-network building blocks on fastdiffeq's solvers.
 
+    MLP(in_features, hidden=(64, 64), out_features=None, activation='tanh') -- a vector field the solvers
+        evaluate natively in C++ (no Python call per evaluation)
     ConcatSquashLinear(in_features, out_features)        -- FFJORD's time-gated linear layer, forward(t, x)
     ConcatSquashMLP(dim, hidden=(64, 64, 64), activation) -- FFJORD's dynamics network, forward(t, z) -> dz
     CNF(dynamics, *, trace, noise, T, train_T, kinetic, jacobian, method, rtol, atol, gradient, base, ...)
@@ -8,6 +10,6 @@
 """
 
 from ._cnf import CNF
-from ._layers import ACTIVATIONS, ConcatSquashLinear, ConcatSquashMLP
+from ._layers import ACTIVATIONS, MLP, ConcatSquashLinear, ConcatSquashMLP
 
-__all__ = ["CNF", "ConcatSquashLinear", "ConcatSquashMLP", "ACTIVATIONS"]
+__all__ = ["CNF", "ConcatSquashLinear", "ConcatSquashMLP", "MLP", "ACTIVATIONS"]

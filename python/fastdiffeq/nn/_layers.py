@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ConcatSquashLinear", "ConcatSquashMLP", "ACTIVATIONS"]
+__all__ = ["ConcatSquashLinear", "ConcatSquashMLP", "MLP", "ACTIVATIONS"]
 
 
 class Activation(NamedTuple):
@@ -158,3 +158,67 @@ class ConcatSquashMLP(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, hidden={self.hidden}, activation={self.activation!r}"
+
+
+class MLP(nn.Module):
+    """A multilayer perceptron vector field: nn.Linear layers in_features -> hidden... -> out_features.
+
+    An ordinary nn.Module (``mlp(x)`` or ``mlp(t, x)``, t ignored: an autonomous field) that fastdiffeq's
+    solvers recognise and evaluate natively in C++ — no Python call per evaluation, and hand-written
+    vector-Jacobian products for the adjoint — when it maps the state to itself (``out_features ==
+    in_features == y0.shape[-1]``), its parameters have the state's dtype and device, and neither its forward
+    nor its layers were replaced and no hooks are registered. Otherwise it runs as the Python module it is.
+    :func:`fastdiffeq.last_stats` says which path ran (``field='native'`` or ``'python'``).
+
+    Args:
+        in_features: input size (the state's last dimension).
+        hidden: hidden layer widths (default two of 64).
+        out_features: output size (default: in_features).
+        activation: one of :data:`ACTIVATIONS` between the layers (default 'tanh').
+    """
+
+    def __init__(self, in_features: int, hidden: Sequence[int] = (64, 64), out_features: int | None = None,
+                 activation: str = "tanh") -> None:
+        super().__init__()
+        self.in_features = _positive_int(in_features, "in_features")
+        self.out_features = self.in_features if out_features is None else _positive_int(out_features, "out_features")
+        if isinstance(hidden, int):
+            hidden = (hidden,)
+        self.hidden = tuple(_positive_int(h, "hidden") for h in hidden)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"`activation` must be one of {list(ACTIVATIONS)}, got {activation!r}")
+        self.activation = activation
+        widths = (self.in_features, *self.hidden, self.out_features)
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(widths[:-1], widths[1:]))
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        if len(args) not in (1, 2):
+            raise TypeError(f"MLP takes (x) or (t, x), got {len(args)} arguments")
+        h = args[-1]
+        act = ACTIVATIONS[self.activation].fn
+        for layer in self.layers[:-1]:
+            h = act(layer(h))
+        return self.layers[-1](h)
+
+    def fastdiffeq_native_field(self, y0: torch.Tensor):
+        """The C++ description the solvers evaluate for state ``y0``, or None when this module must run in Python."""
+        from .. import _C
+
+        if type(self).forward is not MLP.forward or self._forward_hooks or self._forward_pre_hooks:
+            return None
+        if self.out_features != self.in_features or y0.dim() == 0 or y0.shape[-1] != self.in_features:
+            return None
+        if self.activation not in ACTIVATIONS:
+            return None
+        for layer in self.layers:
+            if type(layer) is not nn.Linear or layer.bias is None or layer._forward_hooks or layer._forward_pre_hooks:
+                return None
+            for p in (layer.weight, layer.bias):
+                if p.dtype != y0.dtype or p.device != y0.device:
+                    return None
+        return _C.NativeMLP([layer.weight for layer in self.layers], [layer.bias for layer in self.layers],
+                            self.activation)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, hidden={self.hidden}, out_features={self.out_features}, "
+                f"activation={self.activation!r}")
