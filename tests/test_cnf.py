@@ -218,6 +218,19 @@ def test_network_jacobian_and_autograd_paths_agree_in_values_and_gradients(trace
             torch.testing.assert_close(g0, g1, rtol=1e-8, atol=1e-10)
 
 
+def test_a_subclass_that_overrides_forward_is_differentiated_by_autograd():
+    class Doubled(ConcatSquashMLP):
+        def forward(self, t, z):
+            return 2 * super().forward(t, z)
+
+    torch.manual_seed(17)
+    doubled = Doubled(2, (8,)).double()
+    x = torch.randn(6, 2, dtype=torch.float64)
+    lp = CNF(doubled, rtol=1e-9, atol=1e-9).double().log_prob(x)
+    ref = CNF(doubled, rtol=1e-9, atol=1e-9, derivatives="autograd").double().log_prob(x)
+    torch.testing.assert_close(lp, ref, rtol=0, atol=1e-10)
+
+
 def test_gradient_modes_agree():
     x = torch.randn(16, 2, dtype=torch.float64)
     grads = {}

@@ -58,9 +58,10 @@ class _AugmentedField:
     """The field of one solve: [z, delta_logp, kinetic?, jacobian?] -> their s-derivatives.
 
     A plain callable, not an nn.Module (the solvers get the parameters explicitly; a module here would make
-    the CNF and its last field submodules of each other). One instance per solve, so the Hutchinson noise it holds is the one drawn for that solve and the
-    backward pass of that solve (adjoint or checkpoint replay) reuses it, however many solves run in
-    between. It counts its own calls (forward and backward NFE for any backend).
+    the CNF and its last field submodules of each other). One instance per solve, so the Hutchinson noise it
+    holds is the one drawn for that solve and the backward pass of that solve (adjoint or checkpoint replay)
+    reuses it, however many solves run in between. It counts its own calls (forward and backward NFE for any
+    backend).
     """
 
     def __init__(self, cnf: "CNF", event_shape: torch.Size, with_logp: bool, noise: Optional[torch.Tensor]) -> None:
@@ -72,7 +73,11 @@ class _AugmentedField:
         self.with_jacobian = with_logp and cnf.jacobian > 0
         self.noise = noise
         # The network's own forward-mode Jacobian products (no autograd.grad, no double backward) when it has them.
-        self.forward_mode = (cnf.derivatives == "auto" and isinstance(cnf.dynamics, ConcatSquashMLP)
+        # Only for ConcatSquashMLP's own forward (not a subclass that overrides it) without hooks.
+        dyn = cnf.dynamics
+        self.forward_mode = (cnf.derivatives == "auto" and isinstance(dyn, ConcatSquashMLP)
+                             and type(dyn).forward is ConcatSquashMLP.forward
+                             and not (dyn._forward_hooks or dyn._forward_pre_hooks)
                              and (cnf.trace == "hutchinson" or self.dim <= EXACT_TRACE_STACK_MAX_DIM))
         self.calls = 0
 
@@ -84,7 +89,7 @@ class _AugmentedField:
         n = state.shape[0]
         z = state[:, : self.dim].reshape((n,) + self.event_shape)
         if not self.with_logp:
-            return (T * cnf.dynamics(t, z)).reshape(n, self.dim)
+            return (T * self._dynamics(t, z)).reshape(n, self.dim)
         dz, trace, frobenius = self._forward_mode(t, z) if self.forward_mode else self._autograd(t, z)
         columns = [T * dz.reshape(n, self.dim), (-T * trace).unsqueeze(1)]
         if self.with_kinetic:
