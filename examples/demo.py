@@ -45,7 +45,12 @@ def main() -> None:
     parser.add_argument("--t1", type=float, default=5.0)
     parser.add_argument("--tol", type=float, default=1e-5)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out", "demo.png"))
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (0: torch's default); these small fields are fastest on one, and "
+                             "extra threads spin against each other on a busy machine")
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     t = torch.linspace(0.0, args.t1, 50)
     rows = []
