@@ -13,6 +13,8 @@ same problem. Methods:
     fd-adjoint         fastdiffeq.odeint_adjoint (default norm)
     fd-adjoint-semi    fastdiffeq.odeint_adjoint(adjoint_options=dict(norm="seminorm"))
     fd-adjoint-interp  fastdiffeq.odeint_adjoint(adjoint_options=dict(trajectory="interpolated"))
+    fdn-*              fd-direct / fd-checkpoint / fd-adjoint / fd-adjoint-semi with the field as a
+                       fastdiffeq.nn.MLP sharing the same parameter tensors: evaluated natively in C++ (F7)
     tdq-direct         torchdiffeq.odeint + loss.backward()
     tdq-adjoint        torchdiffeq.odeint_adjoint (default norm)          <- the reference of the ratios
     tdq-adjoint-semi   torchdiffeq.odeint_adjoint(adjoint_options=dict(norm="seminorm"))
@@ -143,6 +145,7 @@ PROBLEMS: Dict[str, Dict[str, Any]] = {
 T_END, N_OUT, TOL, REF_TOL = 5.0, 10, 1e-5, 1e-10
 FIELD_CALLS_PER_ROUND = 5
 TORCH_METHODS = ["fd-direct", "fd-checkpoint", "fd-adjoint", "fd-adjoint-semi", "fd-adjoint-interp",
+                 "fdn-direct", "fdn-checkpoint", "fdn-adjoint", "fdn-adjoint-semi",
                  "tdq-direct", "tdq-adjoint", "tdq-adjoint-semi"]
 JAX_METHODS = ["dfx-recursive", "dfx-backsolve", "dfx-backsolve-semi"]
 REFERENCE = "tdq-adjoint"
@@ -162,6 +165,23 @@ class CountingField(torch.nn.Module):
 
 # ------------------------------------------------------------------------------------------ torch side
 
+_NATIVE_TWINS: Dict[int, torch.nn.Module] = {}
+
+
+def native_twin(f: torch.nn.Module) -> torch.nn.Module:
+    """fastdiffeq.nn.MLP holding f's own parameter tensors (same weights, gradients land in the same .grad)."""
+    base = f.f if isinstance(f, CountingField) else f
+    twin = _NATIVE_TWINS.get(id(base))
+    if twin is None:
+        lins = (base.net[0], base.net[2], base.net[4])
+        twin = fastdiffeq.nn.MLP(lins[0].in_features, (lins[0].out_features, lins[1].out_features),
+                                 activation="tanh")
+        for layer, lin in zip(twin.layers, lins):
+            layer.weight, layer.bias = lin.weight, lin.bias
+        _NATIVE_TWINS[id(base)] = twin
+    return twin
+
+
 def reduce_loss(sq: torch.Tensor) -> torch.Tensor:
     return sq.mean() if ARGS.loss == "mean" else sq.sum()
 
@@ -169,6 +189,8 @@ def reduce_loss(sq: torch.Tensor) -> torch.Tensor:
 def torch_solve(method: str, f: torch.nn.Module, y0: torch.Tensor, t: torch.Tensor,
                 tol: float = TOL) -> torch.Tensor:
     kw = dict(rtol=tol, atol=tol, method="dopri5")
+    if method.startswith("fdn-"):
+        f, method = native_twin(f), "fd-" + method[4:]
     params = tuple(f.parameters())
     if method == "fd-direct":
         return fastdiffeq.odeint(f, y0, t, gradient="direct", **kw)
@@ -217,9 +239,13 @@ def torch_counts(method: str, f: torch.nn.Module, y0: torch.Tensor, t: torch.Ten
     cf = CountingField(f)
     ys = torch_solve(method, cf, y0, t)
     n_fwd = cf.n
-    fst = fastdiffeq.last_stats() if method.startswith("fd-") else None
+    fst = fastdiffeq.last_stats() if method.startswith("fd") else None
     reduce_loss(ys.square()).backward()
     n_bwd = cf.n - n_fwd
+    if method.startswith("fdn-"):  # evaluated in C++: the solver's own counts
+        assert fst.field == "native", fst
+        n_fwd = fst.nfe
+        n_bwd = fastdiffeq.last_backward_stats().nfe if "direct" not in method else 0
     out: Dict[str, Any] = dict(nfe_fwd=n_fwd, nfe_bwd=n_bwd if "direct" not in method else None,
                                grad=torch_grad(f))
     if fst is not None:
