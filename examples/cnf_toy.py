@@ -74,7 +74,8 @@ def train(flow: CNF, args: argparse.Namespace) -> dict:
         sched.step()
         nfe_f.append(flow.nfe_forward)
         nfe_b.append(flow.nfe_backward)
-        bar.set_postfix(loss=f"{loss.item():.3f}", nll=f"{nll.item():.3f}", nfe_f=nfe_f[-1], nfe_b=nfe_b[-1], T=f"{flow.T.item():.2f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", nll=f"{nll.item():.3f}", nfe_f=nfe_f[-1], nfe_b=nfe_b[-1],
+                        T=f"{flow.T.item():.2f}")
     return {"nfe_forward": nfe_f, "nfe_backward": nfe_b, "final_nll": nll.item()}
 
 
