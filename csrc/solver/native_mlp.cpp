@@ -56,8 +56,8 @@ MlpActivation parse_mlp_activation(const std::string& name) {
   if (name == "elu") return MlpActivation::kElu;
   if (name == "sigmoid") return MlpActivation::kSigmoid;
   if (name == "silu") return MlpActivation::kSilu;
-  TORCH_CHECK_VALUE(false, "fastdiffeq: activation must be one of tanh, softplus, relu, elu, sigmoid, silu; got '", name,
-              "'");
+  TORCH_CHECK_VALUE(false, "fastdiffeq: activation must be one of tanh, softplus, relu, elu, sigmoid, silu; got '",
+                    name, "'");
 }
 
 std::vector<at::Tensor> MlpSpec::params() const {

@@ -317,7 +317,8 @@ class CNF(nn.Module):
         return z, delta
 
     def inverse(self, z: torch.Tensor, *, with_logp: bool = False) -> Any:
-        """Map latent to data (t from T to 0). With ``with_logp``: ``(x, log p(x))`` under the base, from the same solve."""
+        """Map latent to data (t from T to 0). With ``with_logp``: ``(x, log p(x))`` under the base, from the same
+        solve."""
         z = self._check_input(z, "z")
         if not with_logp:
             return self._flow(z, reverse=True, with_logp=False)[0]
