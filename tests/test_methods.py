@@ -111,7 +111,7 @@ def test_order_conditions(name):
 def test_method_lists_come_from_the_tableaus():
     assert set(FIXED_METHODS) == {"euler", "midpoint", "heun2", "heun3", "rk4"}
     assert {"dopri5", "tsit5", "bosh3", "fehlberg2", "adaptive_heun", "dopri8"} == set(ADAPTIVE_METHODS)
-    assert fastdiffeq.METHODS == tuple(_C.methods)
+    assert fastdiffeq.METHODS == tuple(_C.methods) + ("scipy_solver",)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -521,6 +521,18 @@ def test_callbacks_in_every_gradient_mode_and_the_adjoint_forward():
     _same_calls(f.calls, reference.calls, 1e-12)  # the forward solve's; the backward solve calls none
 
 
+def test_callbacks_a_method_does_not_call_warn_as_in_torchdiffeq():
+    f = WithCallbacks(forced)
+    with pytest.warns(UserWarning, match="Solver 'rk4' does not support callbacks"):
+        fastdiffeq.odeint(f, torch.ones(2, dtype=DT), torch.linspace(0, 1, 3, dtype=DT), method="rk4",
+                          options=dict(step_size=0.5))
+    assert [c[0] for c in f.calls] == ["callback_step"] * 2
+    f = WithCallbacks(forced)
+    with pytest.warns(UserWarning, match="Solver 'scipy_solver' does not support callbacks"):
+        fastdiffeq.odeint(f, torch.ones(2, dtype=DT), torch.linspace(0, 1, 3, dtype=DT), method="scipy_solver")
+    assert f.calls == []
+
+
 def test_unsupported_callbacks_raise():
     f = WithCallbacks(forced, names=("callback_step_adjoint",))
     with pytest.raises(ValueError, match="callback_step_adjoint"):
@@ -529,3 +541,66 @@ def test_unsupported_callbacks_raise():
     with pytest.raises(ValueError, match="event_fn"):
         fastdiffeq.odeint(f, torch.ones(2, dtype=DT), torch.linspace(0, 1, 2, dtype=DT), event_fn=lambda t, y: y[0])
 
+
+# --------------------------------------------------------------------------------------------------------
+# method='scipy_solver'
+# --------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw", [
+    dict(options=None),
+    dict(options=dict(solver="RK45")),
+    dict(options=dict(solver="DOP853", max_step=0.1), rtol=1e-9, atol=1e-11),
+    dict(options=dict(solver="Radau"), reverse=True),
+])
+def test_scipy_solver_matches_torchdiffeq(kw):
+    kw = dict(kw)
+    t = torch.linspace(0.0, 2.0, 5, dtype=DT)
+    if kw.pop("reverse", False):
+        t = t.flip(0)
+    f_t, f_f = Counter(forced), Counter(forced)
+    y0 = torch.tensor([1.0, 0.5], dtype=DT)
+    y_t = torchdiffeq.odeint(f_t, y0, t, method="scipy_solver", **kw)
+    y_f = fastdiffeq.odeint(f_f, y0, t, method="scipy_solver", **kw)
+    torch.testing.assert_close(y_f, y_t, rtol=1e-12, atol=1e-12)
+    assert len(f_f.times) == len(f_t.times) == fastdiffeq.last_stats().nfe
+
+
+def test_scipy_solver_tuple_state_and_errors():
+    t = torch.linspace(0.0, 3.0, 4, dtype=DT)
+    ys_t = torchdiffeq.odeint(oscillator, OSC_Y0, t, method="scipy_solver", options=dict(solver="RK45"))
+    ys_f = fastdiffeq.odeint(oscillator, OSC_Y0, t, method="scipy_solver", options=dict(solver="RK45"))
+    for a, b in zip(ys_f, ys_t):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # As torchdiffeq's: no gradient flows through scipy (the output does not require grad).
+    assert not fastdiffeq.odeint(forced, torch.ones(2, dtype=DT, requires_grad=True), t,
+                                 method="scipy_solver").requires_grad
+    with pytest.raises(ValueError, match="scipy_solver"):
+        fastdiffeq.odeint_adjoint(MLPField(), torch.ones(2, dtype=DT), t, method="scipy_solver")
+    with pytest.raises(ValueError, match="unknown key"):
+        fastdiffeq.odeint(forced, torch.ones(2, dtype=DT), t, method="scipy_solver", options=dict(step_size=0.1))
+
+
+@pytest.mark.parametrize("name", NEW_ADAPTIVE)
+def test_solve_ivp_per_sample_with_the_new_adaptive_methods(name):
+    """Each sample of solve_ivp solves as odeint does alone; checkpoint gradients equal direct ones, the adjoint's
+    agree within the tolerance."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).double()
+
+    def f(t, y):
+        return net(y)
+
+    y0 = torch.randn(3, 2, dtype=DT)
+    t = torch.linspace(0, 1, 4, dtype=DT)
+    kw = dict(method=name, rtol=1e-6, atol=1e-8)
+    ref = torch.stack([fastdiffeq.odeint(f, y0[i], t, **kw) for i in range(3)], 0)
+    grads = {}
+    for mode in ("direct", "checkpoint", "adjoint"):
+        y = y0.clone().requires_grad_(True)
+        extra = dict(params=tuple(net.parameters())) if mode != "direct" else {}
+        sol = fastdiffeq.solve_ivp(f, y, t, gradient=mode, **kw, **extra)
+        torch.testing.assert_close(sol.ys, ref, rtol=0, atol=1e-12)
+        sol.ys.sum().backward()
+        grads[mode] = y.grad
+    torch.testing.assert_close(grads["checkpoint"], grads["direct"], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grads["adjoint"], grads["direct"], rtol=1e-3, atol=1e-4)

@@ -237,6 +237,8 @@ def odeint_adjoint(
         raise TypeError(f"`adjoint_options` must be a dict or None, got {type(adjoint_options).__name__}")
     if adj_method not in METHODS:
         raise ValueError(f"`adjoint_method` must be one of {list(METHODS)}, got {adj_method!r}")
+    if p.scipy is not None or adj_method == "scipy_solver":
+        raise ValueError("fastdiffeq.odeint_adjoint: method 'scipy_solver' is not supported (it gives no gradients)")
     if p.fixed is not None or adj_method in FIXED_GRID_METHODS:
         if p.fixed is None or adj_method not in FIXED_GRID_METHODS:
             raise ValueError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -13,6 +14,7 @@ from torch.autograd.function import once_differentiable
 
 from . import _C
 from ._fixed_grid import parse_fixed_options, solve_fixed
+from ._scipy import SCIPY_METHOD, parse_scipy_options, solve_scipy
 from ._errors import MaxStepsError, NonFiniteStateError, SolverError, StepSizeUnderflowError
 from ._progress import ProgressBar, check_progress, progress_bar
 from ._stats import SolveStats, _record, _record_backward
@@ -22,10 +24,10 @@ from ._validate import (TensorOrTuple, check_func, check_state_tensor, check_tim
 
 __all__ = ["odeint", "METHODS"]
 
-METHODS: Tuple[str, ...] = tuple(_C.methods)
-# Each method's stepping comes with its tableau (csrc/core/tableau.h).
-FIXED_GRID_METHODS: Tuple[str, ...] = tuple(m for m in METHODS if _C.tableau(m)["stepping"] == "fixed")
-ADAPTIVE_METHODS: Tuple[str, ...] = tuple(m for m in METHODS if m not in FIXED_GRID_METHODS)
+# Each Runge-Kutta method's stepping comes with its tableau (csrc/core/tableau.h); 'scipy_solver' is scipy.
+FIXED_GRID_METHODS: Tuple[str, ...] = tuple(m for m in _C.methods if _C.tableau(m)["stepping"] == "fixed")
+ADAPTIVE_METHODS: Tuple[str, ...] = tuple(m for m in _C.methods if m not in FIXED_GRID_METHODS)
+METHODS: Tuple[str, ...] = tuple(_C.methods) + (SCIPY_METHOD,)
 
 _ADAPTIVE_OPTIONS = frozenset({
     "first_step", "min_step", "max_step", "safety", "ifactor", "dfactor", "max_num_steps", "step_t", "jump_t",
@@ -131,6 +133,7 @@ class _Problem:
     progress: bool = False       # a progress bar for each solve (fastdiffeq._progress)
     fixed: Optional[Dict[str, Any]] = None  # a fixed-grid method's options (fastdiffeq._fixed_grid)
     callbacks: Optional[Tuple[Optional[Callable], ...]] = None  # func's step callbacks (step_callbacks)
+    scipy: Optional[Dict[str, Any]] = None  # method='scipy_solver': its options (fastdiffeq._scipy)
 
     def flat_y0(self) -> torch.Tensor:
         """y0 as [1, D], keeping its autograd graph."""
@@ -156,12 +159,27 @@ CALLBACK_NAMES = ("callback_step", "callback_accept_step", "callback_reject_step
 ADJOINT_CALLBACK_NAMES = tuple(n + "_adjoint" for n in CALLBACK_NAMES)
 
 
-def step_callbacks(func: Any, unflatten_state: Optional[Callable], direction: float) -> Optional[Tuple]:
+def _valid_callbacks(method: str) -> Tuple[str, ...]:
+    """The callbacks a method calls (torchdiffeq's valid_callbacks)."""
+    if method == SCIPY_METHOD:
+        return ()
+    return ("callback_step",) if method in FIXED_GRID_METHODS else CALLBACK_NAMES
+
+
+def step_callbacks(func: Any, unflatten_state: Optional[Callable], direction: float,
+                   method: str) -> Optional[Tuple]:
     """torchdiffeq's step callbacks of func, as the C++ loops call them: None when func defines none (the loops
     then call nothing), else (step, accept, reject), each None or cb(t0, y0, dt) with torchdiffeq's
     arguments: t0 the original time, y0 the state as the user passed it (a tuple for tuple states) and dt
     the step in torchdiffeq's (for a decreasing t: negated) time, so positive."""
     found = [getattr(func, name, None) for name in CALLBACK_NAMES]
+    if not any(callable(cb) for cb in found):
+        return None
+    valid = _valid_callbacks(method)
+    unused = {name for name, cb in zip(CALLBACK_NAMES, found) if callable(cb) and name not in valid}
+    if unused:  # torchdiffeq's warning, word for word
+        warnings.warn("Solver '{}' does not support callbacks {}".format(method, unused))
+    found = [cb if name in valid else None for name, cb in zip(CALLBACK_NAMES, found)]
     if not any(callable(cb) for cb in found):
         return None
 
@@ -208,7 +226,12 @@ def _prepare(func: Callable, y0: TensorOrTuple, t: torch.Tensor, rtol: Any, atol
         if r == 0 and a == 0:
             where = f" for y0[{i}]" if is_tuple else ""
             raise ValueError(f"`rtol` and `atol` cannot both be 0{where}: no error would ever be accepted")
-    fixed = None
+    fixed = scipy = None
+    if method == SCIPY_METHOD:
+        scipy = parse_scipy_options(options)
+        if progress:
+            raise ValueError("progress=True is not supported with method 'scipy_solver'")
+        options = None
     if method in FIXED_GRID_METHODS:
         fixed = parse_fixed_options(options, method)
         if progress:
@@ -255,13 +278,13 @@ def _prepare(func: Callable, y0: TensorOrTuple, t: torch.Tensor, rtol: Any, atol
     if is_tuple:
         def unflatten_state(y: torch.Tensor) -> Tuple[torch.Tensor, ...]:
             return tuple(y[s - n:s].view(shape) for s, n, shape in zip(segment_ends, sizes, shapes))
-    callbacks = step_callbacks(func, unflatten_state, direction)
+    callbacks = step_callbacks(func, unflatten_state, direction, method)
     return _Problem(
         func=func, method=method, is_tuple=is_tuple, shapes=shapes, sizes=sizes, segment_ends=segment_ends,
         rtols=rtols, atols=atols, opts=opts, parts=parts, t=t, t64=t64, field=field, user_shape=user_shape,
         user_norm=user_norm, step_t=_grid_after(opts["step_t"], t0, direction),
         jump_t=_grid_after(opts["jump_t"], t0, direction), device=device, dtype=dtype, progress=progress,
-        fixed=fixed, callbacks=callbacks,
+        fixed=fixed, callbacks=callbacks, scipy=scipy,
     )
 
 
@@ -506,6 +529,8 @@ def odeint(
             who="odeint")
     p = _prepare(func, y0, t, rtol, atol, method, options, event_fn, progress)
     y_flat = p.flat_y0()
+    if p.scipy is not None:  # as torchdiffeq's: the result carries no gradient (a backward() through it raises)
+        return p.unflatten(solve_scipy(p))
     if p.fixed is not None:
         if not _needs_grad(func, p.parts, t):
             mode, params = None, ()
@@ -531,8 +556,9 @@ def check_event_method(method: Any, func: Any) -> None:
     defined = [n for n in CALLBACK_NAMES if callable(getattr(func, n, None))]
     if defined:
         raise ValueError(f"func defines {defined}: step callbacks are not supported with event_fn yet")
-    if method in FIXED_GRID_METHODS:
-        raise ValueError(f"event_fn is not supported with the fixed-grid method {method!r}; use an adaptive method "
+    if method in FIXED_GRID_METHODS or method == SCIPY_METHOD:
+        kind = "fixed-grid method" if method in FIXED_GRID_METHODS else "method"
+        raise ValueError(f"event_fn is not supported with the {kind} {method!r}; use an adaptive method "
                          f"({', '.join(ADAPTIVE_METHODS)})")
 
 
