@@ -253,7 +253,8 @@ def test_single_output_time_costs_nothing():
 from test_parity import CASES, Recorder  # noqa: E402
 
 PARITY_NAMES = ["linear10", "vdp", "time_dependent", "reverse_vdp", "reverse_time_dependent", "tuple", "step_t",
-                "jump_t", "norm_max", "mlp_f64"]
+                "jump_t", "reverse_jump_t", "norm_max", "norm_tuple", "mlp_f64", "mlp_f32", "min_max_step",
+                "controller_options"]
 
 
 @pytest.mark.parametrize("case_name", PARITY_NAMES)
@@ -262,7 +263,7 @@ def test_adaptive_parity(name, case_name):
     case = CASES[case_name]
     kwargs = dict(case.kwargs, method=name)
     if name != "dopri8":  # low-order methods: looser tolerances keep the step counts (and the test) small
-        scale = 1e3
+        scale = 1e4 if name == "adaptive_heun" else 1e3
         kwargs["rtol"] = [r * scale for r in kwargs["rtol"]] if isinstance(kwargs.get("rtol"), list) else \
             kwargs.get("rtol", 1e-7) * scale
         kwargs["atol"] = [a * scale for a in kwargs["atol"]] if isinstance(kwargs.get("atol"), list) else \
@@ -281,6 +282,8 @@ def test_adaptive_parity(name, case_name):
     # round-off, and its summation order (a BLAS matmul there, a fused loop here) moves the next h by ~1e-5
     # relative (up to ~1e-3 on the time-dependent problem), which the controller carries along; step counts agree.
     C, time_tol = (3.0, 1e-2) if name == "dopri8" else (1.0, 1e-8)
+    if case.dtype == torch.float32:  # float32 states: round-off in the state and the error estimate (test_parity.py)
+        C, time_tol = 3.0, 1e-2
     for i, (a, b) in enumerate(zip(y_t if isinstance(y_t, tuple) else (y_t,),
                                    y_f if isinstance(y_f, tuple) else (y_f,))):
         rtol = kwargs.get("rtol", 1e-7)
@@ -352,10 +355,10 @@ class MLPField(torch.nn.Module):
         return self.l2(torch.tanh(self.l1(y))) * (1 + 0.3 * torch.sin(t))
 
 
-def _adjoint_grads(lib, method, options, t, tuple_state=False):
+def _adjoint_grads(lib, method, options, t, rtol=1e-9, atol=1e-11):
     field = MLPField()
     y0 = torch.tensor([[0.5, -0.3], [1.1, 0.2]], dtype=DT, requires_grad=True)
-    kw = dict(method=method, options=options, rtol=1e-9, atol=1e-11)
+    kw = dict(method=method, options=options, rtol=rtol, atol=atol)
     ys = lib.odeint_adjoint(field, y0, t, **kw)
     (ys * torch.linspace(0.5, 1.5, ys.numel(), dtype=DT).view_as(ys)).sum().backward()
     return [ys.detach(), y0.grad] + [q.grad for q in field.parameters()]
@@ -377,9 +380,10 @@ def test_fixed_grid_adjoint_matches_torchdiffeq(name, options):
 @pytest.mark.parametrize("name", ["fehlberg2", "dopri8"])
 def test_adaptive_adjoint_matches_torchdiffeq(name):
     t = torch.tensor([0.0, 0.4, 1.0], dtype=DT)
-    ours = _adjoint_grads(fastdiffeq, name, None, t)
-    theirs = _adjoint_grads(torchdiffeq, name, None, t)
-    tol = 1e-6  # continuous adjoints (torchdiffeq: one solve per output interval): equal within tolerance
+    # Continuous adjoints (torchdiffeq: one solve per output interval): equal within the tolerance.
+    rtol, atol, tol = (1e-7, 1e-9, 1e-5) if name == "fehlberg2" else (1e-9, 1e-11, 1e-6)
+    ours = _adjoint_grads(fastdiffeq, name, None, t, rtol, atol)
+    theirs = _adjoint_grads(torchdiffeq, name, None, t, rtol, atol)
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
