@@ -239,6 +239,22 @@ def test_fixed_grid_parity_tuple_and_float32(name):
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_grid_constructor_sees_the_callers_t_in_both_directions():
+    # As torchdiffeq (whose own test_grid_constructor checks it): a decreasing t reaches the constructor as is,
+    # and the backward pass of odeint_adjoint builds each interval's grid from t[i] down to t[i-1].
+    seen = []
+
+    def grid(func, y0, t):
+        seen.append(t.tolist())
+        return torch.linspace(float(t[0]), float(t[-1]), 11, dtype=t.dtype)
+
+    y0 = torch.tensor(1.0, dtype=DT, requires_grad=True)
+    fastdiffeq.odeint_adjoint(lambda t, y: y, y0, torch.tensor([0.0, 1.0], dtype=DT), method="euler",
+                              options=dict(grid_constructor=grid), adjoint_params=()).sum().backward()
+    assert seen == [[0.0, 1.0], [1.0, 0.0]]
+    torch.testing.assert_close(y0.grad, torch.tensor(1 + 1.1 ** 10, dtype=DT))  # ys[0] is y0 itself
+
+
 def test_single_output_time_costs_nothing():
     f = Counter(forced)
     y = fastdiffeq.odeint(f, torch.ones(2, dtype=DT), torch.tensor([0.5], dtype=DT), method="rk4",

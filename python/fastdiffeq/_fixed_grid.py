@@ -56,14 +56,16 @@ def parse_fixed_options(options: Optional[Dict[str, Any]], method: str) -> Dict[
 def time_grid(fixed: Dict[str, Any], func: Callable, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """The grid of step boundaries, float64 on the CPU, in t's direction (built as torchdiffeq builds it)."""
     t = t.detach()
-    reverse = t.numel() >= 2 and bool(t[1] < t[0])
-    tt = -t if reverse else t  # torchdiffeq solves a decreasing t as an increasing -t
     if fixed["grid_constructor"] is not None:
-        grid = fixed["grid_constructor"](func, y0, tt)
+        # torchdiffeq wraps a user's constructor so that it sees the caller's t (a decreasing one included) and
+        # returns times in it.
+        grid = fixed["grid_constructor"](func, y0, t)
         if not isinstance(grid, torch.Tensor) or grid.dim() != 1 or not grid.is_floating_point():
             raise TypeError("options['grid_constructor'] must return a 1-D floating-point tensor of times")
-        grid = grid.detach()
-    elif fixed["step_size"] is not None:
+        return grid.detach().to(device="cpu", dtype=torch.float64)
+    reverse = t.numel() >= 2 and bool(t[1] < t[0])
+    tt = -t if reverse else t  # torchdiffeq solves a decreasing t as an increasing -t
+    if fixed["step_size"] is not None:
         step = fixed["step_size"]
         n = int(torch.ceil((tt[-1] - tt[0]) / step + 1).item())
         grid = torch.arange(0, n, dtype=tt.dtype, device=tt.device) * step + tt[0]
