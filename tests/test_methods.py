@@ -624,3 +624,20 @@ def test_solve_ivp_per_sample_with_the_new_adaptive_methods(name):
         grads[mode] = y.grad
     torch.testing.assert_close(grads["checkpoint"], grads["direct"], rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(grads["adjoint"], grads["direct"], rtol=1e-3, atol=1e-4)
+
+
+def test_adjoint_user_norm_sees_the_state_shapes():
+    # torchdiffeq's norm_tests: the adjoint norm gets (t, *y, *a, *param_grads), each with its tensor's shape.
+    shapes = []
+
+    def norm(parts):
+        shapes.append(tuple(tuple(q.shape) for q in parts))
+        return max(q.abs().max() for q in parts)
+
+    w = torch.rand((), dtype=DT, requires_grad=True)
+    v = torch.rand(3, dtype=DT, requires_grad=True)
+    for y0 in (torch.tensor(1.0, dtype=DT), torch.ones(2, 2, dtype=DT)):
+        shapes.clear()
+        fastdiffeq.odeint_adjoint(lambda t, y: -w * y * v.sum(), y0.requires_grad_(True), torch.tensor([0.0, 1.0], dtype=DT),
+                                  adjoint_params=(w, v), adjoint_options=dict(norm=norm)).sum().backward()
+        assert shapes and set(shapes) == {((), tuple(y0.shape), tuple(y0.shape), (), (3,))}

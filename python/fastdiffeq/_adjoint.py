@@ -106,9 +106,10 @@ class _AdjointConfig:
 
         def flat_norm(x: torch.Tensor) -> Any:
             a0 = D if with_y else 0
-            a_parts = [x[a0 + e - n:a0 + e] for e, n in zip(p.segment_ends, p.sizes)]
-            y_parts = ([x[e - n:e] for e, n in zip(p.segment_ends, p.sizes)] if with_y else
-                       [torch.zeros_like(a) for a in a_parts])
+            # Each part with its tensor's shape, as torchdiffeq passes them (a 0-dim y0 gives 0-dim parts).
+            a_parts = [x[a0 + e - n:a0 + e].view(shape) for e, n, shape in zip(p.segment_ends, p.sizes, p.shapes)]
+            y_parts = ([x[e - n:e].view(shape) for e, n, shape in zip(p.segment_ends, p.sizes, p.shapes)] if with_y
+                       else [torch.zeros_like(a) for a in a_parts])
             offset, param_parts = a0 + D, []
             for q in params:
                 param_parts.append(x[offset:offset + q.numel()].view_as(q))
