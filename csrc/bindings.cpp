@@ -2,6 +2,7 @@
 // VectorField / ErrorNorm interfaces and exposes the solver loop and the tableaus.
 // Only torch's pybind11 glue (<torch/csrc/utils/pybind.h>: pybind11 and the at::Tensor caster), not
 // <torch/extension.h>, which pulls in every ATen operator and the whole C++ frontend (a third of the build).
+#include <ATen/ops/scalar_tensor.h>
 #include <ATen/ops/tensor.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/view_native.h>
@@ -18,12 +19,14 @@
 #include "core/tableau.h"
 #include "solver/autograd_vjp.h"
 #include "solver/finite.h"
+#include "solver/fixed_grid.h"
 #include "solver/native_mlp.h"
 #include "solver/progress.h"
 #include "solver/rk_adjoint.h"
 #include "solver/rk_per_sample.h"
 #include "solver/rk_solve.h"
 #include "solver/solve_args.h"
+#include "solver/step_callbacks.h"
 
 namespace py = pybind11;
 
@@ -203,6 +206,40 @@ class PyProgressSink final : public fde::solver::ProgressSink {
 };
 
 // A progress argument: None (no progress: nothing is computed) or a callable.
+// torchdiffeq's step callbacks: callbacks is None or a tuple (step, accept, reject) of callables or None, each
+// called as cb(t0, y0, h) with t0 and h 0-dim float64 tensors and y0 in user_shape (the Python layer adapts
+// them to torchdiffeq's conventions).
+class PyStepCallbacks final : public fde::solver::StepCallbacks {
+ public:
+  PyStepCallbacks(const py::tuple& cbs, std::vector<int64_t> user_shape) : user_shape_(std::move(user_shape)) {
+    if (cbs.size() != 3) throw py::value_error("fastdiffeq: callbacks must be a tuple (step, accept, reject)");
+    step_ = cbs[0];
+    accept_ = cbs[1];
+    reject_ = cbs[2];
+    for (const auto& cb : {step_, accept_, reject_})
+      if (!cb.is_none() && !PyCallable_Check(cb.ptr()))
+        throw py::type_error("fastdiffeq: each callback must be callable or None, got " + py_type_name(cb));
+  }
+  void step(double t0, const at::Tensor& y0, double h) override { call(step_, t0, y0, h); }
+  void accept(double t0, const at::Tensor& y0, double h) override { call(accept_, t0, y0, h); }
+  void reject(double t0, const at::Tensor& y0, double h) override { call(reject_, t0, y0, h); }
+
+ private:
+  void call(const py::object& cb, double t0, const at::Tensor& y0, double h) {
+    if (cb.is_none()) return;
+    cb(at::scalar_tensor(t0, at::kDouble), y0.view(user_shape_), at::scalar_tensor(h, at::kDouble));
+  }
+  py::object step_, accept_, reject_;
+  std::vector<int64_t> user_shape_;
+};
+
+std::unique_ptr<PyStepCallbacks> make_callbacks(const py::object& callbacks, const std::vector<int64_t>& user_shape) {
+  if (callbacks.is_none()) return nullptr;
+  if (!py::isinstance<py::tuple>(callbacks))
+    throw py::type_error("fastdiffeq: callbacks must be None or a tuple, got " + py_type_name(callbacks));
+  return std::make_unique<PyStepCallbacks>(callbacks.cast<py::tuple>(), user_shape);
+}
+
 std::unique_ptr<PyProgressSink> make_progress(const py::object& progress, double min_interval_s) {
   if (progress.is_none()) return nullptr;
   if (!PyCallable_Check(progress.ptr()))
@@ -293,14 +330,17 @@ py::dict solve_result(const fde::solver::RkResult& r) {
 
 py::dict rk_solve_py(const py::object& func, const at::Tensor& y0, const at::Tensor& t_out,
                      const fde::solver::RkOptions& options, py::object norm, std::vector<int64_t> user_shape,
-                     bool joint, const std::string& mode, const py::object& progress, double progress_interval) {
+                     bool joint, const std::string& mode, const py::object& progress, double progress_interval,
+                     const py::object& callbacks) {
   const fde::solver::LoopMode loop_mode = parse_mode(mode);
   if (y0.dim() == 2) check_user_shape(user_shape, y0.numel(), y0.size(0), joint);
+  const std::unique_ptr<PyStepCallbacks> cbs = make_callbacks(callbacks, user_shape);
   const auto field = make_field(func, user_shape, joint);
   std::unique_ptr<PyErrorNorm> user_norm = make_norm(norm, user_shape);
   const std::unique_ptr<PyProgressSink> sink = make_progress(progress, progress_interval);
   fde::solver::RkOptions opts = options;
   opts.progress = sink.get();
+  opts.callbacks = cbs.get();
   return solve_result(fde::solver::rk_solve(*field, user_norm.get(), y0, t_out, opts, loop_mode));
 }
 
@@ -360,6 +400,44 @@ py::dict rk_adjoint_py(const py::object& func, const py::object& params_obj, con
     out["grad_params"] = split_params(r.grad_params, params);
   }
   return out;
+}
+
+// The fixed-grid loop (joint mode): ys and nfe, and the tape in mode 'record'.
+py::dict fixed_grid_solve_py(const py::object& func, const at::Tensor& y0, const at::Tensor& grid, const at::Tensor& t_out,
+                             const std::string& method, const std::string& interp, bool perturb,
+                             std::vector<int64_t> user_shape, const std::string& mode, const py::object& callbacks) {
+  fde::solver::FixedGridOptions opt;
+  opt.tableau = fde::core::find_tableau(method);
+  if (opt.tableau == nullptr) throw py::value_error("fastdiffeq: unknown method '" + method + "'");
+  if (interp != "linear" && interp != "cubic")
+    throw py::value_error("fastdiffeq: interp must be 'linear' or 'cubic', got '" + interp + "'");
+  opt.cubic = interp == "cubic";
+  opt.perturb = perturb;
+  const fde::solver::LoopMode loop_mode = parse_mode(mode);
+  if (y0.dim() == 2) check_user_shape(user_shape, y0.numel(), y0.size(0), true);
+  const std::unique_ptr<PyStepCallbacks> cbs = make_callbacks(callbacks, user_shape);
+  opt.callbacks = cbs.get();
+  const auto field = make_field(func, user_shape, true);
+  fde::solver::FixedGridResult r = fde::solver::fixed_grid_solve(*field, y0, grid, t_out, opt, loop_mode);
+  py::dict out;
+  out["ys"] = r.ys;
+  out["nfe"] = r.nfe;
+  out["n_steps"] = r.n_steps;
+  out["tape"] = r.tape ? py::cast(r.tape) : py::none();
+  return out;
+}
+
+py::tuple fixed_grid_backward_py(const py::object& func, const py::object& tape_obj, const at::Tensor& grad_ys,
+                                 const py::object& params_obj, std::vector<int64_t> user_shape) {
+  const std::vector<at::Tensor> params = tensor_list_arg(params_obj, "params");
+  if (!py::isinstance<fde::solver::FixedGridTape>(tape_obj))
+    throw py::type_error("fastdiffeq: tape must be a FixedGridTape, got " + py_type_name(tape_obj));
+  const auto tape = tape_obj.cast<std::shared_ptr<fde::solver::FixedGridTape>>();
+  check_user_shape(user_shape, tape->y0.numel(), tape->y0.size(0), true);
+  fde::solver::check_vjp_params(params, grad_ys.device());
+  const auto field = make_field(func, std::move(user_shape), true, params);
+  fde::solver::CheckpointGradients g = fde::solver::fixed_grid_backward(*field, *tape, grad_ys, params);
+  return py::make_tuple(g.grad_y0, g.grad_params, g.nfe);
 }
 
 py::tuple checkpoint_backward_py(const py::object& func, const py::object& tape_obj,
@@ -546,6 +624,8 @@ py::dict tableau_py(const std::string& name) {
   d["b"] = std::vector<double>(t->b, t->b + S);
   d["e"] = std::vector<double>(t->e, t->e + S);
   d["mid"] = std::vector<double>(t->mid, t->mid + S);
+  d["stepping"] = t->stepping == fde::core::Stepping::kAdaptive ? "adaptive" : "fixed";
+  d["fsal"] = fde::core::is_fsal(*t);
   return d;
 }
 
@@ -614,7 +694,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("record_dense", &RkOptions::record_dense);
   m.def("rk_solve", &rk_solve_py, py::arg("func"), py::arg("y0"), py::arg("t_out"), py::arg("options"),
         py::kw_only(), py::arg("norm"), py::arg("user_shape"), py::arg("joint"), py::arg("mode") = "masked",
-        py::arg("progress") = py::none(), py::arg("progress_interval") = 0.1);
+        py::arg("progress") = py::none(), py::arg("progress_interval") = 0.1, py::arg("callbacks") = py::none());
   py::class_<fde::solver::RkTape, std::shared_ptr<fde::solver::RkTape>>(m, "RkTape")
       .def_property_readonly("n_steps", [](const fde::solver::RkTape& t) { return t.steps.size(); });
   m.def("rk_adjoint", &rk_adjoint_py, py::arg("func"), py::arg("params"), py::arg("t_out"), py::arg("ys"),
@@ -662,6 +742,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            },
            py::arg("y"), py::arg("v"),
            "(f, v^T df/dy, v^T df/dtheta flattened in parameter order): the hand-written product the adjoint uses");
+  py::class_<fde::solver::FixedGridTape, std::shared_ptr<fde::solver::FixedGridTape>>(m, "FixedGridTape")
+      .def_property_readonly("n_steps", [](const fde::solver::FixedGridTape& t) { return t.steps.size(); });
+  m.def("fixed_grid_solve", &fixed_grid_solve_py, py::arg("func"), py::arg("y0"), py::arg("grid"), py::arg("t_out"),
+        py::kw_only(), py::arg("method"), py::arg("interp"), py::arg("perturb"), py::arg("user_shape"),
+        py::arg("mode"), py::arg("callbacks") = py::none());
+  m.def("fixed_grid_backward", &fixed_grid_backward_py, py::arg("func"), py::arg("tape"), py::arg("grad_ys"),
+        py::arg("params"), py::arg("user_shape"));
   m.def("tableau", &tableau_py, py::arg("name"));
   m.def("all_finite", &fde::solver::all_finite, py::arg("x"),
         "Whether every element of x is finite (no allocation for contiguous CPU float tensors).");

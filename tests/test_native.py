@@ -169,3 +169,23 @@ def test_mlp_module_and_bad_arguments():
     with pytest.raises(ValueError, match="inputs"):
         fastdiffeq._C.NativeMLP([m.layers[0].weight, m.layers[0].weight], [m.layers[0].bias, m.layers[0].bias],
                                 "tanh")
+
+
+@pytest.mark.parametrize("method", ["rk4", "dopri8", "fehlberg2"])
+def test_every_method_runs_the_native_field(method):
+    m = make("tanh")
+    y0 = torch.randn(8, 3, dtype=torch.float64)
+    options = dict(step_size=0.1) if method == "rk4" else None
+    for gradient in ("direct", "checkpoint"):
+        out = []
+        for func in (m, python_path(m)):
+            m.zero_grad()
+            ys = fastdiffeq.odeint(func, y0, T, method=method, options=options, gradient=gradient,
+                                   gradient_params=list(m.parameters()), **KW)
+            path = fastdiffeq.last_stats().field
+            ys.square().sum().backward()
+            out.append((ys.detach(), [p.grad.clone() for p in m.parameters()], path))
+        assert out[0][2] == "native" and out[1][2] == "python"
+        torch.testing.assert_close(out[0][0], out[1][0], rtol=0, atol=1e-12)
+        for a, b in zip(out[0][1], out[1][1]):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)

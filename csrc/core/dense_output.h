@@ -7,11 +7,12 @@
 #pragma once
 
 #include "core/macros.h"
+#include "core/tableau.h"
 
 namespace fde::core {
 
 struct DenseWeights {
-  double y0, y1, k[8];
+  double y0, y1, k[kMaxStages];
 };
 
 // mid: the S = `stages` midpoint weights (zeros past the tableau's own).

@@ -23,6 +23,7 @@
 #include "solver/rk_problem.h"
 #include "solver/rk_step.h"
 #include "solver/solve_args.h"
+#include "solver/step_callbacks.h"
 
 namespace fde::solver {
 namespace {
@@ -189,6 +190,8 @@ RkResult run_host(RkProblem& p, const at::Tensor& y0_in, LoopMode mode) {
     unit_h = at::ones({1}, time_opts);
   }
   while (status == core::kRunning) {
+    StepCallbacks* callbacks = p.opt_.callbacks;
+    if (callbacks != nullptr) callbacks->step(t0, y, h);
     const ClippedStep step = grid.active() ? grid.clip(t0, h) : ClippedStep{t0 + h, h};
     const double t1 = step.t1, h_step = step.h;
     t0_t = at::full({1}, t0, time_opts);
@@ -196,6 +199,13 @@ RkResult run_host(RkProblem& p, const at::Tensor& y0_in, LoopMode mode) {
     StepStages st = rk_stages(p.field_, tab, y, k0, t0_t, h_t, res.nfe);
     auto [ratio, accept, h_next] = p.control(y.detach(), st.y1.detach(), detached(st.ks), h_t);
     const StepDecision d = read_decision(ratio, accept, h_next);
+    if (callbacks != nullptr) {
+      if (d.accept) {
+        callbacks->accept(t0, y, h_step);
+      } else {
+        callbacks->reject(t0, y, h_step);
+      }
+    }
     if (d.accept) {
       const int64_t last = core::outputs_passed_to(t_host, p.T_, out_index, t0, t1);
       if (last > out_index)
@@ -239,6 +249,8 @@ RkResult run_host(RkProblem& p, const at::Tensor& y0_in, LoopMode mode) {
 RkResult rk_solve(VectorField& field, ErrorNorm* norm, const at::Tensor& y0, const at::Tensor& t_out,
                   const RkOptions& options, LoopMode mode) {
   RkProblem problem(field, norm, y0, t_out, options);
+  TORCH_CHECK_VALUE(options.callbacks == nullptr || mode != LoopMode::kMasked,
+                    "fastdiffeq: step callbacks need a host-driven loop ('graph' or 'record')");
   return mode == LoopMode::kMasked ? run_masked(problem, y0) : run_host(problem, y0, mode);
 }
 

@@ -14,7 +14,8 @@
 
 namespace fde::solver {
 
-class ProgressSink;  // solver/progress.h
+class ProgressSink;   // solver/progress.h
+class StepCallbacks;  // solver/step_callbacks.h
 
 struct RkOptions {
   const core::Tableau* tableau = &core::kDopri5;
@@ -37,6 +38,9 @@ struct RkOptions {
   // Optional, not owned: told how far the solve has come, at most every progress->min_interval_s seconds
   // (solver/progress.h). Null: no progress is computed.
   ProgressSink* progress = nullptr;
+  // Optional, not owned: torchdiffeq's step callbacks, called by the host-driven loops (B == 1) at every
+  // step attempt. Null: nothing is called.
+  StepCallbacks* callbacks = nullptr;
 };
 
 enum class LoopMode {

@@ -32,6 +32,8 @@ StepStages rk_stages(VectorField& field, const core::Tableau& tab, const at::Ten
     st.ks[i] = field.eval(stage_time_row(ts, i), st.y1);
     ++nfe;
   }
+  // Not FSAL: the last stage was evaluated elsewhere (or S == 1); the solution is its own weighted sum.
+  if (!core::is_fsal(tab)) st.y1 = ops::call<ops::RkStage>(y, st.ks, h, at::ArrayRef<double>(tab.b, S));
   return st;
 }
 

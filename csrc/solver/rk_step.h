@@ -14,8 +14,8 @@
 namespace fde::solver {
 
 struct StepStages {
-  std::vector<at::Tensor> ks;  // k_0 .. k_{S-1}; k_{S-1} = f(t0 + h, y1) (FSAL)
-  at::Tensor y1;               // the propagated solution (the last stage's input)
+  std::vector<at::Tensor> ks;  // k_0 .. k_{S-1}; k_{S-1} = f(t0 + h, y1) when the method is FSAL
+  at::Tensor y1;               // the propagated solution (the last stage's input when FSAL)
 };
 
 // y, k0: [B, D]; t0, h: float64 [B] on y's device. Adds S-1 to nfe.

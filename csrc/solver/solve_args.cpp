@@ -10,6 +10,8 @@ namespace fde::solver {
 SolveArgs check_solve_args(const at::Tensor& y0, const at::Tensor& t_out, const RkOptions& opt) {
   SolveArgs a;
   TORCH_CHECK_VALUE(opt.tableau != nullptr, "fastdiffeq: no method given");
+  TORCH_CHECK_VALUE(opt.tableau->stepping == core::Stepping::kAdaptive, "fastdiffeq: method '", opt.tableau->name,
+                    "' is a fixed-grid method; the adaptive loops need an embedded error estimate");
   TORCH_CHECK_TYPE(y0.defined(), "fastdiffeq: y0 must be a tensor");
   TORCH_CHECK_VALUE(y0.dim() == 2, "fastdiffeq: y0 must be a 2-D [B, D] tensor, got shape ", y0.sizes());
   TORCH_CHECK_TYPE(y0.scalar_type() == at::kFloat || y0.scalar_type() == at::kDouble,

@@ -15,7 +15,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from . import _C
-from ._odeint import (METHODS, _gradient_params, _grid_after, _parse_options, _prepare, _Problem, _raise_status,
+from ._fixed_grid import adjoint_fixed, parse_fixed_options, solve_fixed
+from ._odeint import (ADJOINT_CALLBACK_NAMES, FIXED_GRID_METHODS, METHODS, check_event_method, _gradient_params, _grid_after, _parse_options, _prepare, _Problem, _raise_status,
                       _run, gc_paused, output_time_gradients, solver_options)
 from ._native import field_for
 from ._progress import ProgressBar, progress_bar
@@ -66,6 +67,26 @@ class _AdjointSolve(torch.autograd.Function):
         return (grad_y0, None, None, *grad_params)
 
 
+class _FixedAdjointSolve(torch.autograd.Function):
+    """A fixed-grid forward solve without a graph; backward: torchdiffeq's adjoint on the fixed grids."""
+
+    @staticmethod
+    def forward(ctx, y_flat: torch.Tensor, problem: _Problem, method: str, fixed: Dict[str, Any],
+                *params: torch.Tensor) -> torch.Tensor:
+        ys = solve_fixed(problem, y_flat.detach(), None, (), output_time_gradients)
+        ctx.problem, ctx.method, ctx.fixed = problem, method, fixed
+        ctx.save_for_backward(ys, *params)
+        return ys
+
+    @staticmethod
+    def backward(ctx, grad_ys: torch.Tensor):
+        if torch.is_grad_enabled():
+            raise RuntimeError("fastdiffeq.odeint_adjoint does not support double backward (create_graph=True)")
+        ys, *params = ctx.saved_tensors
+        grad_y0, grad_params = adjoint_fixed(ctx.problem, ys, grad_ys, params, ctx.method, ctx.fixed)
+        return (grad_y0, None, None, None, *grad_params)
+
+
 class _AdjointConfig:
     """The backward solve's settings."""
 
@@ -86,9 +107,10 @@ class _AdjointConfig:
 
         def flat_norm(x: torch.Tensor) -> Any:
             a0 = D if with_y else 0
-            a_parts = [x[a0 + e - n:a0 + e] for e, n in zip(p.segment_ends, p.sizes)]
-            y_parts = ([x[e - n:e] for e, n in zip(p.segment_ends, p.sizes)] if with_y else
-                       [torch.zeros_like(a) for a in a_parts])
+            # Each part with its tensor's shape, as torchdiffeq passes them (a 0-dim y0 gives 0-dim parts).
+            a_parts = [x[a0 + e - n:a0 + e].view(shape) for e, n, shape in zip(p.segment_ends, p.sizes, p.shapes)]
+            y_parts = ([x[e - n:e].view(shape) for e, n, shape in zip(p.segment_ends, p.sizes, p.shapes)] if with_y
+                       else [torch.zeros_like(a) for a in a_parts])
             offset, param_parts = a0 + D, []
             for q in params:
                 param_parts.append(x[offset:offset + q.numel()].view_as(q))
@@ -193,7 +215,12 @@ def odeint_adjoint(
             "fastdiffeq.odeint_adjoint: func must be an nn.Module so its parameters can be found, or pass them as "
             "`adjoint_params` (`adjoint_params=()` if it has none)"
         )
+    adjoint_callbacks = [n for n in ADJOINT_CALLBACK_NAMES if callable(getattr(func, n, None))]
+    if adjoint_callbacks:
+        raise ValueError(f"fastdiffeq.odeint_adjoint: func defines {adjoint_callbacks}: the backward pass's step "
+                         "callbacks are not supported yet (the forward ones are)")
     if event_fn is not None:
+        check_event_method(method, func)
         from ._events import odeint_until_event
         return odeint_until_event(
             func, y0, t, rtol=rtol, atol=atol, method=method, options=options, event_fn=event_fn, progress=progress,
@@ -211,6 +238,22 @@ def odeint_adjoint(
         adjoint_options = {k: v for k, v in (options or {}).items() if k != "norm"}
     elif not isinstance(adjoint_options, dict):
         raise TypeError(f"`adjoint_options` must be a dict or None, got {type(adjoint_options).__name__}")
+    if adj_method not in METHODS:
+        raise ValueError(f"`adjoint_method` must be one of {list(METHODS)}, got {adj_method!r}")
+    if p.scipy is not None or adj_method == "scipy_solver":
+        raise ValueError("fastdiffeq.odeint_adjoint: method 'scipy_solver' is not supported (it gives no gradients)")
+    if p.fixed is not None or adj_method in FIXED_GRID_METHODS:
+        if p.fixed is None or adj_method not in FIXED_GRID_METHODS:
+            raise ValueError(
+                f"fastdiffeq.odeint_adjoint: method={p.method!r} with adjoint_method={adj_method!r} is not supported: "
+                "the forward and adjoint methods must both be fixed-grid or both adaptive")
+        fixed = parse_fixed_options(adjoint_options, adj_method)
+        params = _gradient_params(func, adjoint_params, "fastdiffeq.odeint_adjoint", "adjoint_params")
+        y_flat = p.flat_y0()
+        if not (torch.is_grad_enabled() and (p.t.requires_grad or any(q.requires_grad for q in p.parts) or params)):
+            return p.unflatten(solve_fixed(p, y_flat, None, (), output_time_gradients))
+        return p.unflatten(output_time_gradients(
+            p, y_flat, lambda y: _FixedAdjointSolve.apply(y, p, adj_method, fixed, *params)))
     adjoint_options = dict(adjoint_options)
     norm = adjoint_options.pop("norm", None)
     trajectory = adjoint_options.pop("trajectory", "resolve")
@@ -222,8 +265,6 @@ def odeint_adjoint(
     if norm is not None and not seminorm and not callable(norm):
         raise TypeError(f"adjoint_options['norm'] must be 'seminorm' or a callable, got {type(norm).__name__}")
     adj_opts = _parse_options(adjoint_options, 1)
-    if adj_method not in METHODS:
-        raise ValueError(f"`adjoint_method` must be one of {list(METHODS)}, got {adj_method!r}")
     config = _AdjointConfig(
         _adjoint_tolerance(rtol if adjoint_rtol is None else adjoint_rtol, "adjoint_rtol"),
         _adjoint_tolerance(atol if adjoint_atol is None else adjoint_atol, "adjoint_atol"),

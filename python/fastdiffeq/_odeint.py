@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -12,6 +13,8 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from . import _C
+from ._fixed_grid import parse_fixed_options, solve_fixed
+from ._scipy import SCIPY_METHOD, parse_scipy_options, solve_scipy
 from ._errors import MaxStepsError, NonFiniteStateError, SolverError, StepSizeUnderflowError
 from ._native import field_for, native_field
 from ._progress import ProgressBar, check_progress, progress_bar
@@ -22,7 +25,10 @@ from ._validate import (TensorOrTuple, check_func, check_state_tensor, check_tim
 
 __all__ = ["odeint", "METHODS"]
 
-METHODS: Tuple[str, ...] = tuple(_C.methods)
+# Each Runge-Kutta method's stepping comes with its tableau (csrc/core/tableau.h); 'scipy_solver' is scipy.
+FIXED_GRID_METHODS: Tuple[str, ...] = tuple(m for m in _C.methods if _C.tableau(m)["stepping"] == "fixed")
+ADAPTIVE_METHODS: Tuple[str, ...] = tuple(m for m in _C.methods if m not in FIXED_GRID_METHODS)
+METHODS: Tuple[str, ...] = tuple(_C.methods) + (SCIPY_METHOD,)
 
 _ADAPTIVE_OPTIONS = frozenset({
     "first_step", "min_step", "max_step", "safety", "ifactor", "dfactor", "max_num_steps", "step_t", "jump_t",
@@ -127,6 +133,9 @@ class _Problem:
     dtype: torch.dtype
     progress: bool = False       # a progress bar for each solve (fastdiffeq._progress)
     native: bool = False         # field is func's native (C++) description (fastdiffeq._native)
+    fixed: Optional[Dict[str, Any]] = None  # a fixed-grid method's options (fastdiffeq._fixed_grid)
+    callbacks: Optional[Tuple[Optional[Callable], ...]] = None  # func's step callbacks (step_callbacks)
+    scipy: Optional[Dict[str, Any]] = None  # method='scipy_solver': its options (fastdiffeq._scipy)
 
     @property
     def field_path(self) -> str:
@@ -150,6 +159,46 @@ class _Problem:
             return ys.reshape(n, *self.shapes[0])
         return tuple(ys[:, s - k:s].reshape(n, *shape)
                      for s, k, shape in zip(self.segment_ends, self.sizes, self.shapes))
+
+
+CALLBACK_NAMES = ("callback_step", "callback_accept_step", "callback_reject_step")
+ADJOINT_CALLBACK_NAMES = tuple(n + "_adjoint" for n in CALLBACK_NAMES)
+
+
+def _valid_callbacks(method: str) -> Tuple[str, ...]:
+    """The callbacks a method calls (torchdiffeq's valid_callbacks)."""
+    if method == SCIPY_METHOD:
+        return ()
+    return ("callback_step",) if method in FIXED_GRID_METHODS else CALLBACK_NAMES
+
+
+def step_callbacks(func: Any, unflatten_state: Optional[Callable], direction: float,
+                   method: str) -> Optional[Tuple]:
+    """torchdiffeq's step callbacks of func, as the C++ loops call them: None when func defines none (the loops
+    then call nothing), else (step, accept, reject), each None or cb(t0, y0, dt) with torchdiffeq's
+    arguments: t0 the original time, y0 the state as the user passed it (a tuple for tuple states) and dt
+    the step in torchdiffeq's (for a decreasing t: negated) time, so positive."""
+    found = [getattr(func, name, None) for name in CALLBACK_NAMES]
+    if not any(callable(cb) for cb in found):
+        return None
+    valid = _valid_callbacks(method)
+    unused = {name for name, cb in zip(CALLBACK_NAMES, found) if callable(cb) and name not in valid}
+    if unused:  # torchdiffeq's warning, word for word
+        warnings.warn("Solver '{}' does not support callbacks {}".format(method, unused))
+    found = [cb if name in valid else None for name, cb in zip(CALLBACK_NAMES, found)]
+    if not any(callable(cb) for cb in found):
+        return None
+
+    def wrap(cb: Any) -> Optional[Callable]:
+        if not callable(cb):
+            return None
+
+        def call(t0: torch.Tensor, y: torch.Tensor, h: torch.Tensor) -> None:
+            cb(t0, y if unflatten_state is None else unflatten_state(y), h * direction)
+
+        return call
+
+    return tuple(wrap(cb) for cb in found)
 
 
 def _prepare(func: Callable, y0: TensorOrTuple, t: torch.Tensor, rtol: Any, atol: Any, method: Optional[str],
@@ -183,6 +232,17 @@ def _prepare(func: Callable, y0: TensorOrTuple, t: torch.Tensor, rtol: Any, atol
         if r == 0 and a == 0:
             where = f" for y0[{i}]" if is_tuple else ""
             raise ValueError(f"`rtol` and `atol` cannot both be 0{where}: no error would ever be accepted")
+    fixed = scipy = None
+    if method == SCIPY_METHOD:
+        scipy = parse_scipy_options(options)
+        if progress:
+            raise ValueError("progress=True is not supported with method 'scipy_solver'")
+        options = None
+    if method in FIXED_GRID_METHODS:
+        fixed = parse_fixed_options(options, method)
+        if progress:
+            raise ValueError(f"progress=True is not supported with the fixed-grid method {method!r}")
+        options = None  # the adaptive options keep their defaults (unused)
     opts = _parse_options(options, len(parts))
 
     device, dtype = parts[0].device, parts[0].dtype
@@ -221,12 +281,18 @@ def _prepare(func: Callable, y0: TensorOrTuple, t: torch.Tensor, rtol: Any, atol
 
     t0 = float(t64[0])
     direction = 1.0 if t64.numel() < 2 or float(t64[1]) > t0 else -1.0
+    unflatten_state = None
+    if is_tuple:
+        def unflatten_state(y: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+            return tuple(y[s - n:s].view(shape) for s, n, shape in zip(segment_ends, sizes, shapes))
+    callbacks = step_callbacks(func, unflatten_state, direction, method)
     return _Problem(
         func=func, method=method, is_tuple=is_tuple, shapes=shapes, sizes=sizes, segment_ends=segment_ends,
         rtols=rtols, atols=atols, opts=opts, parts=parts, t=t, t64=t64, field=field, user_shape=user_shape,
         user_norm=user_norm, step_t=_grid_after(opts["step_t"], t0, direction),
         jump_t=_grid_after(opts["jump_t"], t0, direction), device=device, dtype=dtype, progress=progress,
         native=not is_tuple and field is not func,
+        fixed=fixed, callbacks=callbacks, scipy=scipy,
     )
 
 
@@ -269,12 +335,14 @@ def _run(p: _Problem, y_flat: torch.Tensor, mode: str, *, who: str = "odeint", r
     when the solve fails. ``dense`` (mode 'record'): the tape also holds the dense trajectory."""
     options = solver_options(p.method, p.rtols, p.atols, p.segment_ends, p.opts, p.step_t, p.jump_t, p.device,
                              record_dense=dense)
+    if p.callbacks is not None and mode == "masked":
+        mode = "graph"  # the callbacks need the host-driven loop (the caller holds no_grad)
     with progress_bar(p.progress, p.t64, who) as bar:
         with gc_paused():
             t_out = p.t64 if p.device.type == "cpu" else p.t64.to(p.device)  # t64 lives on the CPU
             res = _C.rk_solve(p.field, y_flat, t_out, options, norm=p.user_norm,
                               user_shape=p.user_shape, joint=True, mode=mode, progress=bar,
-                              progress_interval=ProgressBar.interval)
+                              progress_interval=ProgressBar.interval, callbacks=p.callbacks)
         status = res["status"].tolist()[0]
         counters = res["counters"].tolist()[0]
         t_final = res["t"].tolist()[0]
@@ -403,10 +471,10 @@ def odeint(
 ) -> TensorOrTuple:
     """Integrate dy/dt = func(t, y) from y(t[0]) = y0 and return y at every time in ``t``.
 
-    A drop-in replacement for ``torchdiffeq.odeint`` for the adaptive methods 'dopri5' (default),
-    'tsit5' and 'bosh3': the whole state is one system with one step size (joint mode), the step-size
-    controller, initial step and error norm are torchdiffeq's, so dopri5 takes the same steps. Output
-    times are interpolated, not stepped to.
+    A drop-in replacement for ``torchdiffeq.odeint``. Adaptive methods: the whole state is one system with
+    one step size (joint mode), the step-size controller, initial step and error norm are torchdiffeq's, so
+    they take torchdiffeq's steps; output times are interpolated, not stepped to. Fixed-grid methods take one
+    step per interval of torchdiffeq's grid and interpolate the outputs as it does.
 
     Args:
         func: callable ``func(t, y)`` returning dy/dt with y's shape and dtype; ``t`` is a 0-dim tensor
@@ -415,8 +483,11 @@ def odeint(
         t: 1-D floating tensor of output times, strictly increasing or strictly decreasing; ``t[0]`` is
             the initial time.
         rtol, atol: relative and absolute tolerances (numbers >= 0, or one per tuple element).
-        method: 'dopri5' (default), 'tsit5' or 'bosh3'.
-        options: dict with any of first_step, min_step, max_step, safety (0.9), ifactor (10),
+        method: adaptive: 'dopri5' (default), 'tsit5', 'bosh3', 'fehlberg2', 'adaptive_heun', 'dopri8';
+            fixed-grid: 'euler', 'midpoint', 'heun2', 'heun3', 'rk4' (torchdiffeq's 3/8 rule).
+        options: fixed-grid methods: step_size or grid_constructor (``grid_constructor(func, y0, t)`` -> the
+            grid, from t[0] to t[-1]; default: t itself), interp ('linear' (default) or 'cubic': one more
+            evaluation of func per output time), perturb (bool). Adaptive methods: a dict with any of first_step, min_step, max_step, safety (0.9), ifactor (10),
             dfactor (0.2), max_num_steps (attempts allowed between two outputs), step_t, jump_t
             (times to step onto; after a jump_t time f is re-evaluated), dtype (time dtype: float64 only),
             norm (callable on the scaled error; the default is the RMS norm, for tuples the max of the
@@ -460,6 +531,7 @@ def odeint(
     if gradient not in ("direct", "checkpoint"):
         raise ValueError(f"`gradient` must be 'direct' or 'checkpoint', got {gradient!r}")
     if event_fn is not None:
+        check_event_method(method, func)
         from ._events import odeint_until_event
         return odeint_until_event(
             func, y0, t, rtol=rtol, atol=atol, method=method, options=options, event_fn=event_fn, progress=progress,
@@ -468,6 +540,16 @@ def odeint(
             who="odeint")
     p = _prepare(func, y0, t, rtol, atol, method, options, event_fn, progress)
     y_flat = p.flat_y0()
+    if p.scipy is not None:  # as torchdiffeq's: the result carries no gradient (a backward() through it raises)
+        return p.unflatten(solve_scipy(p))
+    if p.fixed is not None:
+        if not _needs_grad(func, p.parts, t):
+            mode, params = None, ()
+        else:
+            mode = gradient
+            params = () if gradient == "direct" else _gradient_params(
+                func, gradient_params, "fastdiffeq.odeint(gradient='checkpoint')", "gradient_params")
+        return p.unflatten(solve_fixed(p, y_flat, mode, params, output_time_gradients))
     if not _needs_grad(func, p.parts, t):
         with torch.no_grad():
             return p.unflatten(_run(p, y_flat.detach(), "masked")["ys"])
@@ -478,6 +560,17 @@ def odeint(
                                   "gradient_params")
         ys = output_time_gradients(p, y_flat, lambda y: _CheckpointSolve.apply(y, p, *params))
     return p.unflatten(ys)
+
+
+def check_event_method(method: Any, func: Any) -> None:
+    """event_fn needs an adaptive method (the dense output locates the event), and no step callbacks."""
+    defined = [n for n in CALLBACK_NAMES if callable(getattr(func, n, None))]
+    if defined:
+        raise ValueError(f"func defines {defined}: step callbacks are not supported with event_fn yet")
+    if method in FIXED_GRID_METHODS or method == SCIPY_METHOD:
+        kind = "fixed-grid method" if method in FIXED_GRID_METHODS else "method"
+        raise ValueError(f"event_fn is not supported with the {kind} {method!r}; use an adaptive method "
+                         f"({', '.join(ADAPTIVE_METHODS)})")
 
 
 def _raise_status(status: int, t_final: float, stats: SolveStats, opts: Dict[str, Any], who: str) -> None:

@@ -20,7 +20,7 @@ from torch.autograd.function import once_differentiable
 from . import _C
 from ._errors import SolverError
 from ._native import field_for, native_field
-from ._odeint import _STATUS_ERRORS, METHODS, _parse_options, gc_paused, solver_options
+from ._odeint import _STATUS_ERRORS, ADAPTIVE_METHODS, FIXED_GRID_METHODS, _parse_options, gc_paused, solver_options
 from ._progress import ProgressBar, check_progress, progress_bar
 from ._stats import SolveStats, _record, _record_backward
 from ._status import Counter, Status, status_name
@@ -164,8 +164,9 @@ def _prepare(func: Callable, y0: Any, t_eval: Any, method: str, rtol: Any, atol:
              options: Optional[Dict[str, Any]], progress: bool) -> _Batch:
     check_func(func)
     check_progress(progress)
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"`method` must be one of {list(METHODS)}, got {method!r}")
+    if not isinstance(method, str) or method not in ADAPTIVE_METHODS:
+        extra = " (the fixed-grid methods are odeint's only)" if method in FIXED_GRID_METHODS else ""
+        raise ValueError(f"`method` must be one of {list(ADAPTIVE_METHODS)}{extra}, got {method!r}")
     y0 = check_state_tensor(y0, "y0")
     if y0.dim() < 1 or y0.shape[0] == 0:
         raise ValueError(f"`y0` must be [B, ...] with at least one sample, got shape {tuple(y0.shape)}")

@@ -427,10 +427,17 @@ class Dims:
     tab: dict
 
 
+def _adaptive_methods() -> List[str]:
+    """The methods the adaptive loops and ops take (the fixed-grid ones have their own entry point)."""
+    from fastdiffeq import _C
+
+    return [m for m in _C.methods if _C.tableau(m)["stepping"] == "adaptive"]
+
+
 def _draw_dims(g: Gen) -> Dims:
     from fastdiffeq import _C
 
-    tab = _C.tableau(g.choice(list(_C.methods)))
+    tab = _C.tableau(g.choice(_adaptive_methods()))
     empty = g.p(0.1)
     B = 0 if empty and g.p(0.5) else g.choice([1, 1, 2, 3])
     D = 0 if empty and B else g.choice([1, 2, 3, 5, 8])
@@ -716,7 +723,7 @@ def solve_call(g: Gen) -> Call:
     user_shape = [B, D] if not joint else g.choice([[D], [1, D]] + ([[2, D // 2]] if D % 2 == 0 and D else [])
                                                  + ([[]] if D == 1 else []))
     nseg = g.randint(1, max(min(3, D), 1))
-    method = g.choice(list(_C.methods))
+    method = g.choice(_adaptive_methods())
     seg = _segments(g, D, nseg)
     a = {
         "func": Code(f"F.{g.choice(FIELDS)}"),
@@ -817,7 +824,7 @@ def backward_call(g: Gen) -> Call:
 
     D = g.choice([1, 2, 3, 5])
     T = g.choice([1, 2, 3, 4])
-    method = g.choice(list(_C.methods))
+    method = g.choice(_adaptive_methods())
     grid = _grid(g, T)
     tv = grid.numbers()
     kw = dict(method=method, rtol=[1e-6], atol=[1e-8], segment_ends=[D], safety=0.9, ifactor=10.0, dfactor=0.2,
@@ -884,7 +891,7 @@ def adjoint_call(g: Gen) -> Call:
 
     D = g.choice([1, 2, 3, 5])
     T = g.choice([1, 2, 3, 4])
-    method = g.choice(list(_C.methods))
+    method = g.choice(_adaptive_methods())
     trajectory = g.choice(["resolve", "interpolated"])
     grid = _grid(g, T)
     kw = dict(method=method, rtol=[1e-6], atol=[1e-8], segment_ends=[D], max_num_steps=10000)
@@ -1257,7 +1264,7 @@ SETTINGS = ["method", "rtol", "atol", "segment_ends", "safety", "ifactor", "dfac
 def _base_settings(g: Gen, D: int, rtol: float = 1e-6, atol: float = 1e-8) -> Dict[str, Any]:
     from fastdiffeq import _C
 
-    return dict(method=g.choice(list(_C.methods)), rtol=[rtol], atol=[atol], segment_ends=[D], **CTRL_DEFAULTS,
+    return dict(method=g.choice(_adaptive_methods()), rtol=[rtol], atol=[atol], segment_ends=[D], **CTRL_DEFAULTS,
                 first_step=0.0, max_num_steps=g.choice([100000, 10000]), step_t=[], jump_t=[], check_every=1)
 
 
@@ -2128,6 +2135,145 @@ def odeint_event_call(g: Gen) -> Call:
     return call
 
 
+def _fixed_methods() -> List[str]:
+    from fastdiffeq import _C
+
+    return [m for m in _C.methods if _C.tableau(m)["stepping"] == "fixed"]
+
+
+def _fixed_grid_points(tv: list, n_sub: int) -> list:
+    """A grid through every output time with n_sub steps per output interval."""
+    if len(tv) < 2:
+        return list(tv)
+    return [tv[k] + (tv[k + 1] - tv[k]) * j / n_sub for k in range(len(tv) - 1) for j in range(n_sub)] + [tv[-1]]
+
+
+def _times_must_raise(t: Ten, name: str) -> List[str]:
+    """The fixed-grid loop's time vectors: float64 [n >= 1] on the CPU, finite and strictly monotone."""
+    if t.device != "cpu" or t.dtype != "float64" or len(t.shape) != 1:
+        return [f"{name} must be a 1-D float64 CPU tensor"]
+    if t.shape[0] == 0:
+        return [f"{name} must hold at least one time"]
+    v = t.numbers()
+    if v is not None and not _is_monotone(v, t.shape[0]):
+        return [f"{name} not finite and strictly monotone"]
+    return []
+
+
+def fixed_grid_call(g: Gen) -> Call:
+    """_C.fixed_grid_solve(func, y0, grid, t_out, *, method, interp, perturb, user_shape, mode)."""
+    D = g.choice([1, 2, 3])
+    T = g.choice([1, 2, 3, 5])
+    t_out = _grid(g, T)
+    gv = _fixed_grid_points(t_out.numbers(), g.choice([1, 2, 3]))
+    a = {
+        "func": Code(f"F.{g.choice(FIELDS)}"),
+        "y0": Ten((1, D), g.choice(["float64", "float32"]), seed=g.seed()),
+        "grid": Ten((len(gv),), "float64", fill="values", values=gv),
+        "t_out": t_out,
+        "method": g.choice(_fixed_methods()), "interp": g.choice(["linear", "cubic"]), "perturb": g.p(0.3),
+        "user_shape": [D], "mode": g.choice(["graph", "record"]),
+    }
+    call = Call(target="fixed_grid_solve", callee="_C.fixed_grid_solve", args=a, positional=4, level="C")
+    for _ in range(g.choice([0, 1, 1, 1, 2])):
+        name = g.choice(list(a))
+        v = a[name]
+        if name in ("y0", "grid", "t_out"):
+            a[name], m = g.mutate_tensor(v, "grid" if name != "y0" else "")
+        elif name == "func":
+            a[name] = Code(f"F.{g.choice(FIELDS)}")
+            m = a[name].text
+        elif name == "method":
+            a[name] = g.choice(["dopri5", "", "RK4", "dopri8"])
+            m = a[name]
+        elif name == "interp":
+            a[name] = g.choice(["quadratic", ""])
+            m = a[name]
+        elif name == "perturb":
+            a[name] = not v
+            m = str(a[name])
+        elif name == "user_shape":
+            a[name] = g.choice([[], [D + 1], [-1], [0], [1, D]])
+            m = lit(a[name])
+        else:
+            a[name] = g.choice(["masked", "bogus"])
+            m = a[name]
+        call.muts.append(f"{name}: {m}")
+    y0, grid, t_out = a["y0"], a["grid"], a["t_out"]
+    must = []
+    if y0.device != "cpu":
+        must.append("meta y0")
+    if y0.dtype not in ("float32", "float64") or len(y0.shape) != 2:
+        must.append("y0 must be a float32/float64 [B, D] tensor")
+    must += _times_must_raise(grid, "grid") + _times_must_raise(t_out, "t_out")
+    tv, gvals = t_out.numbers(), grid.numbers()
+    if not must and tv is not None and gvals is not None and (gvals[0] != tv[0] or gvals[-1] != tv[-1]):
+        must.append("the grid must start at t[0] and end at t[-1]")
+    if a["method"] not in _fixed_methods():
+        must.append(f"method {a['method']!r} is not a fixed-grid method")
+    if a["interp"] not in ("linear", "cubic"):
+        must.append("interp must be 'linear' or 'cubic'")
+    if a["mode"] not in ("graph", "record"):
+        must.append("mode must be 'graph' or 'record'")
+    if len(y0.shape) == 2:
+        must += _user_shape_must_raise(a["user_shape"], math.prod(y0.shape))
+    call.must_raise = must
+    call.observe = "{k: v for k, v in RESULT.items() if k != 'tape'}"
+    call.checks = [("wrong-output-shape", "tuple(RESULT['ys'].shape) == (t_out.shape[-1], *y0.shape)")]
+    return call
+
+
+def fixed_grid_backward_call(g: Gen) -> Call:
+    """_C.fixed_grid_backward(func, tape, grad_ys, params, user_shape) after a recording fixed-grid solve."""
+    D = g.choice([1, 2, 3])
+    T = g.choice([1, 2, 3, 4])
+    t_out = _grid(g, T)
+    gv = _fixed_grid_points(t_out.numbers(), g.choice([1, 2]))
+    kw = dict(method=g.choice(_fixed_methods()), interp=g.choice(["linear", "cubic"]), perturb=g.p(0.3),
+              user_shape=[D])
+    env = {"y0": Ten((1, D), "float64", seed=g.seed()), "t_out": t_out,
+           "grid": Ten((len(gv),), "float64", fill="values", values=gv)}
+    setup = [f"field = Lin({g.uniform(0.2, 2.0)})", f"kw = {lit(kw)}",
+             "tape = _C.fixed_grid_solve(field, y0, grid, t_out, mode='record', **kw)['tape']"]
+    a = {"func": Code("field"), "tape": Code("tape"), "grad_ys": Ten((T, 1, D), "float64", seed=g.seed()),
+         "params": [Code("field.theta")], "user_shape": [D]}
+    call = Call(target="fixed_grid_backward", callee="_C.fixed_grid_backward", args=a, positional=5, env=env,
+                setup=setup, level="C")
+    for _ in range(g.choice([0, 0, 1, 1, 2])):
+        name = g.choice(list(a))
+        if name == "grad_ys":
+            if g.p(0.5):
+                shape = g.choice([(T + 2, 1, D), (T, D), (), (T, 1, D + 1), (T, 2, D)])
+                a[name] = replace(a[name], shape=shape)
+                m = f"shape {shape}"
+            else:
+                a[name], m = g.mutate_tensor(a[name])
+        elif name == "params":
+            a[name] = g.choice([[], [Code("field.theta.detach()")], [Code("field.theta")] * 2,
+                                [Ten((2,), "float64", device="meta")]])
+            m = "params changed"
+        elif name == "func":
+            a[name] = Code(g.choice(["F.decay", "F.wrong_shape", "F.raises", "Lin(0.5)"]))
+            m = a[name].text
+        elif name == "tape":
+            a[name] = Code(g.choice(["None", "3", "y0"]))
+            m = a[name].text
+        else:
+            a[name] = g.choice([[D + 1], [], [-1], [1, D]])
+            m = lit(a[name])
+        call.muts.append(f"{name}: {m}")
+    gy = a["grad_ys"]
+    if gy.device != "cpu":
+        call.must_raise.append("meta grad_ys")
+    if tuple(gy.shape) != (T, 1, D):
+        call.must_raise.append(f"grad_ys shape: must be [{T}, 1, {D}], got {list(gy.shape)}")
+    if a["tape"].text != "tape":
+        call.must_raise.append("not a fixed-grid tape")
+    call.must_raise += _user_shape_must_raise(a["user_shape"], D)
+    call.checks = [("wrong-gradient-shape", f"tuple(RESULT[0].shape) == (1, {D})")]
+    return call
+
+
 ENTRY_POINTS: Dict[str, Callable[[Gen], Call]] = {
     "rk_solve": solve_call,
     "rk_checkpoint_backward": backward_call,
@@ -2140,6 +2286,8 @@ ENTRY_POINTS: Dict[str, Callable[[Gen], Call]] = {
     "rk_adjoint_per_sample": adjoint_per_sample_call,
     "solve_ivp": solve_ivp_call,
     "odeint_event": odeint_event_call,
+    "fixed_grid_solve": fixed_grid_call,
+    "fixed_grid_backward": fixed_grid_backward_call,
 }
 
 

@@ -4,13 +4,15 @@
 
 #include <cstdint>
 
+#include "ops/cpu/stage_count.h"
+
 namespace fde::ops::cpu {
 
 template <class T, int S>
 inline void weighted_sum_fixed(T* __restrict out, const T* __restrict y0, const T* __restrict y1, const T* const* k,
                                const double* w, int64_t n) {
-  const T* kk[S];
-  double wk[S];
+  const T* kk[S > 0 ? S : 1];
+  double wk[S > 0 ? S : 1];
   for (int j = 0; j < S; ++j) {
     kk[j] = k[j];
     wk[j] = w[2 + j];
@@ -26,14 +28,7 @@ inline void weighted_sum_fixed(T* __restrict out, const T* __restrict y0, const 
 
 template <class T>
 inline void weighted_sum(T* out, const T* y0, const T* y1, const T* const* k, const double* w, int S, int64_t n) {
-  switch (S) {
-    case 2: weighted_sum_fixed<T, 2>(out, y0, y1, k, w, n); break;
-    case 3: weighted_sum_fixed<T, 3>(out, y0, y1, k, w, n); break;
-    case 4: weighted_sum_fixed<T, 4>(out, y0, y1, k, w, n); break;
-    case 5: weighted_sum_fixed<T, 5>(out, y0, y1, k, w, n); break;
-    case 6: weighted_sum_fixed<T, 6>(out, y0, y1, k, w, n); break;
-    default: weighted_sum_fixed<T, 7>(out, y0, y1, k, w, n); break;
-  }
+  with_stage_count(S, [&](auto s) { weighted_sum_fixed<T, decltype(s)::value>(out, y0, y1, k, w, n); });
 }
 
 }  // namespace fde::ops::cpu

@@ -92,7 +92,7 @@ void with_row_of(int64_t n, int64_t cols, F&& fn) {
 // unrolls with constant indices (its pointer arrays then stay in kernel-argument space).
 template <class F>
 void with_stage_count(int n, F&& fn) {
-  static_assert(core::kMaxStages == 7, "extend with_stage_count");
+  static_assert(core::kMaxStages == 14, "extend with_stage_count");
   switch (n) {
     case 0: fn(std::integral_constant<int, 0>{}); break;
     case 1: fn(std::integral_constant<int, 1>{}); break;
@@ -102,6 +102,13 @@ void with_stage_count(int n, F&& fn) {
     case 5: fn(std::integral_constant<int, 5>{}); break;
     case 6: fn(std::integral_constant<int, 6>{}); break;
     case 7: fn(std::integral_constant<int, 7>{}); break;
+    case 8: fn(std::integral_constant<int, 8>{}); break;
+    case 9: fn(std::integral_constant<int, 9>{}); break;
+    case 10: fn(std::integral_constant<int, 10>{}); break;
+    case 11: fn(std::integral_constant<int, 11>{}); break;
+    case 12: fn(std::integral_constant<int, 12>{}); break;
+    case 13: fn(std::integral_constant<int, 13>{}); break;
+    case 14: fn(std::integral_constant<int, 14>{}); break;
     default: TORCH_CHECK(false, "fastdiffeq: at most ", core::kMaxStages, " stages are supported, got ", n);
   }
 }

@@ -12,6 +12,7 @@
 #include "core/controller.h"
 #include "core/error_norm.h"
 #include "ops/cpu/row_chunks.h"
+#include "ops/cpu/stage_count.h"
 #include "ops/rk_error_control/op.h"
 
 namespace fde::ops {
@@ -90,16 +91,7 @@ RowSumFn<T> row_sum_fn_for() {
 
 template <class T>
 RowSumFn<T> row_sum_fn(int s) {
-  switch (s) {
-    case 0: return row_sum_fn_for<T, 0>();
-    case 1: return row_sum_fn_for<T, 1>();
-    case 2: return row_sum_fn_for<T, 2>();
-    case 3: return row_sum_fn_for<T, 3>();
-    case 4: return row_sum_fn_for<T, 4>();
-    case 5: return row_sum_fn_for<T, 5>();
-    case 6: return row_sum_fn_for<T, 6>();
-    default: return row_sum_fn_for<T, 7>();
-  }
+  return cpu::with_stage_count(s, [](auto n) { return row_sum_fn_for<T, decltype(n)::value>(); });
 }
 
 }  // namespace

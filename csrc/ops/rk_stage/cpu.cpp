@@ -3,6 +3,7 @@
 #include <ATen/ops/empty_like.h>
 
 #include "ops/cpu/row_chunks.h"
+#include "ops/cpu/stage_count.h"
 #include "ops/rk_stage/op.h"
 
 namespace fde::ops {
@@ -27,17 +28,8 @@ void combine_row(T* __restrict out, const T* __restrict y, const T* const* k, co
 }
 
 template <class T>
-void combine_row_dispatch(int s, T* out, const T* y, const T* const* k, const T* w, int64_t n) {
-  switch (s) {
-    case 0: combine_row<T, 0>(out, y, k, w, n); break;
-    case 1: combine_row<T, 1>(out, y, k, w, n); break;
-    case 2: combine_row<T, 2>(out, y, k, w, n); break;
-    case 3: combine_row<T, 3>(out, y, k, w, n); break;
-    case 4: combine_row<T, 4>(out, y, k, w, n); break;
-    case 5: combine_row<T, 5>(out, y, k, w, n); break;
-    case 6: combine_row<T, 6>(out, y, k, w, n); break;
-    default: combine_row<T, 7>(out, y, k, w, n); break;
-  }
+void combine_row_dispatch(int s, T* out, const T* y, const T* const* k, const T* w, int64_t n_elems) {
+  cpu::with_stage_count(s, [&](auto n) { combine_row<T, decltype(n)::value>(out, y, k, w, n_elems); });
 }
 
 }  // namespace
