@@ -29,7 +29,7 @@ venv: $(VENV)/.deps-stamp
 # --no-build-isolation: compile against the torch installed in the venv. pip -v shows CMake's configure
 # summary and one "[n/28] Building CXX object ..." line per compiled file.
 $(VENV)/.build-stamp: $(VENV)/.deps-stamp $(SOURCES)
-	@echo "fastdiffeq: compiling the C++ extension (a fresh build takes about 1.5 minutes on 2 cores)"
+	@echo "fastdiffeq: compiling the C++ extension (a fresh build takes 2-3 minutes on 2 cores)"
 	$(PIP) install -v --no-build-isolation --no-deps .
 	touch $@
 
