@@ -166,6 +166,8 @@ def test_mlp_module_and_bad_arguments():
         fastdiffeq._C.NativeMLP([m.layers[0].weight], [m.layers[0].bias], "gelu")
     with pytest.raises(ValueError, match="bias"):
         fastdiffeq._C.NativeMLP([m.layers[0].weight], [m.layers[2].bias], "tanh")
+    with pytest.raises(ValueError, match="one column"):  # (a zero-width layer once divided by zero: SIGFPE)
+        fastdiffeq._C.NativeMLP([torch.zeros(2, 0)], [torch.zeros(2)], "tanh")
     with pytest.raises(ValueError, match="inputs"):
         fastdiffeq._C.NativeMLP([m.layers[0].weight, m.layers[0].weight], [m.layers[0].bias, m.layers[0].bias],
                                 "tanh")

@@ -79,6 +79,8 @@ void check_mlp_spec(const MlpSpec& spec) {
     const at::Tensor& b = spec.biases[k];
     TORCH_CHECK_VALUE(W.defined() && b.defined(), "fastdiffeq: MLP layer ", k, " has an undefined weight or bias");
     TORCH_CHECK_VALUE(W.dim() == 2, "fastdiffeq: MLP weight ", k, " must be 2-D, got ", W.dim(), "-D");
+    TORCH_CHECK_VALUE(W.size(0) > 0 && W.size(1) > 0, "fastdiffeq: MLP weight ", k,
+                      " must have at least one row and one column, got ", W.sizes());
     TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == W.size(0), "fastdiffeq: MLP bias ", k, " must have shape [",
                 W.size(0), "], got ", b.sizes());
     TORCH_CHECK_VALUE(k == 0 || W.size(1) == spec.weights[k - 1].size(0), "fastdiffeq: MLP weight ", k, " takes ",
