@@ -80,6 +80,13 @@ class _AugmentedField:
                              and not (dyn._forward_hooks or dyn._forward_pre_hooks)
                              and (cnf.trace == "hutchinson" or self.dim <= EXACT_TRACE_STACK_MAX_DIM))
         self.calls = 0
+        self._unit_directions: Optional[torch.Tensor] = None  # [d, d] identity, built on the first evaluation
+
+    def unit_directions(self, like: torch.Tensor) -> torch.Tensor:
+        """The d unit vectors (an identity in the state's dtype and device): made once per solve, not per call."""
+        if self._unit_directions is None:
+            self._unit_directions = torch.eye(self.dim, dtype=like.dtype, device=like.device)
+        return self._unit_directions
 
     def __call__(self, s: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         self.calls += 1
@@ -103,7 +110,7 @@ class _AugmentedField:
         """dz, the trace and the Frobenius term from the network's own forward-mode Jacobian products."""
         n, d = z.shape[0], self.dim
         if self.cnf.trace == "exact":  # the d unit directions: jv[i, k] = column i of sample k's Jacobian
-            directions = torch.eye(d, dtype=z.dtype, device=z.device).unsqueeze(1).expand(d, n, d)
+            directions = self.unit_directions(z).unsqueeze(1).expand(d, n, d)
             dz, jv = self.cnf.dynamics.forward_with_tangents(t, z, directions)
             trace = torch.diagonal(jv, dim1=0, dim2=2).sum(-1)
             frobenius = jv.square().sum((0, 2)) if self.with_jacobian else None
@@ -149,7 +156,7 @@ class _AugmentedField:
         if not dz_all.requires_grad:  # a field that ignores z (and every parameter): zero Jacobian
             zeros = z.new_zeros(n)
             return dz_all[:n], zeros, (zeros if self.with_jacobian else None)
-        basis = torch.eye(d, dtype=z.dtype, device=z.device).repeat_interleave(n, dim=0).reshape(dz_all.shape)
+        basis = self.unit_directions(z).repeat_interleave(n, dim=0).reshape(dz_all.shape)
         (rows,) = torch.autograd.grad(dz_all, stacked, basis, create_graph=keep_graph, allow_unused=True)
         dz = dz_all[:n]
         if rows is None:  # the field ignores z

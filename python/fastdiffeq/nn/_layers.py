@@ -42,6 +42,17 @@ def _positive_int(value: object, name: str) -> int:
     return value
 
 
+def _layer_widths(in_features: int, hidden: Sequence[int] | int, out_features: int, activation: str
+                  ) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """The checked hidden widths and every layer boundary (in, *hidden, out) of an MLP; checks the activation."""
+    if isinstance(hidden, int):
+        hidden = (hidden,)
+    hidden = tuple(_positive_int(h, "hidden") for h in hidden)
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"`activation` must be one of {list(ACTIVATIONS)}, got {activation!r}")
+    return hidden, (in_features, *hidden, out_features)
+
+
 def _time_column(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     """t as a tensor that broadcasts against a layer's output [N, out]: 0-dim, or [N, 1] for per-sample times."""
     if not isinstance(t, torch.Tensor):
@@ -124,13 +135,8 @@ class ConcatSquashMLP(nn.Module):
     def __init__(self, dim: int, hidden: Sequence[int] = (64, 64, 64), activation: str = "softplus") -> None:
         super().__init__()
         self.dim = _positive_int(dim, "dim")
-        if isinstance(hidden, int):
-            hidden = (hidden,)
-        self.hidden = tuple(_positive_int(h, "hidden") for h in hidden)
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"`activation` must be one of {list(ACTIVATIONS)}, got {activation!r}")
+        self.hidden, widths = _layer_widths(self.dim, hidden, self.dim, activation)
         self.activation = activation
-        widths = (self.dim, *self.hidden, self.dim)
         self.layers = nn.ModuleList(ConcatSquashLinear(i, o) for i, o in zip(widths[:-1], widths[1:]))
 
     def forward(self, t: torch.Tensor | float, z: torch.Tensor) -> torch.Tensor:
@@ -182,13 +188,8 @@ class MLP(nn.Module):
         super().__init__()
         self.in_features = _positive_int(in_features, "in_features")
         self.out_features = self.in_features if out_features is None else _positive_int(out_features, "out_features")
-        if isinstance(hidden, int):
-            hidden = (hidden,)
-        self.hidden = tuple(_positive_int(h, "hidden") for h in hidden)
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"`activation` must be one of {list(ACTIVATIONS)}, got {activation!r}")
+        self.hidden, widths = _layer_widths(self.in_features, hidden, self.out_features, activation)
         self.activation = activation
-        widths = (self.in_features, *self.hidden, self.out_features)
         self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(widths[:-1], widths[1:]))
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
