@@ -16,6 +16,8 @@ Public API:
     last_stats(), last_backward_stats() -> SolveStats  -- NFE, accepted/rejected steps, status
     SolverError, MaxStepsError, StepSizeUnderflowError, NonFiniteStateError
     Status  -- the solver's status codes (an IntEnum of the values the compiled core defines)
+    sdeint(sde, y0, ts, bm, method, dt, adaptive, ...), sdeint_adjoint(...) -- drop-in for torchsde's
+    BrownianInterval, BrownianPath, BrownianTree -- torchsde's Brownian motions (seeded, any query order)
     nn.CNF, nn.ConcatSquashLinear, nn.ConcatSquashMLP  -- continuous normalizing flows (FFJORD, RNODE)
     datasets.toy_2d, datasets.TOY_2D, datasets.TOY_2D_ENTROPY  -- FFJORD's 2-D toy distributions
 """
@@ -32,6 +34,9 @@ from ._adjoint import odeint_adjoint
 from ._odeint import METHODS, odeint
 from ._solve_ivp import Solution, solve_ivp
 from ._events import odeint_event
+from ._brownian import BrownianInterval, BrownianPath, BrownianTree
+from ._sde import sdeint
+from ._sde_adjoint import sdeint_adjoint
 from ._stats import SolveStats, last_backward_stats, last_stats
 from ._status import Status
 from . import datasets, nn  # noqa: E402  (fastdiffeq.nn: CNF and layers; fastdiffeq.datasets: toy data)
