@@ -1,0 +1,110 @@
+"""SDE solves: fastdiffeq vs torchsde 0.2.6, the same method on the same Brownian path (F5's benchmark).
+
+Problem: batch 1024, state 32; drift an MLP 32 -> 64 -> 32 (tanh), diagonal diffusion sigmoid(Linear(32, 32));
+[0, 1] with dt = 1e-2 (100 steps), outputs at 0, 0.5, 1. Itô for euler / milstein / srk, the same functions
+declared Stratonovich for reversible_heun. Variants, interleaved, one thread, CPU time of the calling thread:
+
+  shared bm   both libraries get a fresh torchsde.BrownianInterval(dt=1e-2, same entropy) each repetition:
+              the solver's share alone (the Brownian queries cost the same Python in both)
+  own bm      each library's default (bm=None): what a user who does not pass bm gets
+
+Modes: forward (no grad) and forward + adjoint backward (sdeint_adjoint with each library's default
+adjoint_method; loss = sum of squares of the outputs). NFE counts the calls of f and g (and their products).
+
+    python benchmarks/bench_sde.py [--reps 5] [--methods euler,milstein,srk,reversible_heun]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import machine_info, markdown_table, median, time_call2  # noqa: E402
+
+import fastdiffeq  # noqa: E402
+import torchsde  # noqa: E402
+
+BATCH, STATE, HIDDEN = 1024, 32, 64
+
+
+class Bench(torch.nn.Module):
+    noise_type = "diagonal"
+
+    def __init__(self, sde_type: str) -> None:
+        super().__init__()
+        self.sde_type = sde_type
+        self.drift = torch.nn.Sequential(torch.nn.Linear(STATE, HIDDEN), torch.nn.Tanh(),
+                                         torch.nn.Linear(HIDDEN, STATE))
+        self.diffusion = torch.nn.Sequential(torch.nn.Linear(STATE, STATE), torch.nn.Sigmoid())
+        self.calls = 0
+
+    def f(self, t, y):
+        self.calls += 1
+        return self.drift(y)
+
+    def g(self, t, y):
+        self.calls += 1
+        return self.diffusion(y)
+
+
+def run(lib, sde, y0, ts, method, mode, bm_kind):
+    levy = "space-time" if method == "srk" else "none"
+    bm = None
+    if bm_kind == "shared":
+        bm = torchsde.BrownianInterval(0.0, 1.0, (BATCH, STATE), dtype=y0.dtype, dt=1e-2, entropy=123,
+                                       levy_area_approximation=levy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if mode == "forward":
+            with torch.no_grad():
+                return lib.sdeint(sde, y0, ts, bm=bm, method=method, dt=1e-2)
+        ys = lib.sdeint_adjoint(sde, y0, ts, bm=bm, method=method, dt=1e-2)
+        ys.pow(2).sum().backward()
+        return ys
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--methods", default="euler,milstein,srk,reversible_heun")
+    parser.add_argument("--modes", default="forward,adjoint")
+    parser.add_argument("--bms", default="shared,own")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    print(machine_info())
+    y0 = torch.randn(BATCH, STATE) * 0.5
+    ts = torch.tensor([0.0, 0.5, 1.0])
+    rows = []
+    for mode in args.modes.split(","):
+        for method in args.methods.split(","):
+            if mode == "adjoint" and method == "srk":
+                continue  # srk cannot solve the adjoint SDE (both libraries); the forward pass uses it
+            sde_type = "stratonovich" if method == "reversible_heun" else "ito"
+            for bm_kind in args.bms.split(","):
+                sde = Bench(sde_type)
+                times = {"fastdiffeq": [], "torchsde": []}
+                nfe = {}
+                for rep in range(args.reps + 1):
+                    for name, lib in (("fastdiffeq", fastdiffeq), ("torchsde", torchsde)):
+                        sde.zero_grad(set_to_none=True)
+                        sde.calls = 0
+                        _, cpu = time_call2(lambda: run(lib, sde, y0, ts, method, mode, bm_kind))
+                        nfe[name] = sde.calls
+                        if rep > 0:  # the first round warms up
+                            times[name].append(cpu)
+                fd, ts_ = median(times["fastdiffeq"]) * 1e3, median(times["torchsde"]) * 1e3
+                rows.append([mode, method, bm_kind, f"{fd:.1f} ({nfe['fastdiffeq']})",
+                             f"{ts_:.1f} ({nfe['torchsde']})", f"{ts_ / fd:.2f}x"])
+                print(rows[-1], flush=True)
+    print()
+    print(markdown_table(["mode", "method", "bm", "fastdiffeq ms (NFE)", "torchsde ms (NFE)", "speed-up"], rows))
+
+
+if __name__ == "__main__":
+    main()
