@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ._sde_methods import Method, as_time, check_method, default_method, select
+from ._sde_methods import Method, check_method, default_method, select
 from ._sde_view import NOISE_TYPES, SDE_TYPES, LogqpSDE, SDEView, rename
 
 _BROWNIAN_BLOCK = 64  # fixed-grid increments drawn per block (memory: block × batch × channels)
@@ -396,5 +396,3 @@ def _warn_unused(unused: dict, where: str) -> None:
     if unused:
         warnings.warn(f"`{where}`: Unexpected arguments {unused}")
 
-
-__all__ = ["sdeint", "as_time"]

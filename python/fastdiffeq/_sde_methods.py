@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
 
 from ._sde_view import SDEView
 
@@ -230,6 +229,3 @@ def default_method(sde_type: str, noise_type: str) -> str:
         return "midpoint"
     return "euler" if noise_type == "general" else "srk"
 
-
-def as_time(t, like: torch.Tensor) -> torch.Tensor:
-    return t if torch.is_tensor(t) else torch.as_tensor(t, dtype=like.dtype, device=like.device)

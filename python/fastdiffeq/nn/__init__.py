@@ -6,10 +6,16 @@
     ConcatSquashMLP(dim, hidden=(64, 64, 64), activation) -- FFJORD's dynamics network, forward(t, z) -> dz
     CNF(dynamics, *, trace, noise, T, train_T, kinetic, jacobian, method, rtol, atol, gradient, base, ...)
         -- a continuous normalizing flow: forward, inverse, log_prob, sample, regularization
+    SDEBNN(in_features, out_features, *, width, augment_dim, sigma, steps, stl, gradient, backend, readout, ...)
+        -- an SDE-BNN (weights follow a posterior SDE): forward(x) -> (prediction, kl)
+    LatentSDE(data_size, latent_size, context_size, hidden_size, *, likelihood, noise_std, method, dt, ...)
+        -- torchsde's latent SDE as a module: forward(xs, ts) -> (log_likelihood, kl), sample_posterior/prior
     ACTIVATIONS -- the activation names the networks accept
 """
 
 from ._cnf import CNF
 from ._layers import ACTIVATIONS, MLP, ConcatSquashLinear, ConcatSquashMLP
+from ._sde_models import SDEBNN, LatentSDE, LatentSDEOutput
 
-__all__ = ["CNF", "ConcatSquashLinear", "ConcatSquashMLP", "MLP", "ACTIVATIONS"]
+__all__ = ["CNF", "ConcatSquashLinear", "ConcatSquashMLP", "MLP", "ACTIVATIONS", "SDEBNN", "LatentSDE",
+           "LatentSDEOutput"]
