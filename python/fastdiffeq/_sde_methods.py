@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-
 from ._sde_view import SDEView
 
 LEVY_AREAS = ("none", "space-time", "davie", "foster")
