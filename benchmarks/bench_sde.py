@@ -11,7 +11,11 @@ declared Stratonovich for reversible_heun. Variants, interleaved, one thread, CP
 Modes: forward (no grad) and forward + adjoint backward (sdeint_adjoint with each library's default
 adjoint_method; loss = sum of squares of the outputs). NFE counts the calls of f and g (and their products).
 
-    python benchmarks/bench_sde.py [--reps 5] [--methods euler,milstein,srk,reversible_heun]
+The SDE-BNN example's model (examples/sde_bnn_regression.py defaults: 60 points, width 32, 2 padded channels,
+20 Euler steps, STL): one training iteration (forward, loss, backward) with backend='fastdiffeq' vs the same
+model with backend='torchsde' (both on a fastdiffeq BrownianInterval with the same entropy), direct and adjoint.
+
+    python benchmarks/bench_sde.py [--reps 5] [--methods euler,milstein,srk,reversible_heun] [--sdebnn-only]
 """
 
 from __future__ import annotations
@@ -68,16 +72,49 @@ def run(lib, sde, y0, ts, method, mode, bm_kind):
         return ys
 
 
+def bench_sdebnn(reps: int) -> list:
+    """One training iteration of the SDE-BNN example's model on each backend, interleaved."""
+    from fastdiffeq.nn import SDEBNN
+
+    torch.manual_seed(0)
+    x = torch.linspace(-1, 1, 60).unsqueeze(1)
+    y = torch.sin(4 * x)
+    rows = []
+    for gradient in ("direct", "adjoint"):
+        models = {backend: SDEBNN(1, 1, width=32, augment_dim=2, drift_hidden=32, sigma=0.2, steps=20, stl=True,
+                                  gradient=gradient, backend=backend) for backend in ("fastdiffeq", "torchsde")}
+        models["torchsde"].load_state_dict(models["fastdiffeq"].state_dict())
+        times = {name: [] for name in models}
+        for rep in range(reps + 1):
+            for name, model in models.items():
+                def iteration():
+                    model.zero_grad(set_to_none=True)
+                    pred, kl = model(x, bm=model.make_bm(60, entropy=rep))
+                    ((pred - y).square().mean() + kl.mean() / 60).backward()
+                _, cpu = time_call2(iteration)
+                if rep > 0:
+                    times[name].append(cpu)
+        fd, ts_ = median(times["fastdiffeq"]) * 1e3, median(times["torchsde"]) * 1e3
+        rows.append([gradient, f"{fd:.1f}", f"{ts_:.1f}", f"{ts_ / fd:.2f}x"])
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--methods", default="euler,milstein,srk,reversible_heun")
     parser.add_argument("--modes", default="forward,adjoint")
     parser.add_argument("--bms", default="shared,own")
+    parser.add_argument("--sdebnn-only", action="store_true", help="only the SDE-BNN training iteration")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     print(machine_info())
+    sdebnn_rows = bench_sdebnn(args.reps)
+    print(markdown_table(["gradient", "fastdiffeq ms", "torchsde ms", "speed-up"], sdebnn_rows))
+    if args.sdebnn_only:
+        return
     y0 = torch.randn(BATCH, STATE) * 0.5
     ts = torch.tensor([0.0, 0.5, 1.0])
     rows = []
