@@ -1134,7 +1134,38 @@ def api_call(g: Gen, fn: str) -> Call:
 # Library bugs the generators know how to reach (found by the long campaign, not fixed yet). The mutations
 # that reach them are drawn only with FDE_FUZZ_KNOWN_BUGS=1 (python -m tests.fuzz --known-bugs), so that the CI
 # campaign stays green until they are fixed; then drop the entry (the mutations are drawn again by default).
-KNOWN_BUGS: Dict[str, str] = {}
+KNOWN_BUGS: Dict[str, str] = {
+    "sde-ts-span-overflow": (
+        "sdeint/sdeint_adjoint with ts = [-1.7e308, 1.7e308] (t1 - t0 overflows to inf) raise OverflowError "
+        "('cannot convert float infinity to integer', math.ceil in _sde.fixed_grid) instead of a ValueError naming ts/dt"),
+    "sde-numeric-string-dt": (
+        "sdeint(..., dt='0.1'): prepare() checks float(dt), which accepts a numeric string, then the loop fails with "
+        "TypeError: unsupported operand type(s) for +: 'Tensor' and 'str' (names no argument)"),
+    "sde-bm-dtype-device-mismatch": (
+        "sdeint with a Brownian motion whose dtype or device differs from y0's (a float32 bm with a float64 y0, general "
+        "noise; or y0/ts on meta) fails inside torch (bmm: 'expected scalar type Double but found Float'; 'Tensor on "
+        "device cpu is not on the expected device meta!'; 'Tensor.item() cannot be called on meta tensors') instead of a "
+        "ValueError naming bm / y0 / ts"),
+    "brownian-extreme-widths": (
+        "BrownianInterval (and so sdeint's bm) on intervals of extreme width. With levy_area_approximation != 'none', a "
+        "query or split narrower than ~1e-62 raises ZeroDivisionError in _bridge (h1*h2*(h1^3+h2^3) underflows: a = 0, "
+        "then b = .../a), e.g. BrownianInterval(0., 1., size=(2,), levy_area_approximation='space-time')(0., 1e-80), "
+        "or sdeint(..., dt=1e-300, adaptive=True); one wider than ~1e102 raises OverflowError (h1 ** 3), e.g. "
+        "BrownianInterval(0., 1e200, size=(2,), levy_area_approximation='space-time')(0., 1.). Without Levy area: "
+        "spans above ~1e154 give NaN silently (sqrt(h1*h2/h): h1*h2 overflows; BrownianInterval(0., 1e308, size=(2,))"
+        "(0., 1.) is NaN; t0=-1.7e308, t1=1.7e308 gives -inf), and splits below ~1e-154 silently lose their variance "
+        "(h1*h2 underflows: W(0, 1e-300) ~ 1e-220 instead of ~1e-150)"),
+    "native-mlp-device-unchecked": (
+        "_C.NativeMLP: a state y on another device than the parameters (y on meta, parameters on the CPU, or the "
+        "reverse) is not checked: mlp(t, y) fails inside at::addmm with 'Tensor on device cpu is not on the expected "
+        "device meta!' (not a fastdiffeq error); eval checks y's dtype but not its device"),
+    "native-mlp-vjp-v-dtype-unchecked": (
+        "_C.NativeMLP.vjp(y, v) checks v's shape but not its dtype (or device): a float32 v with float64 y fails "
+        "inside mm with 'mat1 and mat2 must have the same dtype, but got Float and Double'"),
+    "sde-logqp-nonfinite-diffusion": (
+        "sdeint(..., logqp=True) with a non-diagonal diffusion that is NaN: torch.linalg's pinverse raises "
+        "_LinAlgError ('linalg.svd: ... failed to converge') from LogqpSDE.f_and_g, not a fastdiffeq error"),
+}
 WITH_KNOWN_BUGS = os.environ.get("FDE_FUZZ_KNOWN_BUGS", "") not in ("", "0")
 
 
@@ -1144,6 +1175,16 @@ def _known(bug: str) -> bool:
     return WITH_KNOWN_BUGS
 
 
+
+
+def _mutate_tensor_avoiding(g: Gen, t: Ten, kind: str, allowed: Dict[str, bool]) -> Tuple[Ten, str]:
+    """g.mutate_tensor, drawn again (a few times) while the mutation's description contains a text that reaches a
+    known bug whose mutations are not enabled (allowed: text -> _known(bug))."""
+    for _ in range(20):
+        new, m = g.mutate_tensor(t, kind)
+        if not any(text in m and not ok for text, ok in allowed.items()):
+            return new, m
+    return t, "unchanged"
 
 
 def _events_bad(target: str, backward: bool = False) -> List[str]:
@@ -2274,6 +2315,793 @@ def fixed_grid_backward_call(g: Gen) -> Call:
     return call
 
 
+# ---------------------------------------------------------------------------------------------------
+# SDEs: sdeint, sdeint_adjoint (torchsde 0.2.6's contract), the Brownian motions, the native MLP
+# ---------------------------------------------------------------------------------------------------
+
+# The contract, written here independently of the library's method records: (SDE type, noise types, Lévy areas).
+_ALL_NOISE = ("diagonal", "additive", "scalar", "general")
+_ANY_LEVY = ("none", "space-time", "davie", "foster")
+SDE_METHODS: Dict[Tuple[str, str], Tuple[Tuple[str, ...], Tuple[str, ...]]] = {
+    ("euler", "ito"): (_ALL_NOISE, _ANY_LEVY),
+    ("milstein", "ito"): (("additive", "diagonal", "scalar"), _ANY_LEVY),
+    ("srk", "ito"): (("additive", "diagonal", "scalar"), ("space-time", "davie", "foster")),
+    ("milstein", "stratonovich"): (("additive", "diagonal", "scalar"), _ANY_LEVY),
+    ("midpoint", "stratonovich"): (_ALL_NOISE, _ANY_LEVY),
+    ("heun", "stratonovich"): (_ALL_NOISE, _ANY_LEVY),
+    ("euler_heun", "stratonovich"): (_ALL_NOISE, _ANY_LEVY),
+    ("log_ode", "stratonovich"): (_ALL_NOISE, ("davie", "foster")),
+    ("reversible_heun", "stratonovich"): (_ALL_NOISE, _ANY_LEVY),
+}
+SDE_METHOD_NAMES = sorted({m for m, _ in SDE_METHODS})
+NEEDS_G = {"srk", "log_ode", "reversible_heun", "milstein"}  # need the diffusion g itself, not only products
+
+
+def _sde_default_method(sde_type: str, noise: str) -> str:
+    return "midpoint" if sde_type == "stratonovich" else ("euler" if noise == "general" else "srk")
+
+
+def _sde_method_must_raise(method: Any, sde_type: str, noise: str, levy: str, where: str = "method") -> List[str]:
+    if not isinstance(method, str):
+        return [f"{where}={lit(method)} is not a string"]
+    if (method, sde_type) not in SDE_METHODS:
+        known = method in SDE_METHOD_NAMES
+        return [f"{where}={method!r} " + (f"is not for {sde_type} SDEs" if known else "is unknown")]
+    noises, levies = SDE_METHODS[(method, sde_type)]
+    out = []
+    if noise not in noises:
+        out.append(f"{where}={method!r} does not support {noise} noise")
+    if levy not in levies:
+        out.append(f"{where}={method!r} needs levy_area_approximation in {list(levies)}, bm has {levy!r}")
+    return out
+
+
+def _sde_adjoint_must_raise(adj: Any, method: str, sde_type: str, noise: str, levy: str) -> List[str]:
+    """adjoint_method: the adjoint SDE's noise is general for additive noise; it offers products only."""
+    if adj is None:
+        if method == "reversible_heun":
+            return []
+        adj = "midpoint" if sde_type == "stratonovich" else ("milstein" if noise == "diagonal" else "euler")
+    if adj == "adjoint_reversible_heun":
+        return [] if method == "reversible_heun" else ["adjoint_reversible_heun without method='reversible_heun'"]
+    anoise = "general" if noise == "additive" else noise
+    out = _sde_method_must_raise(adj, sde_type, anoise, levy, "adjoint_method")
+    if not out and adj in ("srk", "log_ode"):
+        out.append(f"adjoint_method={adj!r} needs g itself (the adjoint SDE offers products only)")
+    if not out and adj == "milstein" and noise != "diagonal":
+        out.append("adjoint_method='milstein' needs diagonal noise")
+    return out
+
+
+def _sde_ts_must_raise(ts: Any) -> List[str]:
+    if isinstance(ts, list):
+        vals = ts
+        if not all(isinstance(v, float) for v in vals):
+            return ["ts is not a list of floats"]
+    else:
+        if ts.requires_grad:
+            return ["ts requires grad"]
+        if len(ts.shape) != 1 or ts.shape[0] < 2:
+            return [f"ts must be 1-D with at least 2 times, got shape {ts.shape}"]
+        if not ts.dtype.startswith(("float", "bfloat")):
+            return [f"ts dtype {ts.dtype}"]
+        if ts.device != "cpu":
+            return []  # (meta: undefined; the comparisons raise in torch)
+        vals = ts.numbers()
+        if vals is None:
+            return []
+    if len(vals) < 2:
+        return ["ts must hold at least 2 times"]
+    if not all(math.isfinite(v) for v in vals):
+        return ["ts not finite"]
+    if not all(b > a for a, b in zip(vals, vals[1:])):
+        return ["ts not strictly increasing"]
+    return []
+
+
+SDE_KINDS = ["lin"] * 5 + ["free"] * 3 + ["nan", "raises", "wrong_g", "products"]
+
+
+def sde_call_spec(g: Gen, fn: str) -> Call:
+    """fastdiffeq.sdeint / sdeint_adjoint(sde, y0, ts, bm=, method=, dt=, adaptive=, ...) through helpers.sde_call,
+    with a seeded fastdiffeq.BrownianInterval (optionally a backward pass)."""
+    adjoint = fn == "sdeint_adjoint"
+    noise = g.choice(_ALL_NOISE)
+    sde_type = g.choice(["ito", "stratonovich"])
+    # sdeint_adjoint: often reversible Heun with ts on the step grid, whose adjoint is the exact discrete gradient.
+    method_forced = "reversible_heun" if adjoint and g.p(0.25) else None
+    if method_forced:
+        sde_type = "stratonovich"
+    kind = g.choice(SDE_KINDS) if g.p(0.35) else "lin"
+    if kind == "free":
+        noise = "additive"
+    if kind == "products":
+        noise = "general"
+    B, d = g.choice([1, 2, 3]), g.choice([1, 2, 3])
+    m = d if noise == "diagonal" else 1 if noise == "scalar" else g.choice([1, 2, 3])
+    dtype = g.choice(["float64", "float64", "float64", "float32"])
+    methods = [k for (k, st), (noises, _) in SDE_METHODS.items() if st == sde_type and noise in noises
+               and not (kind == "products" and k in NEEDS_G)]
+    method = method_forced or (g.choice(methods) if g.p(0.8) else None)
+    eff = method or _sde_default_method(sde_type, noise)
+    levies = SDE_METHODS[(eff, sde_type)][1] if (eff, sde_type) in SDE_METHODS else _ANY_LEVY
+    levy = g.choice(levies) if g.p(0.5) else levies[0]
+    T = g.choice([2, 3, 4])
+    t0, span = g.choice([0.0, 0.0, 0.5, -1.0]), g.choice([0.5, 1.0])
+    dt = g.choice([0.1, 0.125, 0.25, 0.0625])
+    tv = [t0 + span * k / (T - 1) for k in range(T)]
+    if method_forced:
+        dt = 0.125
+        tv = [t0 + 0.25 * k for k in range(T)]
+    elif g.p(0.3):  # output times off the step grid
+        tv = tv[:1] + [x + 0.03 for x in tv[1:-1]] + tv[-1:]
+    ts: Any = Ten((T,), dtype, fill="values", values=tv)
+    backward = g.p(0.4) or bool(method_forced)
+    y0 = Ten((B, d), dtype, seed=g.seed(), requires_grad=backward)
+    a: Dict[str, Any] = {"fn": Code(f"fde.{fn}"), "sde": Code("sde"), "y0": y0, "ts": ts, "backward": backward,
+                         "bm": Code("bm"), "dt": dt}
+    if method is not None:
+        a["method"] = method
+    adaptive = g.p(0.12)
+    if adaptive:
+        a.update(adaptive=True, rtol=1e-2, atol=1e-2, dt_min=1e-3)
+    logqp = g.p(0.1) and kind != "products"
+    if logqp:
+        a["logqp"] = True
+    extra = g.p(0.1)
+    if extra:
+        a["extra"] = True
+    if method == "milstein" and g.p(0.5) and not adjoint:
+        a["options"] = {"grad_free": True}
+    adj_method = None
+    if adjoint and g.p(0.3):
+        adj_method = g.choice(SDE_METHOD_NAMES + ["adjoint_reversible_heun"])
+        a["adjoint_method"] = adj_method
+    bm_mode = "explicit" if g.p(0.9) else "default"
+    wide = g.p(0.3)
+    bm_size: Tuple[int, ...] = (B, m)
+    bm_dtype = dtype
+    sde_expr = (f"SdeProducts({sde_type!r}, d={d}, m={m}, dtype=torch.{dtype}, seed={g.seed()})" if kind == "products"
+                else f"Sde({noise!r}, {sde_type!r}, d={d}, m={m}, kind={kind!r}, dtype=torch.{dtype}, seed={g.seed()})")
+    setup_extra: List[str] = []
+    must: List[str] = []
+    muts: List[str] = []
+    bm_short = False
+    for _ in range(g.choice([0, 0, 0, 1, 1, 2, 3])):
+        name = g.choice(["type", "y0", "ts", "ts", "dt", "method", "bm", "bm", "tol", "options", "names", "kind"]
+                        + (["adjoint"] * 3 if adjoint else []))
+        if name == "type":
+            attr, bad = g.choice([("noise_type", "bogus"), ("sde_type", "bogus"), ("noise_type", "Diagonal"),
+                                  ("sde_type", None)])
+            setup_extra.append(f"sde.{attr} = {bad!r}")
+            must.append(f"sde.{attr}={bad!r}")
+            m_ = f"sde.{attr} = {bad!r}"
+        elif name == "y0":
+            if g.p(0.3):
+                new = g.choice([(d,), (B, d, 1), (), (1, B, d)])
+                a["y0"] = replace(a["y0"], shape=new)
+                m_ = f"y0 shape {new}"
+            else:
+                a["y0"], m_ = _mutate_tensor_avoiding(g, a["y0"], "", {"on meta": _known("sde-bm-dtype-device-mismatch")})
+        elif name == "ts":
+            how = g.choice(["tensor", "tensor", "list", "grad"] + (["huge"] if _known("sde-ts-span-overflow") else []))
+            if how == "tensor" and isinstance(a["ts"], Ten):
+                a["ts"], m_ = _mutate_tensor_avoiding(g, a["ts"], "grid", {"on meta": _known("sde-bm-dtype-device-mismatch"),
+                                                                           "tiny_span": _known("brownian-extreme-widths")})
+            elif how == "list":
+                vals = list(a["ts"].numbers() or tv) if isinstance(a["ts"], Ten) else list(a["ts"])
+                a["ts"] = g.choice([vals, vals[:1], [], vals[::-1], [vals[0], vals[0]] + vals[1:]])
+                m_ = f"ts = {lit(a['ts'])}"
+            elif how == "huge":  # a span that overflows (t1 - t0 = inf) or needs too many steps
+                lo = g.choice([-1.7e308, -1e300, 0.0])
+                a["ts"] = Ten((2,), "float64", fill="values", values=[lo, 1.7e308])
+                m_ = f"ts = [{lo:g}, 1.7e308]"
+            elif isinstance(a["ts"], Ten):
+                a["ts"] = replace(a["ts"], requires_grad=True)
+                m_ = "ts requires grad"
+            else:
+                continue
+        elif name == "dt":
+            a["dt"] = g.choice([0.0, -0.1, math.nan, math.inf, 1e-9, 1e300, "x", Code("torch.tensor(0.1)"),
+                                Code("torch.tensor(0.1, requires_grad=True)"), Code("None")]
+                               + (["0.1"] if _known("sde-numeric-string-dt") else [])
+                               + ([1e-300, 5e-324] if _known("brownian-extreme-widths") else []))
+            m_ = f"dt={lit(a['dt'])}"
+        elif name == "method":
+            a["method"] = g.choice(["rk4", "SRK", 5, "adjoint_reversible_heun", ""] + SDE_METHOD_NAMES * 2)
+            m_ = f"method={lit(a['method'])}"
+        elif name == "bm":
+            how = g.choice(["batch", "channels", "1d", "3d", "levy", "short", "not_bm", "default"]
+                           + (["float32"] if _known("sde-bm-dtype-device-mismatch") else []))
+            if how == "batch":
+                bm_size = (B + 1, m)
+            elif how == "channels":
+                bm_size = (B, m + 1)
+            elif how == "1d":
+                bm_size = (B * m,)
+            elif how == "3d":
+                bm_size = (B, m, 1)
+            elif how == "levy":
+                levy = g.choice(_ANY_LEVY)
+            elif how == "short":
+                bm_short = True
+            elif how == "not_bm":
+                a["bm"] = Code(g.choice(["3", "'bm'", "torch.zeros(2, 2)"]))
+            elif how == "float32":
+                bm_dtype = "float32" if dtype == "float64" else "float64"
+            else:
+                bm_mode = "default"
+            m_ = f"bm {how}"
+        elif name == "tol":
+            k = g.choice(["rtol", "atol", "dt_min"])
+            a[k] = g.choice([math.nan, math.inf, -1.0, 0.0, "x"])
+            if g.p(0.5):
+                a["adaptive"] = True
+                a.setdefault("dt_min", 1e-3)
+            m_ = f"{k}={lit(a[k])}"
+        elif name == "options":
+            a["options"] = g.choice([{"bogus": 1}, {"grad_free": True}, Code("[('grad_free', True)]")])
+            m_ = f"options={lit(a['options'])}"
+        elif name == "names":
+            a["names"] = g.choice([{"drfit": "f"}, {"drift": "f", "diffusion": "g"}, Code("['drift']")])
+            m_ = f"names={lit(a['names'])}"
+        elif name == "kind":
+            if kind != "lin":
+                continue
+            kind = g.choice(["nan", "raises", "wrong_g", "products", "not_module"])
+            if kind == "products":
+                sde_expr = f"SdeProducts({sde_type!r}, d={d}, m={m}, dtype=torch.{dtype}, seed={g.seed()})"
+                if noise != "general":
+                    setup_extra.insert(0, f"sde.noise_type = {noise!r}")
+            elif kind == "not_module":
+                setup_extra.append("sde = types.SimpleNamespace(noise_type=sde.noise_type, sde_type=sde.sde_type, "
+                                   "f=sde.f, g=sde.g, h=sde.h)")
+            else:
+                sde_expr = re.sub(r"kind='\w+'", f"kind={kind!r}", sde_expr)
+            m_ = f"sde kind {kind}"
+        else:  # adjoint-only arguments
+            k, v = g.choice([("adjoint_method", "bogus"), ("adjoint_method", g.choice(SDE_METHOD_NAMES)),
+                             ("adjoint_method", "adjoint_reversible_heun"), ("adjoint_params", ()),
+                             ("adjoint_params", [1.0]), ("adjoint_params", Code("list(sde.parameters())[:1]")),
+                             ("adjoint_options", {"bogus": 1}), ("adjoint_options", {"grad_free": True}),
+                             ("adjoint_adaptive", True)])
+            a[k] = v
+            if k == "adjoint_method":
+                adj_method = v
+            if k == "adjoint_adaptive":  # (the default adjoint tolerances take ~10**4 steps: slow, not wrong)
+                a.update(adjoint_rtol=1e-2, adjoint_atol=1e-2, dt_min=1e-3)
+            m_ = f"{k}={lit(v)}"
+        muts.append(f"{name}: {m_}")
+
+    ts_spec = a["ts"]
+    tv_now = (ts_spec.numbers() if isinstance(ts_spec, Ten) else ts_spec) or []
+    span_now = max(tv_now) - min(tv_now) if tv_now and all(isinstance(x, float) for x in tv_now) else 1.0
+    if a.get("adaptive") and not _known("brownian-extreme-widths") and not 1e-50 < span_now < 1e100:
+        a.pop("adaptive")  # adaptive steps over such a span query the motion over extreme widths
+        muts.append("(adaptive dropped: extreme span)")
+    if kind == "nan" and a.get("logqp") and noise != "diagonal" and not _known("sde-logqp-nonfinite-diffusion"):
+        a.pop("logqp")
+        muts.append("(logqp dropped: NaN diffusion)")
+    if isinstance(ts_spec, list):  # a variable the checks can refer to
+        setup_extra.append(f"ts = {lit(ts_spec)}")
+        a["ts"] = Code("ts")
+    # The Brownian motion: on ts's span (wider: a margin), or shorter than ts (a query falls outside it).
+    tvals = ts_spec.numbers() if isinstance(ts_spec, Ten) else ts_spec
+    finite = [float(v) for v in (tvals or []) if isinstance(v, float) and math.isfinite(v)]
+    lo_t, hi_t = (min(finite), max(finite)) if len(finite) >= 2 and min(finite) < max(finite) else (tv[0], tv[-1])
+    if wide:
+        lo_t, hi_t = lo_t - 0.5, hi_t + 0.5
+    if bm_short:
+        hi_t = lo_t + (hi_t - lo_t) / 2
+    bm_kw = f"dict(t0={lit(lo_t)}, t1={lit(hi_t)}, size={bm_size!r}, dtype=torch.{bm_dtype}, entropy={g.seed()}, " \
+            f"levy_area_approximation={levy!r})"
+    setup = [f"sde = {sde_expr}"] + setup_extra + [f"bm_kw = {bm_kw}", "bm = fde.BrownianInterval(**bm_kw)"]
+    if bm_mode == "default":
+        a.pop("bm", None)
+        muts.append("bm: default")
+    call = Call(target=fn, callee="sde_call", args=a, positional=4, setup=setup, level="sde", muts=muts)
+
+    # What the contract forbids.
+    st_ok = not any(x.startswith("sde.sde_type") for x in must)
+    nt_ok = not any(x.startswith("sde.noise_type") for x in must)
+    y = a["y0"]
+    if st_ok and nt_ok:
+        if len(y.shape) != 2:
+            must.append(f"y0 must be 2-D, got shape {y.shape}")
+        elif not y.dtype.startswith(("float", "bfloat")):
+            must.append(f"y0 dtype {y.dtype}")
+    if not must:
+        for k in ("dt", "rtol", "atol", "dt_min"):
+            v = a.get(k)
+            if isinstance(v, str):
+                must.append(f"{k}={v!r} is not a number")
+            elif isinstance(v, Code) and v.text == "None":
+                must.append(f"{k}=None")
+            elif isinstance(v, Code) and "requires_grad" in v.text:
+                must.append(f"{k} requires grad")
+            elif isinstance(v, float) and not math.isfinite(v):
+                must.append(f"{k}={lit(v)} not finite")
+        dtv = a["dt"]
+        if isinstance(dtv, float) and math.isfinite(dtv) and dtv <= 0:
+            must.append(f"dt={dtv} <= 0")
+        if a.get("adaptive") and isinstance(a.get("dt_min"), float) and a["dt_min"] <= 0:
+            must.append(f"dt_min={a['dt_min']} <= 0 with adaptive=True")
+        opts = a.get("options")
+        if isinstance(opts, Code):
+            must.append("options is not a dict")
+        elif isinstance(opts, dict) and set(opts) - {"grad_free"}:
+            must.append("unknown options key")
+        nm = a.get("names")
+        if isinstance(nm, Code):
+            must.append("names is not a dict")
+        elif isinstance(nm, dict) and set(nm) - {"drift", "diffusion", "prior_drift", "diffusion_prod",
+                                                   "drift_and_diffusion", "drift_and_diffusion_prod"}:
+            must.append("unknown names key")
+    if adjoint and not must:
+        ap = a.get("adjoint_params")
+        if kind == "not_module" and "adjoint_params" not in a:
+            must.append("sdeint_adjoint: sde is not an nn.Module and adjoint_params is not given")
+        if isinstance(ap, list) and any(isinstance(x, float) for x in ap):
+            must.append("adjoint_params holds a float")
+        ao = a.get("adjoint_options")
+        if isinstance(ao, dict) and set(ao) - {"grad_free"}:
+            must.append("unknown adjoint_options key")
+    if not must and kind == "products" and logqp:
+        must.append("logqp needs g and h")
+    meth = a.get("method", None)
+    if not must and not (meth is None or isinstance(meth, str)):
+        must.append(f"method={lit(meth)} is not a string")
+    eff = meth if meth is not None else _sde_default_method(sde_type, noise)
+    ts_bad = [] if must else _sde_ts_must_raise(ts_spec)
+    must += ts_bad
+    default_bm = "bm" not in a
+    bm_code = a.get("bm")
+    not_bm = isinstance(bm_code, Code) and bm_code.text != "bm"
+    if not must and isinstance(eff, str) and (eff, sde_type) not in SDE_METHODS:
+        must.append(f"method={eff!r} " + ("is not for " + sde_type if eff in SDE_METHOD_NAMES else "is unknown"))
+    y_ok = len(y.shape) == 2 and y.dtype.startswith(("float", "bfloat")) and y.device == "cpu"
+    y_same = y_ok and tuple(y.shape) == (B, d) and y.dtype == dtype
+    if not must and not_bm:
+        must.append("bm is not a Brownian motion")
+    n_early = len(must)  # what prepare() checks before it calls the sde's f and g (_check_shapes)
+    if not must and y_same and kind in ("lin", "free", "nan", "wrong_g", "products", "not_module"):
+        if kind == "wrong_g":
+            must.append("the diffusion's state size is not y0's")
+        if not default_bm and tuple(bm_size) != (B, m):
+            must.append(f"bm of shape {bm_size}, the SDE's (batch, noise channels) are {(B, m)}")
+        if kind == "products" and default_bm:
+            must.append("g_prod only and no bm: the number of Brownian channels is unknown")
+    if not must and isinstance(eff, str):
+        bm_levy = levy if not default_bm else None
+        if bm_levy is not None:
+            must += _sde_method_must_raise(eff, sde_type, noise, bm_levy)
+        else:
+            must += [x for x in _sde_method_must_raise(eff, sde_type, noise, "davie") if "levy" not in x]
+    if not must and kind == "products" and eff in NEEDS_G and y_same:
+        must.append(f"method={eff!r} needs g, the sde has only g_prod")
+    if adjoint and not must and isinstance(eff, str):
+        am = a.get("adjoint_method")
+        if isinstance(am, str) and am == "adjoint_reversible_heun" and eff != "reversible_heun":
+            must.append("adjoint_reversible_heun without method='reversible_heun'")
+        elif backward and y_same and kind in ("lin", "free", "nan"):
+            lv = levy if not default_bm else {"srk": "space-time", "log_ode": "davie"}.get(eff, "none")
+            must += _sde_adjoint_must_raise(am, eff, sde_type, noise, lv)
+            if a.get("adjoint_options", {}).get("grad_free") and (am or ("milstein" if noise == "diagonal" and
+                                                                         sde_type == "ito" else "")) == "milstein":
+                must.append("adjoint_options grad_free with adjoint milstein")
+    if not must and not default_bm and bm_short and not ts_bad:
+        must.append("ts reaches past the end of bm")
+    if not must and isinstance(ts_spec, Ten) and ts_spec.numbers() and not ts_bad and isinstance(a["dt"], float) \
+            and a["dt"] > 0 and math.isfinite(a["dt"]) and not a.get("adaptive"):
+        vals = ts_spec.numbers()
+        span_ = vals[-1] - vals[0]
+        if not math.isfinite(span_) or span_ / a["dt"] > 1e7:
+            must.append(f"dt={a['dt']} makes more than 10**7 steps over [{vals[0]}, {vals[-1]}]")
+    if kind == "raises":  # the sde's own error comes first
+        must = must[:n_early]
+    if kind == "products":  # g_prod is called with an increment of bm's shape before the consistency checks
+        must = [x for x in must if not x.startswith("bm")]
+    call.must_raise = must
+
+    # Oracles of a valid call.
+    plain = not must and not muts and kind in ("lin", "free")
+    out_kw = {k: v for k, v in a.items() if k in ("method", "dt", "adaptive", "rtol", "atol", "dt_min", "logqp",
+                                                   "extra", "options")}
+    call.checks = [("wrong-output-shape", f"sde_shapes_ok(RESULT, y0, ts, logqp={bool(a.get('logqp'))}, "
+                                          f"extra={bool(a.get('extra'))})")]
+    if default_bm:
+        call.observe = "shape_of(RESULT['ys'])"  # the default motion draws a fresh entropy: only shapes repeat
+    if plain:
+        call.checks.append(("returned-nonfinite", "sde_finite_ok(RESULT, y0)"))
+        kw_text = ", ".join(f"{k}={lit(v)}" for k, v in out_kw.items())
+        if not default_bm:
+            twin = "fde.sdeint" if adjoint else "fde.sdeint_adjoint"
+            call.checks.append((f"{fn}-differs-from-{twin[4:]}",
+                                f"sde_twin_ok(RESULT, {twin}, sde, y0, ts, bm_kw, {kw_text})"))
+            if g.p(0.5):
+                call.checks.append(("grid-sampler-differs-from-queries",
+                                    f"sde_plain_bm_ok(RESULT, fde.{fn}, sde, y0, ts, bm_kw, {kw_text})"))
+            if kind == "free" and not a.get("logqp"):
+                call.checks.append(("drift-free-differs-from-exact", "sde_free_exact_ok(RESULT, sde, y0, ts, bm)"))
+            on_grid = all(abs((x - tv[0]) / dt - round((x - tv[0]) / dt)) < 1e-9 for x in tv)
+            if adjoint and backward and eff == "reversible_heun" and on_grid and not a.get("adaptive") \
+                    and a.get("adjoint_method") in (None, "adjoint_reversible_heun") and not a.get("logqp"):
+                tol = 1e-8 if dtype == "float64" else 1e-3
+                call.checks.append(("adjoint-gradient-differs-from-direct",
+                                    f"sde_grads_agree(RESULT, sde, y0, ts, bm_kw, {tol}, {kw_text})"))
+    return call
+
+
+BM_LEVY = ["none", "space-time", "davie", "foster"]
+
+
+def brownian_call_spec(g: Gen, cls: str) -> Call:
+    """fastdiffeq.BrownianInterval / BrownianPath / BrownianTree(**kwargs), then bm(ta, tb, return_U=, return_A=) for a
+    few queries, through helpers.brownian_call."""
+    dtype = g.choice(["float64", "float64", "float32"])
+    size = g.choice([(2,), (2, 3), (1, 1), (3,), (2, 2, 2), ()])
+    t0 = g.choice([0.0, 0.0, -1.0, 2.5])
+    span = g.choice([1.0, 1.0, 0.5, 3.0]) if cls != "BrownianPath" else 1.0
+    t1 = t0 + span
+    entropy = g.seed()
+    kw: Dict[str, Any] = {}
+    levy = "none"
+    if cls == "BrownianInterval":
+        levy = g.choice(BM_LEVY)
+        kw = {"t0": t0, "t1": t1, "size": size, "dtype": Code(f"torch.{dtype}"), "entropy": entropy,
+              "levy_area_approximation": levy}
+        if g.p(0.3):
+            kw["cache_size"] = g.choice([0, 3, 48, None])
+        if g.p(0.2):
+            kw["halfway_tree"], kw["tol"] = True, g.choice([1e-6, 1e-3])
+        elif g.p(0.2):
+            kw["dt"] = g.choice([0.01, 0.1])
+        if g.p(0.1):
+            kw["W"] = Ten(size, dtype, seed=g.seed())
+    elif cls == "BrownianPath":
+        kw = {"t0": t0, "w0": Ten(size, dtype, seed=g.seed())}
+    else:
+        kw = {"t0": t0, "w0": Ten(size, dtype, seed=g.seed()), "t1": t1, "entropy": entropy,
+              "tol": g.choice([1e-6, 1e-6, 1e-4])}
+        if g.p(0.3):
+            kw["w1"] = Ten(size, dtype, seed=g.seed())
+    want_u = levy != "none"
+    want_a = levy in ("davie", "foster")
+
+    def point() -> float:
+        return round(t0 + span * g.r.random(), 6)
+
+    queries: List[tuple] = []
+    for _ in range(g.choice([2, 3, 4, 6])):
+        x, y = sorted((point(), point()))
+        if g.p(0.15):
+            x, y = t0, t1
+        queries.append((x, y, want_u and g.p(0.5), want_a and g.p(0.5)))
+    if cls != "BrownianInterval" and g.p(0.5):
+        queries.append((point(), False, False))  # bm(t): the value at t
+    must: List[str] = []
+    muts: List[str] = []
+    for _ in range(g.choice([0, 0, 0, 1, 1, 2])):
+        what = g.choice(["t0", "t1", "size", "dtype", "entropy", "dt", "tol", "cache", "levy", "W", "query", "query",
+                         "query", "return", "w0"])
+        if what in ("t0", "t1") and what in kw:
+            v = g.choice([math.nan, math.inf, -math.inf, Code("torch.tensor([0.0, 1.0])"), "0", True,
+                          Code("torch.tensor(0.25)"), t1 + 1.0 if what == "t0" else t0 - 1.0])
+            kw[what] = v
+            m_ = f"{what}={lit(v)}"
+        elif what == "size" and "size" in kw:
+            kw["size"] = g.choice([(-1,), (2.5,), "3", Code("torch.tensor([2])"), 3, None])
+            m_ = f"size={lit(kw['size'])}"
+        elif what == "dtype" and "dtype" in kw:
+            kw["dtype"] = Code(g.choice(["torch.int64", "'float64'", "torch.bool", "torch.float16", "torch.bfloat16"]))
+            m_ = f"dtype={kw['dtype'].text}"
+        elif what == "entropy" and "entropy" in kw:
+            kw["entropy"] = g.choice([-1, 1.5, True, "7", 2**70, 0])
+            m_ = f"entropy={lit(kw['entropy'])}"
+        elif what == "dt" and cls == "BrownianInterval":
+            kw["dt"] = g.choice([0.0, -0.1, math.nan, 1e-300, 1e300])
+            m_ = f"dt={lit(kw['dt'])}"
+        elif what == "tol" and cls != "BrownianPath":
+            kw["tol"] = g.choice([-1.0, 0.0, math.nan, 10.0, 0.5])
+            m_ = f"tol={lit(kw['tol'])}"
+        elif what == "cache" and cls == "BrownianInterval":
+            kw["cache_size"] = g.choice([-1, 1.5, True, 0, 1])
+            m_ = f"cache_size={lit(kw['cache_size'])}"
+        elif what == "levy" and cls == "BrownianInterval":
+            kw["levy_area_approximation"] = g.choice(["bogus", "Davie", None, "none", "foster"])
+            m_ = f"levy_area_approximation={lit(kw['levy_area_approximation'])}"
+        elif what == "W" and cls == "BrownianInterval":
+            kw["W"], m_ = g.mutate_tensor(kw.get("W", Ten(size, dtype, seed=1)))
+            if kw["W"].device == "meta" or "on meta" in m_:
+                kw["W"] = replace(kw["W"], device="cpu")
+                m_ = "unchanged"
+        elif what == "w0" and "w0" in kw:
+            kw["w0"], m_ = g.mutate_tensor(kw["w0"])
+            if "on meta" in m_:
+                kw["w0"] = replace(kw["w0"], device="cpu")
+        elif what == "query":
+            j = g.randint(0, len(queries) - 1)
+            q = list(queries[j])
+            how = g.choice(["before", "after", "reversed", "nan", "inf", "tensor2", "tiny_outside", "string", "equal"])
+            if how == "before":
+                q[0] = t0 - g.choice([0.5, 1e-3])
+            elif how == "after":
+                q[1 if len(q) == 4 else 0] = t1 + g.choice([0.5, 1e-3])
+            elif how == "reversed" and len(q) == 4:
+                q[0], q[1] = q[1] + 0.1, q[0]
+            elif how == "nan":
+                q[0] = math.nan
+            elif how == "inf":
+                q[0] = -math.inf
+            elif how == "tensor2":
+                q[0] = Code("torch.tensor([0.1, 0.2])")
+            elif how == "tiny_outside":  # within rounding slack of the end: taken as the end
+                q[1 if len(q) == 4 else 0] = t1 + 1e-15 * max(1.0, abs(t1))
+            elif how == "string":
+                q[0] = "0.5"
+            else:
+                q[1 if len(q) == 4 else 0] = q[0]
+            queries[j] = tuple(q)
+            m_ = f"query {j} {how}: {lit(tuple(q))}"
+        elif what == "return":
+            j = g.randint(0, len(queries) - 1)
+            q = list(queries[j])
+            q[-2], q[-1] = g.choice([(True, False), (False, True), (True, True), (1, 0)])
+            queries[j] = tuple(q)
+            m_ = f"query {j} return_U={q[-2]}, return_A={q[-1]}"
+        else:
+            continue
+        muts.append(m_)
+
+    # The contract.
+    def real(v: Any, name: str, finite: bool = True) -> Optional[float]:
+        if isinstance(v, bool) or isinstance(v, str):
+            must.append(f"{name}={v!r} is not a real number")
+            return None
+        if isinstance(v, Code):
+            if "[" in v.text:
+                must.append(f"{name} has two elements")
+                return None
+            return 0.25
+        if v is None:
+            return None
+        if finite and not math.isfinite(v):
+            must.append(f"{name}={lit(v)} not finite")
+            return None
+        return float(v)
+
+    t0v = real(kw.get("t0"), "t0")
+    t1v = real(kw.get("t1", (t0v if t0v is not None else t0) + 1.0), "t1") if cls != "BrownianPath" else None
+    if cls == "BrownianPath" and t0v is not None:
+        t1v = t0v + 1.0
+    if t0v is not None and t1v is not None and t0v > t1v:
+        must.append(f"t0={t0v} > t1={t1v}")
+    halfway = cls == "BrownianTree" or kw.get("halfway_tree")
+    tolv = kw.get("tol", 1e-6 if cls == "BrownianTree" else 0.0)
+    if cls != "BrownianPath":
+        tv_ = real(tolv, "tol")
+        if tv_ is not None and (tv_ < 0 or (halfway and tv_ <= 0)):
+            must.append(f"tol={tv_}")
+    if "dt" in kw:
+        dv = real(kw["dt"], "dt")
+        if dv is not None and dv <= 0:
+            must.append(f"dt={dv} <= 0")
+        if halfway:
+            must.append("dt with halfway_tree")
+    sz = kw.get("size", size)
+    if cls == "BrownianInterval":
+        if sz is None and "W" not in kw:
+            must.append("no size and no W")
+        elif isinstance(sz, (str, Code)) or (isinstance(sz, tuple) and any(not isinstance(s, int) or s < 0 for s in sz)):
+            must.append(f"size={lit(sz)}")
+        dts = kw["dtype"].text
+        if dts in ("torch.int64", "'float64'", "torch.bool"):
+            must.append(f"dtype={dts}")
+        e = kw["entropy"]
+        if isinstance(e, (bool, str, float)) or (isinstance(e, int) and e < 0):
+            must.append(f"entropy={lit(e)}")
+        c = kw.get("cache_size", 45)
+        if c is not None and (isinstance(c, (bool, float)) or c < 0):
+            must.append(f"cache_size={lit(c)}")
+        lv = kw["levy_area_approximation"]
+        if lv not in BM_LEVY:
+            must.append(f"levy_area_approximation={lit(lv)}")
+        W = kw.get("W")
+        if W is not None:
+            if not W.dtype.startswith(("float", "bfloat")):
+                must.append("W is not floating point")
+            elif isinstance(sz, tuple) and tuple(W.shape) != sz:
+                must.append(f"W shape {W.shape} != size {sz}")
+            elif W.dtype != kw["dtype"].text.replace("torch.", ""):
+                must.append("W dtype != dtype")
+        want_u = lv in ("space-time", "davie", "foster")
+        want_a = lv in ("davie", "foster")
+        dts_ok = dts.replace("torch.", "") if dts.startswith("torch.") else dtype
+    else:
+        for k in ("w0", "w1"):
+            w = kw.get(k)
+            if w is not None and not w.dtype.startswith(("float", "bfloat")):
+                must.append(f"{k} is not floating point")
+        w0, w1 = kw.get("w0"), kw.get("w1")
+        if w1 is not None and w0 is not None and (w1.shape != w0.shape or w1.dtype != w0.dtype):
+            must.append("w1 does not match w0")
+        want_u = want_a = False
+        dts_ok = w0.dtype if w0 is not None else dtype
+    ctor_bad = bool(must)
+    lo_ = t0v if t0v is not None else t0
+    hi_ = t1v if t1v is not None else t1
+    for q in queries:
+        times = list(q[:-2])
+        vals = []
+        for k, tq in enumerate(times):
+            if tq is False:
+                continue
+            v = real(tq, "ta" if k == 0 else "tb") if not isinstance(tq, float) or math.isfinite(tq) else \
+                real(tq, "ta" if k == 0 else "tb")
+            if v is None:
+                break
+            slack = 64 * 2.22e-16 * max(abs(lo_), abs(hi_), hi_ - lo_)
+            if v < lo_ - slack or v > hi_ + slack:
+                must.append(f"query time {v} outside [{lo_}, {hi_}]")
+                break
+            vals.append(v)
+        else:
+            if len(vals) == 2 and vals[0] > vals[1]:
+                must.append(f"query ta={vals[0]} > tb={vals[1]}")
+        if q[-2] and not want_u:
+            must.append("return_U without Levy area")
+        if q[-1] and not want_a:
+            must.append("return_A without davie/foster")
+    call = Call(target=cls, callee="brownian_call", args={"cls": Code(f"fde.{cls}"), "kwargs": kw,
+                                                           "queries": Code("queries")}, positional=3, level="sde",
+                setup=[f"queries = {lit(queries)}"], muts=muts)
+    call.must_raise = must
+    call.observe = "RESULT['out']"
+    call.checks = [("wrong-output-shape", "bm_shapes_ok(RESULT, queries)")]
+    plain = not must and dts_ok in ("float64", "float32") and not any(
+        isinstance(t, Ten) and (t.specials or t.fill != "randn") for t in kw.values())
+    if cls == "BrownianPath":  # no entropy argument: a fresh path per construction (as torchsde)
+        call.observe = "shape_of(RESULT['out'])"
+    if plain:
+        s_, u_ = t0 + 0.1 * span, t0 + 0.9 * span  # (times on a 1e-3 grid: a halfway tree rounds them to tol)
+        t_ = round(t0 + span * g.uniform(0.15, 0.85), 3)
+        call.checks += [
+            ("brownian-not-additive", f"bm_additive_ok(RESULT['bm'], {s_!r}, {t_!r}, {u_!r})"),
+            ("brownian-query-not-repeatable", "bm_repeat_ok(RESULT['bm'], queries)"),
+            ("levy-area-not-antisymmetric", "bm_levy_antisymmetric_ok(RESULT, queries)"),
+        ]
+        if cls != "BrownianPath" and isinstance(kw.get("entropy"), int) and real(tolv, "tol") < 1e-2:
+            call.checks.append(("entropy-ignored", f"bm_entropy_matters_ok(fde.{cls}, kwargs, RESULT)"))
+        if cls == "BrownianInterval" and not kw.get("halfway_tree") and kw.get("cache_size", 45) in (None, 48):
+            call.checks.append(("values-change-after-cache-eviction", f"bm_cache_ok(fde.{cls}, kwargs, queries, RESULT)"))
+        if halfway:
+            call.checks.append(("halfway-tree-depends-on-query-order",
+                                f"bm_order_free_ok(fde.{cls}, kwargs, queries, RESULT)"))
+        if cls != "BrownianInterval":
+            call.checks.append(("wrong-start-or-end-value", "bm_start_ok(RESULT, kwargs['w0'], kwargs.get('w1'))"))
+    return call
+
+
+def native_mlp_call(g: Gen) -> Call:
+    """_C.NativeMLP(weights, biases, activation), then mlp(t, y) and mlp.vjp(y, v), through helpers.mlp_call, against
+    the same MLP computed in torch (and torch.autograd for the VJP)."""
+    dtype = g.choice(["float64", "float64", "float32"])
+    D = g.choice([1, 2, 3, 5])
+    widths = [D] + [g.choice([1, 4, 8]) for _ in range(g.choice([0, 1, 2]))] + [D]
+    ws = [Ten((o, i), dtype, seed=g.seed()) for i, o in zip(widths[:-1], widths[1:])]
+    bs = [Ten((o,), dtype, seed=g.seed()) for o in widths[1:]]
+    act = g.choice(["tanh", "softplus", "relu", "elu", "sigmoid", "silu"])
+    yshape = g.choice([(4, D), (D,), (2, 3, D), (1, D), (0, D)])
+    with_v = g.p(0.6)
+    a: Dict[str, Any] = {"weights": ws, "biases": bs, "activation": act, "y": Ten(yshape, dtype, seed=g.seed())}
+    if with_v:
+        a["v"] = Ten(yshape, dtype, seed=g.seed())
+    must: List[str] = []
+    muts: List[str] = []
+    for _ in range(g.choice([0, 0, 1, 1, 2])):
+        what = g.choice(["activation", "weights", "weights", "biases", "y", "y", "v", "layers", "t"])
+        if what == "activation":
+            a["activation"] = g.choice(["gelu", "", "TANH", "relu "])
+            m_ = f"activation={a['activation']!r}"
+        elif what in ("weights", "biases"):
+            if not isinstance(a[what], list) or not a[what]:
+                continue
+            j = g.randint(0, len(a[what]) - 1)
+            how = g.choice(["tensor", "tensor", "transpose", "1d", "zero", "int", "grad"])
+            t = a[what][j]
+            if how == "tensor":
+                new, m_ = _mutate_tensor_avoiding(g, t, "", {"on meta": _known("native-mlp-device-unchecked")})
+            elif how == "transpose" and len(t.shape) == 2:
+                new, m_ = replace(t, shape=(t.shape[1], t.shape[0])), "transposed shape"
+            elif how == "1d":
+                new, m_ = replace(t, shape=(math.prod(t.shape),)), "flattened"
+            elif how == "zero":
+                new, m_ = replace(t, shape=tuple(0 for _ in t.shape)), "zero-size"
+            elif how == "int":
+                new, m_ = replace(t, dtype="int64"), "int64"
+            else:
+                new, m_ = replace(t, requires_grad=True), "requires grad"
+            a[what] = a[what][:j] + [new] + a[what][j + 1:]
+            m_ = f"{what}[{j}] {m_}"
+        elif what == "layers":
+            how = g.choice(["no_layers", "extra_bias", "not_list", "none"])
+            if how == "no_layers":
+                a["weights"], a["biases"] = [], []
+            elif how == "extra_bias":
+                a["biases"] = a["biases"] + [Ten((D,), dtype, seed=1)]
+            elif how == "not_list":
+                a["weights"] = a["weights"][0]
+            else:
+                a["biases"] = Code("None")
+            m_ = f"layers {how}"
+        elif what == "y":
+            a["y"], m_ = _mutate_tensor_avoiding(g, a["y"], "", {"on meta": _known("native-mlp-device-unchecked")})
+            m_ = "y " + m_
+        elif what == "v" and with_v:
+            a["v"], m_ = _mutate_tensor_avoiding(g, a["v"], "", {"on meta": _known("native-mlp-device-unchecked"),
+                                                                 "dtype": _known("native-mlp-vjp-v-dtype-unchecked")})
+            m_ = "v " + m_
+        elif what == "t":
+            a["t"] = g.choice([Code("torch.tensor(float('nan'))"), Code("torch.zeros(3)"), Code("None")])
+            m_ = f"t={a['t'].text}"
+        else:
+            continue
+        muts.append(m_)
+    # The contract (check_mlp_spec, eval's feature and dtype checks, vjp's shape check).
+    W, Bs = a["weights"], a["biases"]
+    floats = ("float32", "float64", "float16", "bfloat16")
+    if not isinstance(W, list) or not isinstance(Bs, list):
+        must.append("weights and biases must be lists of tensors")
+    elif not W:
+        must.append("no layers")
+    elif len(W) != len(Bs):
+        must.append("one bias per weight")
+    else:
+        for k, (w, b) in enumerate(zip(W, Bs)):
+            if len(w.shape) != 2 or 0 in w.shape:
+                must.append(f"weight {k} shape {w.shape}")
+            elif len(b.shape) != 1 or b.shape[0] != w.shape[0]:
+                must.append(f"bias {k} shape {b.shape}")
+            elif k and w.shape[1] != W[k - 1].shape[0]:
+                must.append(f"weight {k} does not chain")
+        dts = {t.dtype for t in W + Bs}
+        devs = {t.device for t in W + Bs}
+        if len(dts) > 1:
+            must.append("parameters of several dtypes")
+        if len(devs) > 1:
+            must.append("parameters on several devices")
+    if a["activation"] not in ("tanh", "softplus", "relu", "elu", "sigmoid", "silu"):
+        must.append(f"activation={a['activation']!r}")
+    y = a["y"]
+    if not must:
+        w0 = W[0]
+        if math.prod(y.shape) % w0.shape[1] != 0 or not y.shape or y.shape[-1] != w0.shape[1]:
+            if math.prod(y.shape) % w0.shape[1] != 0:
+                must.append(f"y of shape {y.shape} for {w0.shape[1]} features")
+        if y.dtype != w0.dtype:
+            must.append(f"y dtype {y.dtype}, parameters {w0.dtype}")
+        if y.device != w0.device and _known("native-mlp-device-unchecked"):
+            must.append("y and the parameters on different devices")
+        if with_v and not must and tuple(a["v"].shape) != tuple(y.shape):
+            must.append(f"v shape {a['v'].shape} != y shape {y.shape}")
+        if with_v and not must and (a["v"].dtype != y.dtype or a["v"].device != y.device):
+            must.append(f"v ({a['v'].dtype}, {a['v'].device}) is not like y ({y.dtype}, {y.device})")
+    call = Call(target="NativeMLP", callee="mlp_call", args=a, positional=4, level="C", muts=muts)
+    call.must_raise = must
+    all_ten = ([] if not isinstance(W, list) else W) + ([] if not isinstance(Bs, list) else Bs) + [y] + \
+        ([a["v"]] if with_v else [])
+    float_ok = all(t.dtype in floats for t in all_ten) and all(t.device == "cpu" for t in all_ten)
+    if not must and float_ok and dtype_ok(all_ten) and "t" not in a and not any(t.specials for t in all_ten):
+        v_arg = ", v" if with_v else ""
+        call.checks = [("native-mlp-differs-from-torch", f"mlp_ok(RESULT, weights, biases, {a['activation']!r}, y{v_arg})")]
+        call.checks.append(("wrong-output-shape", "tuple(RESULT['f'].shape) == tuple(y.shape)"))
+    return call
+
+
+def dtype_ok(ts: List[Ten]) -> bool:
+    return all(t.dtype in ("float32", "float64") for t in ts)
+
+
 ENTRY_POINTS: Dict[str, Callable[[Gen], Call]] = {
     "rk_solve": solve_call,
     "rk_checkpoint_backward": backward_call,
@@ -2288,6 +3116,12 @@ ENTRY_POINTS: Dict[str, Callable[[Gen], Call]] = {
     "odeint_event": odeint_event_call,
     "fixed_grid_solve": fixed_grid_call,
     "fixed_grid_backward": fixed_grid_backward_call,
+    "sdeint": lambda g: sde_call_spec(g, "sdeint"),
+    "sdeint_adjoint": lambda g: sde_call_spec(g, "sdeint_adjoint"),
+    "BrownianInterval": lambda g: brownian_call_spec(g, "BrownianInterval"),
+    "BrownianPath": lambda g: brownian_call_spec(g, "BrownianPath"),
+    "BrownianTree": lambda g: brownian_call_spec(g, "BrownianTree"),
+    "NativeMLP": native_mlp_call,
 }
 
 

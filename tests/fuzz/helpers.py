@@ -722,3 +722,317 @@ def inplace_then_read(out, x):
 def write_past_end(x):
     """Writes one element past the end of `x` (inside its storage, so nothing crashes)."""
     x.as_strided((x.numel() + 1,), (1,))[-1] = 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# SDEs (sdeint, sdeint_adjoint), Brownian motions, the native MLP
+# ---------------------------------------------------------------------------------------------------
+
+class Sde(torch.nn.Module):
+    """A small SDE with parameters (torchsde's interface) for the sdeint targets.
+
+    kind: 'lin' (f = tanh(y A) - 0.3 y + 0.1 t, g by noise type, bounded), 'free' (f = 0, constant additive g = G:
+    the solution is y0 + G W exactly, for every method), 'nan' (g is NaN), 'raises' (f raises FieldError),
+    'wrong_g' (g has one state channel too many); SdeProducts has f and g_prod only.
+    h(t, y) = -y is the prior drift (logqp)."""
+
+    def __init__(self, noise_type="diagonal", sde_type="ito", d=2, m=2, kind="lin", dtype=torch.float64, seed=0):
+        super().__init__()
+        self.noise_type, self.sde_type, self.kind, self.d, self.m = noise_type, sde_type, kind, d, m
+        gen = _gen(seed)
+        self.A = torch.nn.Parameter((0.4 * torch.randn(d, d, generator=gen, dtype=torch.float64)).to(dtype))
+        self.c = torch.nn.Parameter((0.4 * torch.randn(d, generator=gen, dtype=torch.float64)).to(dtype))
+        self.G = torch.nn.Parameter((0.4 * torch.randn(d, m, generator=gen, dtype=torch.float64)).to(dtype))
+        if kind == "raises":
+            self.f = _sde_raises
+
+    def f(self, t, y):
+        if self.kind == "free":
+            return torch.zeros_like(y)
+        return torch.tanh(y @ self.A) - 0.3 * y + 0.1 * t
+
+    def g(self, t, y):
+        B, d, m, nt = y.size(0), self.d, self.m, self.noise_type
+        if self.kind == "nan":
+            return torch.full((B, d) if nt == "diagonal" else (B, d, 1 if nt == "scalar" else m), nan, dtype=y.dtype)
+        if self.kind == "wrong_g":
+            return torch.zeros(B, d + 1, dtype=y.dtype) if nt == "diagonal" else torch.zeros(B, d + 1, m, dtype=y.dtype)
+        if nt == "diagonal":
+            return 0.5 * torch.sigmoid(y * self.c)
+        if nt == "scalar":
+            return (0.5 * torch.sigmoid(y * self.c)).unsqueeze(-1)
+        if nt == "additive":
+            return self.G.expand(B, d, m) * (1 + 0 * t)
+        return 0.5 * torch.sigmoid(y.unsqueeze(-1) * self.G)
+
+    def h(self, t, y):
+        return -y
+
+
+class SdeProducts(torch.nn.Module):
+    """General noise given by products only: f(t, y) and g_prod(t, y, v) = sigmoid(y G) ... (B, d); no g."""
+
+    noise_type, sde_type = "general", "ito"
+
+    def __init__(self, sde_type="ito", d=2, m=2, dtype=torch.float64, seed=0):
+        super().__init__()
+        self.sde_type, self.d, self.m = sde_type, d, m
+        gen = _gen(seed)
+        self.G = torch.nn.Parameter((0.4 * torch.randn(d, m, generator=gen, dtype=torch.float64)).to(dtype))
+
+    def f(self, t, y):
+        return -0.3 * y + 0.1 * t
+
+    def g_prod(self, t, y, v):
+        return 0.5 * torch.sigmoid(y) * (v @ self.G.t())
+
+
+def _sde_raises(t, y):
+    raise FieldError("raised on purpose by the fuzz SDE")
+
+
+USER_CODE.update({"f", "g", "h", "g_prod", "_sde_raises"})
+
+
+class PlainBM:
+    """A Brownian motion seen through torchsde's interface only (no vectorised grid sampler): sdeint must query it
+    with the same calls, in the same order, as the fast path draws them, so the results are bit-identical."""
+
+    def __init__(self, bm):
+        self._bm = bm
+        self.shape, self.dtype, self.device = bm.shape, bm.dtype, bm.device
+        self.levy_area_approximation = bm.levy_area_approximation
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        return self._bm(ta, tb, return_U=return_U, return_A=return_A)
+
+
+def sde_call(fn, sde, y0, ts, backward=False, **kwargs):
+    """fn(sde, y0, ts, **kwargs) -> {'ys', 'rest' (logqp increments / extra state), 'grads'}; with backward=True
+    the gradients of sum(finite ys) w.r.t. y0 (when it requires grad) and the sde's parameters (None: unused)."""
+    out = fn(sde, y0, ts, **kwargs)
+    ys, rest = (out[0], list(out[1:])) if isinstance(out, tuple) else (out, [])
+    grads = []
+    if backward:
+        wrt = [y0] if isinstance(y0, torch.Tensor) and y0.requires_grad else []
+        if isinstance(sde, torch.nn.Module):
+            wrt += [p for p in sde.parameters() if p.requires_grad]
+        if wrt and isinstance(ys, torch.Tensor) and ys.requires_grad:
+            grads = list(torch.autograd.grad(_finite_sum([ys]), wrt, allow_unused=True))
+    return {"ys": ys, "rest": rest, "grads": grads}
+
+
+def sde_shapes_ok(r, y0, ts, logqp=False, extra=False) -> bool:
+    """ys (T, B, d) in y0's dtype; logqp: the KL increments (T - 1, B); extra: the solver state (a tuple)."""
+    T = len(ts)
+    B, d = y0.shape
+    ok = isinstance(r["ys"], torch.Tensor) and tuple(r["ys"].shape) == (T, B, d) and r["ys"].dtype == y0.dtype
+    rest = list(r["rest"])
+    if logqp:
+        ok = ok and bool(rest) and tuple(rest[0].shape) == (T - 1, B)
+        rest = rest[1:]
+    if extra:
+        ok = ok and len(rest) == 1 and isinstance(rest[0], tuple)
+        rest = rest[1:]
+    return bool(ok and not rest)
+
+
+def sde_finite_ok(r, y0) -> bool:
+    """From a finite y0 with a bounded SDE over a short span: finite outputs and gradients."""
+    if not all_finite(y0):
+        return True
+    return all_finite(r["ys"]) and all_finite(r["rest"][:1]) and all(g is None or all_finite(g) for g in r["grads"])
+
+
+def _fresh(bm_kw):
+    return fde.BrownianInterval(**bm_kw)
+
+
+def sde_twin_ok(r, fn, sde, y0, ts, bm_kw, **kwargs) -> bool:
+    """The same solve by `fn` (sdeint <-> sdeint_adjoint) on a fresh Brownian motion with the same entropy gives
+    bit-identical forward values."""
+    other = sde_call(fn, sde, y0.detach(), ts, bm=_fresh(bm_kw), **kwargs)
+    return _same_tree(r["ys"], other["ys"]) and _same_tree(r["rest"], other["rest"])
+
+
+def _same_tree(a, b) -> bool:
+    """Bit-identical tensors (NaN where NaN) in the same nesting of tuples and lists."""
+    if isinstance(a, (tuple, list)) or isinstance(b, (tuple, list)):
+        return isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b) and all(
+            _same_tree(x, y) for x, y in zip(a, b))
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.dtype == b.dtype and _same_nan(a, b, 0.0)
+    return a == b
+
+
+def sde_plain_bm_ok(r, fn, sde, y0, ts, bm_kw, **kwargs) -> bool:
+    """The same solve with the Brownian motion behind PlainBM (one call per step, no grid sampler): identical."""
+    other = sde_call(fn, sde, y0.detach(), ts, bm=PlainBM(_fresh(bm_kw)), **kwargs)
+    return _same_tree(r["ys"], other["ys"]) and _same_tree(r["rest"], other["rest"])
+
+
+def sde_free_exact_ok(r, sde, y0, ts, bm) -> bool:
+    """Drift-free additive noise: ys[-1] = y0 + G W(ts[0], ts[-1]) for every method (bm: the motion the solve used,
+    queried after it, so the increment is the sum of the solve's own increments, to rounding)."""
+    w = bm(float(ts[0]), float(ts[-1])).double()
+    want = y0.detach().double() + w @ sde.G.detach().double().t()
+    tol = 1e-10 if r["ys"].dtype == torch.float64 and bm.dtype == torch.float64 else 1e-4
+    return close_scaled(r["ys"][-1], want, tol)
+
+
+def sde_grads_agree(r, sde, y0, ts, bm_kw, tol, **kwargs) -> bool:
+    """reversible_heun's adjoint (adjoint_reversible_heun) with ts on the step grid: the gradients of direct
+    back-propagation through sdeint, to rounding."""
+    kwargs = {k: v for k, v in kwargs.items() if not k.startswith("adjoint_")}
+    y = y0.detach().clone().requires_grad_(y0.requires_grad)
+    for p in sde.parameters():
+        p.grad = None
+    ref = sde_call(fde.sdeint, sde, y, ts, backward=True, bm=_fresh(bm_kw), **kwargs)
+    if len(ref["grads"]) != len(r["grads"]):
+        return False
+    for a, b in zip(r["grads"], ref["grads"]):
+        if a is None and b is None:
+            continue
+        a = torch.zeros_like(b) if a is None else a  # (None: unused, a zero gradient)
+        b = torch.zeros_like(a) if b is None else b
+        if not close_scaled(a, b, tol):
+            return False
+    return True
+
+
+def brownian_call(cls, kwargs, queries):
+    """cls(**kwargs), then bm(*q[:-2], return_U=q[-2], return_A=q[-1]) for every query q: {'bm', 'out'}."""
+    bm = cls(**kwargs)
+    out = [bm(*q[:-2], return_U=q[-2], return_A=q[-1]) for q in queries]
+    return {"bm": bm, "out": out}
+
+
+def _as_list(x):
+    return list(x) if isinstance(x, tuple) else [x]
+
+
+def bm_shapes_ok(r, queries) -> bool:
+    """W and U have the sample's shape, A (*shape, shape[-1]) (shape itself when it has at most one dimension), in
+    the motion's dtype; a point query of BrownianPath / BrownianTree gives the value (the sample's shape)."""
+    bm = r["bm"]
+    size = tuple(bm.shape)
+    a_size = size if len(size) <= 1 else (*size, size[-1])
+    for q, out in zip(queries, r["out"]):
+        parts = _as_list(out)
+        want = [size] + ([size] if q[-2] else []) + ([a_size] if q[-1] else [])
+        if len(parts) != len(want) or any(tuple(p.shape) != w or p.dtype != bm.dtype for p, w in zip(parts, want)):
+            return False
+    return True
+
+
+def _tol(dtype):
+    return {torch.float64: 1e-11, torch.float32: 1e-4}.get(dtype, 5e-2)
+
+
+def bm_additive_ok(bm, s, t, u) -> bool:
+    """W(s, u) = W(s, t) + W(t, u); with U: U(s, u) = U(s, t) + (u - t) W(s, t) + U(t, u) (to rounding)."""
+    want_u = bm.levy_area_approximation != "none"
+    a, b, c = (_as_list(bm(x, y, return_U=want_u)) for x, y in ((s, t), (t, u), (s, u)))
+    tol = _tol(bm.dtype)
+    if not close_scaled(a[0] + b[0], c[0], tol):
+        return False
+    return not want_u or close_scaled(a[1] + (u - t) * a[0] + b[1], c[1], tol)
+
+
+def bm_repeat_ok(bm, queries) -> bool:
+    """Every query asked again (after all the others, on the same tree) gives bit-identical tensors."""
+    first = [[p.clone() for p in _as_list(bm(*q[:-2], return_U=q[-2], return_A=q[-1]))] for q in queries]
+    again = [_as_list(bm(*q[:-2], return_U=q[-2], return_A=q[-1])) for q in reversed(queries)][::-1]
+    return all(_same_nan(x, y, 0.0) for f, a in zip(first, again) for x, y in zip(f, a))
+
+
+def bm_levy_antisymmetric_ok(r, queries) -> bool:
+    """Davie's / Foster's Lévy area is exactly antisymmetric."""
+    for q, out in zip(queries, r["out"]):
+        if q[-1] and out[-1].dim() >= 2:
+            A = out[-1]
+            if not bool((A + A.transpose(-1, -2) == 0).all()):
+                return False
+    return True
+
+
+def bm_cache_ok(cls, kwargs, queries, r) -> bool:
+    """A BrownianInterval with a bounded cache (48 nodes, evicting) and an unbounded one make the same splits;
+    values recomputed after eviction are bit-identical."""
+    other = brownian_call(cls, dict(kwargs, cache_size=None if kwargs.get("cache_size", 45) is not None else 48),
+                          queries)
+    return all(_same_nan(x, y, 0.0) for a, b in zip(r["out"], other["out"]) for x, y in zip(_as_list(a), _as_list(b)))
+
+
+def bm_order_free_ok(cls, kwargs, queries, r) -> bool:
+    """BrownianTree (halfway tree): the path depends on the entropy only, so the queries asked in reverse order of a
+    fresh tree give the same values (to rounding: their covers may differ)."""
+    other = brownian_call(cls, kwargs, queries[::-1])
+    tol = _tol(r["bm"].dtype)
+    return all(close_scaled(x, y, tol) for a, b in zip(r["out"], other["out"][::-1])
+               for x, y in zip(_as_list(a), _as_list(b)))
+
+
+def bm_entropy_matters_ok(cls, kwargs, r) -> bool:
+    """Another entropy gives another path (a non-empty motion over a non-empty span)."""
+    bm = r["bm"]
+    if math.prod(bm.shape) == 0 or not bm.t1 > bm.t0:
+        return True
+    other = cls(**dict(kwargs, entropy=int(kwargs["entropy"]) + 1))
+    mid = bm.t0 + 0.375 * (bm.t1 - bm.t0)  # (inside: W over [t0, t1] may be given, as W or w1)
+    return not torch.equal(bm(bm.t0, mid), other(other.t0, mid))
+
+
+def bm_start_ok(r, w0, w1=None) -> bool:
+    """BrownianPath / BrownianTree: the value at t0 is w0 (exactly), at t1 it is w1 (when given, to rounding)."""
+    bm = r["bm"]
+    if not torch.equal(bm(bm.t0), w0):
+        return False
+    return w1 is None or close_scaled(bm(bm.t1), w1, _tol(bm.dtype))
+
+
+_ACT = {"tanh": torch.tanh, "softplus": torch.nn.functional.softplus, "relu": torch.relu,
+        "elu": torch.nn.functional.elu, "sigmoid": torch.sigmoid, "silu": torch.nn.functional.silu}
+
+
+def mlp_reference(weights, biases, activation, y):
+    """The MLP computed in torch (what fastdiffeq.nn.MLP's forward does), on y's last dimension."""
+    h = y.reshape(-1, weights[0].shape[1])
+    for k, (W, b) in enumerate(zip(weights, biases)):
+        h = torch.nn.functional.linear(h, W, b)
+        if k + 1 < len(weights):
+            h = _ACT[activation](h)
+    return h.reshape(y.shape)
+
+
+def mlp_call(weights, biases, activation, y, v=None, t=None):
+    """_C.NativeMLP(weights, biases, activation), then f = mlp(t, y) and, with v, mlp.vjp(y, v) -> (f, gy, gp)."""
+    mlp = _C.NativeMLP(weights, biases, activation)
+    f = mlp(torch.tensor(0.0, dtype=torch.float64) if t is None else t, y)
+    return {"f": f, "vjp": mlp.vjp(y, v) if v is not None else None}
+
+
+def mlp_ok(r, weights, biases, activation, y, v=None) -> bool:
+    """f equals the torch reference; vjp's f equals f; v^T df/dy and v^T df/dtheta (flattened W1, b1, W2, ...) equal
+    torch.autograd's on the reference."""
+    tol = 1e-12 if y.dtype == torch.float64 else 2e-5
+    ws = [w.detach() for w in weights]
+    bs = [b.detach() for b in biases]
+    if not close_scaled(r["f"], mlp_reference(ws, bs, activation, y.detach()), tol):
+        return False
+    if v is None:
+        return True
+    f, gy, gp = r["vjp"]
+    if not _same_nan(f, r["f"], 0.0):
+        return False
+    leaves = [x.clone().requires_grad_(True) for x in [y.detach()] + [p for wb in zip(ws, bs) for p in wb]]
+    out = mlp_reference(leaves[1::2], leaves[2::2], activation, leaves[0])
+    ref = torch.autograd.grad(out, leaves, v.detach(), allow_unused=True)
+    ref = [torch.zeros_like(x) if g is None else g for g, x in zip(ref, leaves)]
+    return close_scaled(gy, ref[0], tol) and close_scaled(gp, torch.cat([g.reshape(-1) for g in ref[1:]]), tol)
+
+
+__all__ += ["types", "Sde", "SdeProducts", "PlainBM", "sde_call", "sde_shapes_ok", "sde_finite_ok", "sde_twin_ok",
+            "sde_plain_bm_ok", "sde_free_exact_ok", "sde_grads_agree", "brownian_call", "bm_shapes_ok",
+            "bm_additive_ok", "bm_repeat_ok", "bm_levy_antisymmetric_ok", "bm_cache_ok", "bm_order_free_ok",
+            "bm_entropy_matters_ok", "bm_start_ok", "mlp_reference", "mlp_call", "mlp_ok"]

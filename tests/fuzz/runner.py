@@ -50,6 +50,12 @@ _API_ARG = re.compile(
     r"`[A-Za-z_][\w\[\]]*`|options\['\w+'\]|\b(func|y0|rtol|atol|method|options|gradient\w*|adjoint_\w+|event_fn|"
     r"norm|step_t|jump_t|first_step|min_step|max_step|safety|ifactor|dfactor|max_num_steps|dtype|"
     r"params|t_eval|on_failure|t0|reverse_time|odeint_interface)\b")  # (solve_ivp, odeint_event)
+# sdeint / sdeint_adjoint and the Brownian motions (level "sde"): their argument names, the SDE's attributes, and
+# torchsde's names for the user's drift and diffusion in its shape errors.
+_SDE_ARG = re.compile(
+    r"`[A-Za-z_][\w\[\]]*`|\b(sde|y0|ts|bm|dt|dt_min|rtol|atol|method|adaptive|options|names|logqp|extra|"
+    r"extra_solver_state|adjoint_\w+|noise_type|sde_type|levy_area_approximation|Drift|Diffusion|ta|tb|t0|t1|"
+    r"w0|w1|size|entropy|return_U|return_A)\b")
 
 
 def in_user_code(exc: BaseException) -> bool:
@@ -65,7 +71,7 @@ def in_user_code(exc: BaseException) -> bool:
 
 
 def classify(exc: BaseException, level: str) -> Tuple[bool, str]:
-    """(acceptable?, label) of an exception raised by a call at `level` (op | C | api)."""
+    """(acceptable?, label) of an exception raised by a call at `level` (op | C | api | sde)."""
     from fastdiffeq import SolverError
 
     from fuzz.helpers import FieldError
@@ -80,9 +86,10 @@ def classify(exc: BaseException, level: str) -> Tuple[bool, str]:
     if "incompatible function arguments" in msg:
         return False, f"{name}: pybind11 signature dump ({first})"
     ours = msg.startswith("fastdiffeq")
-    if level == "api":
+    if level in ("api", "sde"):
+        names = _API_ARG if level == "api" else _SDE_ARG
         if isinstance(exc, (ValueError, TypeError)) and not isinstance(exc, IndexError):
-            return (bool(_API_ARG.search(msg)), name if _API_ARG.search(msg) else label + " (names no argument)")
+            return (bool(names.search(msg)), name if names.search(msg) else label + " (names no argument)")
         return (type(exc) is RuntimeError and ours), (name if ours else label)
     if isinstance(exc, (RuntimeError, ValueError, TypeError, IndexError)) and ours:
         return True, name
