@@ -130,7 +130,7 @@ def test_bad_tolerance_sequence_for_tuple():
 # method and options
 # ---------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method", ["rk45", "DOPRI5", "explicit_adams", 5])
+@pytest.mark.parametrize("method", ["rk45", "DOPRI5", "adams", 5])
 def test_unknown_method(method):
     with pytest.raises(ValueError, match=r"`method`"):
         call(method=method)

@@ -111,7 +111,8 @@ def test_order_conditions(name):
 def test_method_lists_come_from_the_tableaus():
     assert set(FIXED_METHODS) == {"euler", "midpoint", "heun2", "heun3", "rk4"}
     assert {"dopri5", "tsit5", "bosh3", "fehlberg2", "adaptive_heun", "dopri8"} == set(ADAPTIVE_METHODS)
-    assert fastdiffeq.METHODS == tuple(_C.methods) + ("scipy_solver",)
+    assert fastdiffeq.METHODS == tuple(_C.methods) + ("explicit_adams", "implicit_adams", "fixed_adams",
+                                                      "scipy_solver")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -641,3 +642,130 @@ def test_adjoint_user_norm_sees_the_state_shapes():
         fastdiffeq.odeint_adjoint(lambda t, y: -w * y * v.sum(), y0.requires_grad_(True), torch.tensor([0.0, 1.0], dtype=DT),
                                   adjoint_params=(w, v), adjoint_options=dict(norm=norm)).sum().backward()
         assert shapes and set(shapes) == {((), tuple(y0.shape), tuple(y0.shape), (), (3,))}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Adams methods (multistep, fastdiffeq._adams)
+# --------------------------------------------------------------------------------------------------------
+
+ADAMS = ["explicit_adams", "implicit_adams", "fixed_adams"]
+
+
+def test_adams_coefficients_are_exact_for_polynomials():
+    # Bashforth (k steps, nodes 0, -1, ..., -(k-1)) integrates u^q over [0, 1] exactly for q < k; Moulton (nodes
+    # 1, 0, ..., -(k-2)) for q < k. Also equal to torchdiffeq's tables (independently written constants).
+    from fastdiffeq._adams import BASHFORTH, MOULTON
+    from torchdiffeq._impl import fixed_adams
+
+    for k in range(1, 13):
+        b = BASHFORTH[k].tolist()
+        m = MOULTON[k].tolist()
+        nodes = [1] + [-j for j in range(k - 1)]
+        for q in range(k):
+            exact = 1.0 / (q + 1)
+            for weights, xs in ((b, [-j for j in range(k)]), (m, nodes)):
+                terms = [w * float(x) ** q for w, x in zip(weights, xs)]
+                scale = sum(abs(v) for v in terms)  # the rounding of the double weights, magnified by x^q
+                assert abs(math.fsum(terms) - exact) <= 1e-14 * scale, (k, q)
+        assert torch.equal(BASHFORTH[k], fixed_adams._BASHFORTH_DIVISOR[k])
+        if k >= 2:  # torchdiffeq's order-1 Moulton entry is 1/11 (its divisor table), never used by its solver
+            assert torch.equal(MOULTON[k], fixed_adams._MOULTON_DIVISOR[k])
+
+
+ADAMS_CASES = dict(FIXED_CASES, max_order_6=dict(options=dict(step_size=0.05, max_order=6)),
+                   max_iters_1=dict(options=dict(step_size=0.2, max_iters=1)),
+                   rk4_only=dict(options=dict(step_size=0.05, max_order=3)))
+
+
+@pytest.mark.filterwarnings("ignore:Functional iteration did not converge")
+@pytest.mark.filterwarnings("ignore:max_order is below")
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("case", list(ADAMS_CASES))
+@pytest.mark.parametrize("name", ADAMS)
+def test_adams_parity(name, case, reverse):
+    t = torch.linspace(0.0, 2.0, 7, dtype=DT)
+    if reverse:
+        t = t.flip(0)
+    y0 = torch.tensor([1.0, 0.5], dtype=DT)
+    f_t, f_f = Counter(forced), Counter(forced)
+    kw = dict(method=name, rtol=1e-6, atol=1e-8, **ADAMS_CASES[case])
+    with torch.no_grad():
+        y_t = torchdiffeq.odeint(f_t, y0, t, **kw)
+        y_f = fastdiffeq.odeint(f_f, y0, t, **kw)
+    torch.testing.assert_close(y_f, y_t, rtol=0, atol=1e-12)
+    assert len(f_f.times) == len(f_t.times) == fastdiffeq.last_stats().nfe
+    torch.testing.assert_close(torch.tensor(f_f.times), torch.tensor(f_t.times), rtol=0, atol=1e-15)
+
+
+@pytest.mark.filterwarnings("ignore:Functional iteration did not converge")  # in both libraries
+@pytest.mark.parametrize("name", ADAMS)
+def test_adams_tuple_state_and_callbacks(name):
+    t = torch.linspace(0.0, 3.0, 4, dtype=DT)
+    kw = dict(method=name, options=dict(step_size=0.1, interp="cubic"))
+    ours, theirs = WithCallbacks(oscillator, names=("callback_step",)), WithCallbacks(oscillator,
+                                                                                      names=("callback_step",))
+    with torch.no_grad():
+        y_f = fastdiffeq.odeint(ours, OSC_Y0, t, **kw)
+        y_t = torchdiffeq.odeint(theirs, OSC_Y0, t, **kw)
+    for a, b in zip(y_f, y_t):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert len(ours.calls) == 30
+    _same_calls(ours.calls, theirs.calls, 1e-12)
+
+
+@pytest.mark.parametrize("name, max_order, order", [("explicit_adams", 5, 4), ("implicit_adams", 4, 4),
+                                                    ("implicit_adams", 3, 4)])
+@pytest.mark.filterwarnings("ignore:max_order is below")
+@pytest.mark.filterwarnings("ignore:Functional iteration did not converge")
+def test_adams_convergence_slope(name, max_order, order):
+    # Explicit, max_order 5: Adams–Bashforth of order 4; implicit, max_order 4: AB3 predictor + AM4 corrector;
+    # max_order < 4: torchdiffeq's rk4 fallback. Reference: dopri8 at 1e-13.
+    def pendulum_(t, y):
+        return torch.stack([y[1], -torch.sin(y[0])])
+
+    y0 = torch.tensor([1.0, 0.0], dtype=DT)
+    span = torch.tensor([0.0, 4.0], dtype=DT)
+    ref = fastdiffeq.odeint(pendulum_, y0, span, method="dopri8", rtol=1e-13, atol=1e-13)[-1]
+    hs = [0.1, 0.05, 0.025, 0.0125]
+    errors = [(fastdiffeq.odeint(pendulum_, y0, span, method=name, rtol=1e-12, atol=1e-14,
+                                 options=dict(step_size=h, max_order=max_order))[-1] - ref).abs().max().item()
+              for h in hs]
+    slope = float(torch.tensor([math.log(e) for e in errors]).diff().div(math.log(0.5)).mean())
+    assert abs(slope - order) <= 0.3, (slope, errors)
+
+
+@pytest.mark.parametrize("name", ADAMS)
+def test_adams_gradients_match_torchdiffeq(name):
+    t = torch.linspace(0.0, 1.5, 4, dtype=DT)
+    y0 = torch.tensor([[0.3, -0.2]], dtype=DT)
+    opts = dict(step_size=0.05)
+    for ours, theirs in ((fastdiffeq.odeint, torchdiffeq.odeint), (fastdiffeq.odeint_adjoint,
+                                                                   torchdiffeq.odeint_adjoint)):
+        grads = []
+        for solve in (ours, theirs):
+            field = MLPField()
+            y = y0.clone().requires_grad_()
+            out = solve(field, y, t, method=name, options=opts, rtol=1e-7, atol=1e-9)
+            grads.append(torch.autograd.grad(out.pow(2).sum(), [y] + list(field.parameters())))
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    y = y0.clone().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda y_: fastdiffeq.odeint(lambda tt, z: torch.tanh(z) * torch.cos(tt), y_, t, method=name,
+                                     options=dict(step_size=0.1)), (y,))
+
+
+def test_adams_unsupported_and_bad_options():
+    y0 = torch.tensor([1.0, 0.5], dtype=DT)
+    t = torch.linspace(0.0, 1.0, 3, dtype=DT)
+    with pytest.raises(ValueError, match="gradient='checkpoint' is not supported with the Adams method"):
+        fastdiffeq.odeint(forced, y0.requires_grad_(), t, method="implicit_adams", gradient="checkpoint",
+                          gradient_params=())
+    for options, exc, pattern in [(dict(max_order=13), ValueError, "max_order"), (dict(max_order=0), ValueError,
+                                  "max_order"), (dict(max_iters=0), ValueError, "max_iters"),
+                                  (dict(max_order=4.0), TypeError, "max_order"),
+                                  (dict(max_iters=True), TypeError, "max_iters")]:
+        with pytest.raises(exc, match=pattern):
+            fastdiffeq.odeint(forced, y0.detach(), t, method="explicit_adams", options=options)
+    with pytest.raises(ValueError, match="unknown key"):
+        fastdiffeq.odeint(forced, y0.detach(), t, method="rk4", options=dict(max_order=4))

@@ -83,7 +83,8 @@ class _FixedAdjointSolve(torch.autograd.Function):
         if torch.is_grad_enabled():
             raise RuntimeError("fastdiffeq.odeint_adjoint does not support double backward (create_graph=True)")
         ys, *params = ctx.saved_tensors
-        grad_y0, grad_params = adjoint_fixed(ctx.problem, ys, grad_ys, params, ctx.method, ctx.fixed)
+        grad_y0, grad_params = adjoint_fixed(ctx.problem, ys, grad_ys, params, ctx.method, ctx.fixed,
+                                             ctx.fixed.get("tolerances", (0.0, 0.0)))
         return (grad_y0, None, None, None, *grad_params)
 
 
@@ -248,6 +249,10 @@ def odeint_adjoint(
                 f"fastdiffeq.odeint_adjoint: method={p.method!r} with adjoint_method={adj_method!r} is not supported: "
                 "the forward and adjoint methods must both be fixed-grid or both adaptive")
         fixed = parse_fixed_options(adjoint_options, adj_method)
+        if fixed["adams"] is not None:  # its corrector's convergence test, as torchdiffeq: adjoint_rtol / atol
+            fixed["tolerances"] = (
+                _adjoint_tolerance(rtol if adjoint_rtol is None else adjoint_rtol, "adjoint_rtol"),
+                _adjoint_tolerance(atol if adjoint_atol is None else adjoint_atol, "adjoint_atol"))
         params = _gradient_params(func, adjoint_params, "fastdiffeq.odeint_adjoint", "adjoint_params")
         y_flat = p.flat_y0()
         if not (torch.is_grad_enabled() and (p.t.requires_grad or any(q.requires_grad for q in p.parts) or params)):

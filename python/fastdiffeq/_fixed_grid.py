@@ -16,6 +16,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from . import _C
+from ._adams import ADAMS_METHODS, ADAMS_OPTIONS, adams_integrate, parse_adams_options
 from ._native import field_for
 from ._stats import SolveStats, _record, _record_backward
 from ._status import Status, status_name
@@ -33,10 +34,11 @@ def parse_fixed_options(options: Optional[Dict[str, Any]], method: str) -> Dict[
         options = {}
     if not isinstance(options, dict):
         raise TypeError(f"`options` must be a dict or None, got {type(options).__name__}")
-    unknown = sorted(set(options) - FIXED_OPTIONS)
+    known = FIXED_OPTIONS | ADAMS_OPTIONS if method in ADAMS_METHODS else FIXED_OPTIONS
+    unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(f"`options` has unknown key(s) {unknown} for the fixed-grid method {method!r}; known keys: "
-                         f"{sorted(FIXED_OPTIONS)}")
+                         f"{sorted(known)}")
     step_size = options.get("step_size")
     grid_constructor = options.get("grid_constructor")
     if step_size is not None and grid_constructor is not None:
@@ -51,7 +53,8 @@ def parse_fixed_options(options: Optional[Dict[str, Any]], method: str) -> Dict[
     perturb = options.get("perturb", False)
     if not isinstance(perturb, bool):
         raise TypeError(f"options['perturb'] must be a bool, got {type(perturb).__name__}")
-    return dict(step_size=step_size, grid_constructor=grid_constructor, interp=interp, perturb=perturb)
+    adams = parse_adams_options(options, method) if method in ADAMS_METHODS else None
+    return dict(step_size=step_size, grid_constructor=grid_constructor, interp=interp, perturb=perturb, adams=adams)
 
 
 def time_grid(fixed: Dict[str, Any], func: Callable, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -77,7 +80,39 @@ def time_grid(fixed: Dict[str, Any], func: Callable, y0: torch.Tensor, t: torch.
     return -grid if reverse else grid
 
 
+def _run_adams(field: Callable, y_flat: torch.Tensor, grid: torch.Tensor, t64: torch.Tensor, fixed: Dict[str, Any],
+               rtol: float, atol: float, callback_step: Optional[Callable] = None) -> Dict[str, Any]:
+    """An Adams solve of y_flat [1, D] (fastdiffeq._adams), in torchdiffeq's time: a decreasing t is solved in
+    s = −t with −field(−s, y), so the multistep history and perturbed times are torchdiffeq's."""
+    reverse = t64.numel() >= 2 and bool(t64[1] < t64[0])
+    f, g, t_out, cb = field, grid, t64, callback_step
+    if reverse:
+        f = lambda s, y: -field(-s, y)  # noqa: E731
+        g, t_out = -grid, -t64
+        cb = None if callback_step is None else (lambda s0, y, ds: callback_step(-s0, y, -ds))
+    ys, nfe, n_steps = adams_integrate(f, y_flat, g, t_out, adams=fixed["adams"], interp=fixed["interp"],
+                                       perturb=fixed["perturb"], rtol=rtol, atol=atol, callback_step=cb)
+    return {"ys": ys, "nfe": nfe, "n_steps": n_steps}
+
+
+def _single_tolerances(p: Any) -> Tuple[float, float]:
+    if len(set(p.rtols)) > 1 or len(set(p.atols)) > 1:
+        raise ValueError(f"method {p.method!r} takes one rtol and one atol (its corrector's convergence test), not "
+                         "one per tuple element")
+    return p.rtols[0], p.atols[0]
+
+
 def _run(p: Any, y_flat: torch.Tensor, mode: str, grid: torch.Tensor, *, record: bool = True) -> Dict[str, Any]:
+    if p.fixed["adams"] is not None:
+        step_cb = None
+        if p.callbacks and p.callbacks[0] is not None:  # the state as the C++ loops pass it: in the user's shape
+            step_cb = lambda t0, y, h: p.callbacks[0](t0, y.reshape(p.user_shape), h)  # noqa: E731
+        res = _run_adams(lambda t, y: p.flat_field(t, y.reshape(-1)).reshape(1, -1), y_flat, grid, p.t64,
+                         p.fixed, *_single_tolerances(p), callback_step=step_cb)
+        if record:
+            _record(SolveStats(method=p.method, nfe=res["nfe"], n_accepted=res["n_steps"], n_rejected=0,
+                               t_final=float(p.t64[-1]), status=status_name(Status.SUCCESS), field=p.field_path))
+        return res
     res = _C.fixed_grid_solve(p.field, y_flat, grid, p.t64, method=p.method, interp=p.fixed["interp"],
                               perturb=p.fixed["perturb"], user_shape=p.user_shape, mode=mode,
                               callbacks=p.callbacks)
@@ -126,11 +161,14 @@ def solve_fixed(p: Any, y_flat: torch.Tensor, gradient: Optional[str], params: T
             return _run(p, y_flat.detach(), "graph", grid)["ys"]
     if gradient == "direct":
         return output_time_gradients(p, y_flat, lambda y: _run(p, y, "graph", grid)["ys"])
+    if p.fixed["adams"] is not None:
+        raise ValueError(f"gradient='checkpoint' is not supported with the Adams method {p.method!r} (its history "
+                         "of derivatives spans steps); use gradient='direct' or odeint_adjoint")
     return output_time_gradients(p, y_flat, lambda y: _FixedCheckpointSolve.apply(y, p, grid, *params))
 
 
 def adjoint_fixed(p: Any, ys: torch.Tensor, grad_ys: torch.Tensor, params: List[torch.Tensor], method: str,
-                  fixed: Dict[str, Any]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+                  fixed: Dict[str, Any], tolerances: Tuple[float, float]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
     """torchdiffeq's adjoint with a fixed-grid adjoint method: for each output interval, from t_i back to
     t_{i-1}, the augmented state [y, a, dL/dtheta] is integrated on the interval's own grid (built from the
     adjoint options as torchdiffeq builds it); then y is reset to the stored output and a += dL/dy(t_{i-1}).
@@ -160,8 +198,12 @@ def adjoint_fixed(p: Any, ys: torch.Tensor, grad_ys: torch.Tensor, params: List[
             s0 = torch.cat([ys[i].reshape(-1), a, theta]).reshape(1, -1)
             t_pair = p.t64[i - 1:i + 1].flip(0).contiguous()
             grid = time_grid(fixed, aug_field, s0.reshape(-1), t_pair)
-            res = _C.fixed_grid_solve(aug_field, s0, grid, t_pair, method=method, interp=fixed["interp"],
-                                      perturb=fixed["perturb"], user_shape=aug_shape, mode="graph")
+            if fixed["adams"] is not None:  # Adams on the augmented state, with the adjoint's tolerances
+                res = _run_adams(lambda tt, s: aug_field(tt, s.reshape(-1)).reshape(1, -1), s0, grid, t_pair, fixed,
+                                 *tolerances)
+            else:
+                res = _C.fixed_grid_solve(aug_field, s0, grid, t_pair, method=method, interp=fixed["interp"],
+                                          perturb=fixed["perturb"], user_shape=aug_shape, mode="graph")
             nfe += int(res["nfe"])
             n_steps += int(res["n_steps"])
             s1 = res["ys"][-1].reshape(-1)

@@ -13,6 +13,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from . import _C
+from ._adams import ADAMS_METHODS
 from ._fixed_grid import parse_fixed_options, solve_fixed
 from ._scipy import SCIPY_METHOD, parse_scipy_options, solve_scipy
 from ._errors import MaxStepsError, NonFiniteStateError, SolverError, StepSizeUnderflowError
@@ -26,9 +27,11 @@ from ._validate import (TensorOrTuple, check_func, check_state_tensor, check_tim
 __all__ = ["odeint", "METHODS"]
 
 # Each Runge-Kutta method's stepping comes with its tableau (csrc/core/tableau.h); 'scipy_solver' is scipy.
-FIXED_GRID_METHODS: Tuple[str, ...] = tuple(m for m in _C.methods if _C.tableau(m)["stepping"] == "fixed")
+# The Adams methods are multistep (fastdiffeq._adams): fixed-grid, with a history instead of a tableau.
+FIXED_GRID_METHODS: Tuple[str, ...] = tuple(m for m in _C.methods if _C.tableau(m)["stepping"] == "fixed") \
+    + ADAMS_METHODS
 ADAPTIVE_METHODS: Tuple[str, ...] = tuple(m for m in _C.methods if m not in FIXED_GRID_METHODS)
-METHODS: Tuple[str, ...] = tuple(_C.methods) + (SCIPY_METHOD,)
+METHODS: Tuple[str, ...] = tuple(_C.methods) + ADAMS_METHODS + (SCIPY_METHOD,)
 
 _ADAPTIVE_OPTIONS = frozenset({
     "first_step", "min_step", "max_step", "safety", "ifactor", "dfactor", "max_num_steps", "step_t", "jump_t",
@@ -484,7 +487,9 @@ def odeint(
             the initial time.
         rtol, atol: relative and absolute tolerances (numbers >= 0, or one per tuple element).
         method: adaptive: 'dopri5' (default), 'tsit5', 'bosh3', 'fehlberg2', 'adaptive_heun', 'dopri8';
-            fixed-grid: 'euler', 'midpoint', 'heun2', 'heun3', 'rk4' (torchdiffeq's 3/8 rule).
+            fixed-grid: 'euler', 'midpoint', 'heun2', 'heun3', 'rk4' (torchdiffeq's 3/8 rule), and the multistep
+            'explicit_adams', 'implicit_adams', 'fixed_adams' (options max_order <= 12, max_iters; not with
+            gradient='checkpoint').
         options: fixed-grid methods: step_size or grid_constructor (``grid_constructor(func, y0, t)`` -> the
             grid, from t[0] to t[-1]; default: t itself), interp ('linear' (default) or 'cubic': one more
             evaluation of func per output time), perturb (bool). Adaptive methods: a dict with any of first_step, min_step, max_step, safety (0.9), ifactor (10),
