@@ -425,3 +425,19 @@ def test_defaults_and_properties():
     assert "BrownianInterval(" in repr(a)
     c = BrownianInterval(0.0, 1.0, size=(2,), dtype=torch.float16, entropy=0)
     assert c(0.0, 0.5).dtype == torch.float16
+
+
+def test_extreme_widths_keep_their_scale():
+    # Found by the fuzzer: products of widths under/overflowed in the bridge (ZeroDivisionError, NaN, lost variance).
+    w = BrownianInterval(0.0, 1.0, size=(4000,), dtype=torch.float64, entropy=1)(0.0, 1e-300)
+    assert torch.isfinite(w).all() and 0.9e-150 < w.std().item() < 1.1e-150
+    w, u = BrownianInterval(0.0, 1.0, size=(4000,), dtype=torch.float64, entropy=2,
+                            levy_area_approximation="space-time")(0.0, 1e-80, return_U=True)
+    assert torch.isfinite(w).all() and 0.9e-40 < w.std().item() < 1.1e-40
+    w = BrownianInterval(0.0, 1e300, size=(4000,), dtype=torch.float64, entropy=3,
+                         levy_area_approximation="space-time")(0.0, 1.0)
+    assert torch.isfinite(w).all() and 0.9 < w.std().item() < 1.1
+    with pytest.raises(ValueError, match="wider than a float can hold"):
+        BrownianInterval(-1.7e308, 1.7e308, size=(2,))
+    with pytest.raises(ValueError, match="too wide for torch.float32"):
+        BrownianInterval(0.0, 1e200, size=(2,))

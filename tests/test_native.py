@@ -191,3 +191,17 @@ def test_every_method_runs_the_native_field(method):
         torch.testing.assert_close(out[0][0], out[1][0], rtol=0, atol=1e-12)
         for a, b in zip(out[0][1], out[1][1]):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_native_mlp_checks_the_state_and_cotangent():
+    # Found by the fuzzer: y on another device and a cotangent of another dtype failed inside ATen.
+    W, b = torch.randn(3, 2, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    W2, b2 = torch.randn(2, 3, dtype=torch.float64), torch.randn(2, dtype=torch.float64)
+    mlp = fastdiffeq._C.NativeMLP([W, W2], [b, b2], "tanh")
+    t, y = torch.zeros((), dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="the state is on meta"):
+        mlp(t, y.to("meta"))
+    with pytest.raises(TypeError, match="the cotangent is Float"):
+        mlp.vjp(y, y.float())
+    with pytest.raises(RuntimeError, match="shape"):
+        mlp.vjp(y, y[:2])

@@ -456,3 +456,27 @@ def test_bad_inputs():
                        adjoint_method="adjoint_reversible_heun")
     with pytest.raises(ValueError, match="adjoint_params"):
         sdeint_adjoint(sde.__dict__, y0, ts)
+
+
+def test_inputs_found_by_the_fuzzer_raise_clear_errors():
+    sde = Nonlinear("diagonal", "ito")
+    y0 = torch.rand(2, 3, dtype=F64)
+    with pytest.raises(TypeError, match="dt must be a number"):
+        sdeint(sde, y0, [0.0, 1.0], dt="0.1")
+    with pytest.raises(ValueError, match="wider than a float|fixed steps"):
+        sdeint(sde, y0, [-1.7e308, 1.7e308], method="euler")
+    with pytest.raises(ValueError, match="bm has dtype torch.float32"):
+        sdeint(sde, y0, [0.0, 1.0], method="euler", bm=BrownianInterval(0.0, 1.0, size=(2, 3)))
+    with pytest.raises(ValueError, match="meta"):
+        sdeint(sde, y0.to("meta"), [0.0, 1.0], method="euler")
+    with pytest.raises(ValueError, match="cannot solve the adjoint SDE"):  # at the call, not at backward()
+        sdeint_adjoint(sde, y0, [0.0, 1.0], method="euler", adjoint_method="srk",
+                       bm=BrownianInterval(0.0, 1.0, size=(2, 3), dtype=F64, levy_area_approximation="space-time"))
+
+    class NaNGeneral(Nonlinear):
+        def g(self, t, y):
+            return super().g(t, y) * float("nan")
+
+    with pytest.raises(fastdiffeq.NonFiniteStateError, match="pseudo-inverse"):
+        sdeint(NaNGeneral("general", "ito"), y0, [0.0, 1.0], method="euler", dt=0.5, logqp=True,
+               bm=BrownianInterval(0.0, 1.0, size=(2, 2), dtype=F64))

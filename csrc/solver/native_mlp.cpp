@@ -97,12 +97,20 @@ NativeMlpField::NativeMlpField(MlpSpec spec) : spec_(std::move(spec)) {
   for (const at::Tensor& q : spec_.params()) n_params_ += q.numel();
 }
 
+void NativeMlpField::check_input(const at::Tensor& x, const char* what) const {
+  const at::Tensor& W = spec_.weights.front();
+  TORCH_CHECK_VALUE(x.defined(), "fastdiffeq: the MLP's ", what, " is undefined");
+  TORCH_CHECK_TYPE(x.scalar_type() == W.scalar_type(), "fastdiffeq: the MLP's parameters are ", W.scalar_type(),
+                   " but the ", what, " is ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.device() == W.device(), "fastdiffeq: the MLP's parameters are on ", W.device(), " but the ",
+                    what, " is on ", x.device());
+}
+
 at::Tensor NativeMlpField::eval(const at::Tensor& /*t*/, const at::Tensor& y) {
   const int64_t in = in_features();
   TORCH_CHECK_VALUE(y.numel() % in == 0, "fastdiffeq: the MLP takes ", in, " features, the state has ", y.numel(),
               " elements");
-  TORCH_CHECK_TYPE(y.scalar_type() == spec_.weights.front().scalar_type(), "fastdiffeq: the MLP's parameters are ",
-              spec_.weights.front().scalar_type(), " but the state is ", y.scalar_type());
+  check_input(y, "state");
   at::Tensor h = y.reshape({-1, in});
   const size_t L = spec_.weights.size();
   for (size_t k = 0; k < L; ++k) {
@@ -116,6 +124,12 @@ FieldVjp NativeMlpField::vjp(const at::Tensor& /*t*/, const at::Tensor& y, const
                              at::Tensor& grad_params) {
   at::NoGradGuard no_grad;  // by hand: nothing here is recorded
   const int64_t in = in_features();
+  TORCH_CHECK_VALUE(y.numel() % in == 0, "fastdiffeq: the MLP takes ", in, " features, the state has ", y.numel(),
+                    " elements");
+  check_input(y, "state");
+  check_input(v, "cotangent");
+  TORCH_CHECK_VALUE(v.sizes() == y.sizes(), "fastdiffeq: the MLP's cotangent has shape ", v.sizes(),
+                    ", the state ", y.sizes());
   const size_t L = spec_.weights.size();
   // Forward, keeping each layer's input and (hidden layers) pre-activation.
   std::vector<at::Tensor> inputs(L), pre(L);

@@ -44,6 +44,9 @@ class NativeMlpField : public VectorField {
   int64_t in_features() const { return spec_.weights.front().size(1); }
 
  private:
+  // The state (and a cotangent) against the parameters: feature count, dtype and device, with errors naming them.
+  void check_input(const at::Tensor& x, const char* what) const;
+
   MlpSpec spec_;
   int64_t n_params_ = 0;
 };

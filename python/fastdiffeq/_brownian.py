@@ -231,6 +231,8 @@ class BrownianInterval(BaseBrownian):
         t1f = _time_scalar(t1, "t1")
         if t0f > t1f:
             raise ValueError(f"`t0` ({t0f}) must not be greater than `t1` ({t1f})")
+        if not math.isfinite(t1f - t0f):
+            raise ValueError(f"the interval [`t0`, `t1`] = [{t0f}, {t1f}] is wider than a float can hold")
         dtf = None if dt is None else _time_scalar(dt, "dt")
         if dtf is not None and dtf <= 0:
             raise ValueError(f"`dt` must be positive, got {dtf}")
@@ -267,6 +269,9 @@ class BrownianInterval(BaseBrownian):
             raise ValueError(f"`entropy` must be non-negative, got {entropy}")
         entropy = int(entropy)
         size_t, dtype, device = self._resolve_tensor_info(size, dtype, device, W, H)
+        if math.sqrt(t1f - t0f) * 40 > torch.finfo(dtype).max:  # W ~ sqrt(t1 - t0) N(0, 1): |N| < 40
+            raise ValueError(f"the interval [`t0`, `t1`] = [{t0f}, {t1f}] is too wide for {dtype}: its Brownian "
+                             f"increments overflow")
 
         self._size = size_t
         self._dtype = dtype
@@ -465,21 +470,26 @@ class BrownianInterval(BaseBrownian):
         h1 = node.mid - node.start
         h2 = node.end - node.mid
         h = h1 + h2
+        # Every coefficient is sqrt(h) times a function of the fractions p = h1/h, q = h2/h (p + q = 1), so no
+        # product of widths can overflow or underflow, however wide or narrow the node (a width near 1e-300 or
+        # 1e300 kept its variance only this way).
+        p, q = h1 / h, h2 / h
+        root_h = math.sqrt(h)
         if H is None:
             W1 = self._randn(self._size, node.index, 0)
-            W1.mul_(math.sqrt(h1 * h2 / h)).add_(W, alpha=h1 / h)
+            W1.mul_(root_h * math.sqrt(p * q)).add_(W, alpha=p)
             return (W1, None), (W - W1, None)
         noise = self._randn((2, *self._size), node.index, 0)
         Z1, Z2 = noise[0], noise[1]
-        S = h1 ** 3 + h2 ** 3
-        a = math.sqrt(h1 * h2 * S) / (h * h)
-        b = -h1 ** 3 * h2 / (2 * h ** 3 * a)
-        c = math.sqrt(h1 * h2 ** 3 / (12 * S))
-        e = -h1 * h2 ** 3 / (2 * h ** 3 * a)
-        f = -h1 * math.sqrt(h1 * h2 / (12 * S))
-        W1 = torch.mul(Z1, a).add_(W, alpha=h1 / h).add_(H, alpha=6 * h1 * h2 / (h * h))
-        H1 = torch.mul(Z1, b).add_(Z2, alpha=c).add_(H, alpha=(h1 / h) ** 2)
-        H2 = Z1.mul_(e).add_(Z2, alpha=f).add_(H, alpha=(h2 / h) ** 2)
+        cubes = p ** 3 + q ** 3  # S / h^3, in [1/4, 1]
+        a = root_h * math.sqrt(p * q * cubes)
+        b = -root_h * p ** 2.5 * math.sqrt(q) / (2 * math.sqrt(cubes))
+        c = root_h * math.sqrt(p * q ** 3 / (12 * cubes))
+        e = -root_h * math.sqrt(p) * q ** 2.5 / (2 * math.sqrt(cubes))
+        f = -root_h * p * math.sqrt(p * q / (12 * cubes))
+        W1 = torch.mul(Z1, a).add_(W, alpha=p).add_(H, alpha=6 * p * q)
+        H1 = torch.mul(Z1, b).add_(Z2, alpha=c).add_(H, alpha=p * p)
+        H2 = Z1.mul_(e).add_(Z2, alpha=f).add_(H, alpha=q * q)
         return (W1, H1), (W - W1, H2)
 
     def _levy_area(self, node: _Node, W: torch.Tensor, H: torch.Tensor) -> torch.Tensor:

@@ -92,15 +92,10 @@ def prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, 
                          f"{tuple(y0.shape)}")
     if not y0.is_floating_point():
         raise ValueError(f"y0 must have a floating-point dtype, got {y0.dtype}")
+    if y0.is_meta:
+        raise ValueError("y0 must not be a meta tensor: the solve needs values")
     for name, value in (("dt", dt), ("rtol", rtol), ("atol", atol), ("dt_min", dt_min)):
-        if torch.is_tensor(value) and value.requires_grad:
-            raise ValueError(f"{name} must not require gradient")
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise TypeError(f"{name} must be a number, got {type(value).__name__}") from None
-        if not number == number or number in (float("inf"), float("-inf")):
-            raise ValueError(f"{name} must be finite, got {number}")
+        check_number(value, name)
     if float(dt) <= 0:
         raise ValueError(f"dt must be > 0, got {float(dt)}")
     if adaptive and float(dt_min) <= 0:
@@ -130,6 +125,10 @@ def prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, 
         levy = {"WU": "space-time", "WA": "davie"}.get(method_rec.brownian, "none")
         bm = BrownianInterval(t0=ts[0], t1=ts[-1], size=(y0.size(0), noise), dtype=y0.dtype, device=y0.device,
                               levy_area_approximation=levy)
+    for attr, want in (("dtype", y0.dtype), ("device", y0.device)):
+        have = getattr(bm, attr, want)
+        if have != want:
+            raise ValueError(f"bm has {attr} {have}, but y0 has {want}: the Brownian motion must match the state")
     levy_area = getattr(bm, "levy_area_approximation", "none")
     check_method(method_rec, view, levy_area)
     if view.noise_type == "scalar" and torch.Size(bm.shape[1:]).numel() != 1:
@@ -138,6 +137,23 @@ def prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, 
         warnings.warn("Numerical solution is not guaranteed to converge to the correct solution when using adaptive "
                       "time-stepping with the Euler--Maruyama method with non-additive noise.")
     return Problem(view, y0, ts, bm, method_rec, options)
+
+
+def check_number(value: Any, name: str) -> float:
+    """A finite real number (int, float or a one-element tensor without grad) or a TypeError / ValueError."""
+    if torch.is_tensor(value):
+        if value.requires_grad:
+            raise ValueError(f"{name} must not require gradient")
+        if value.numel() != 1 or value.is_meta or value.is_complex():
+            raise TypeError(f"{name} must be a real number or a one-element tensor, got shape {tuple(value.shape)}")
+        number = float(value)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {number}")
+    return number
 
 
 def _check_ts(ts, y0: torch.Tensor) -> torch.Tensor:
@@ -151,6 +167,8 @@ def _check_ts(ts, y0: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"ts must be 1-D with at least 2 times, got shape {tuple(ts.shape)}")
     if not ts.is_floating_point():
         raise ValueError(f"ts must be floating point, got {ts.dtype}")
+    if ts.is_meta:
+        raise ValueError("ts must not be a meta tensor")
     if not bool(torch.isfinite(ts).all()):
         raise ValueError("ts must be finite")
     if not bool((ts[1:] > ts[:-1]).all()):
@@ -234,9 +252,10 @@ def init_extra(method: Method, view: SDEView, t0: torch.Tensor, y0: torch.Tensor
 def fixed_grid(ts: torch.Tensor, dt: float) -> list[torch.Tensor]:
     """torchsde's step times: t ← min(t + dt, ts[-1]) from ts[0] (in ts's dtype), until ts[-1]."""
     t, t_end = ts[0], ts[-1]
-    n_steps = math.ceil(float(t_end - t) / float(dt))
-    if n_steps > MAX_STEPS:
-        raise ValueError(f"dt={float(dt)} makes {n_steps} fixed steps over [{float(t)}, {float(t_end)}] (more than "
+    n_steps = float(t_end - t) / float(dt)
+    if not math.isfinite(n_steps) or n_steps > MAX_STEPS:
+        count = math.ceil(n_steps) if math.isfinite(n_steps) else n_steps
+        raise ValueError(f"dt={float(dt)} makes {count} fixed steps over [{float(t)}, {float(t_end)}] (more than "
                          f"{MAX_STEPS}); dt is absolute, as in torchsde: choose a larger dt")
     grid = [t]
     while t < t_end:

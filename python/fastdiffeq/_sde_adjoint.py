@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 
 from ._brownian import ReverseBrownian
-from ._sde import _warn_unused, init_extra, integrate, parse_return, prepare
+from ._sde import _warn_unused, check_number, init_extra, integrate, parse_return, prepare
 from ._sde_methods import Method, check_method, select
 from ._sde_view import SDEView, vjp
 
@@ -51,7 +51,6 @@ class AdjointSDE:
         self.sde_type = forward.sde_type
         self.noise_type = {"additive": "general"}.get(forward.noise_type, forward.noise_type)
         self.diagonal = forward.noise_type == "diagonal"
-        self._numel2 = sum(s.numel() for s in self.shapes[:2])
         ito_corrected = forward.sde_type == "ito" and forward.noise_type != "additive"
         self._correction = None if not ito_corrected else (
             self._ito_correction_diagonal if self.diagonal else self._ito_correction_columns)
@@ -217,10 +216,7 @@ class _SdeintAdjoint(torch.autograd.Function):
             else select(s["adjoint_method"], adjoint.sde_type)
         reverse_bm = ReverseBrownian(s["bm"])
         if method.name != "adjoint_reversible_heun":
-            check_method(method, adjoint, getattr(s["bm"], "levy_area_approximation", "none"))
-            if s["adjoint_options"].get("grad_free", False) and method.name == "milstein":
-                raise ValueError("adjoint_options: derivative-free Milstein (grad_free=True) cannot solve the adjoint "
-                                 "SDE (it needs the diffusion itself); use adjoint_options=dict(grad_free=False)")
+            _check_adjoint_method(method, adjoint, s["bm"], s["adjoint_options"])
         ts = s["ts"]
         state = _flatten(aug).unsqueeze(0)
         if extra_state is None:
@@ -269,8 +265,7 @@ def sdeint_adjoint(sde: Any, y0: torch.Tensor, ts, bm: Any = None, method: str |
             raise TypeError(f"adjoint_params[{i}] must be a tensor, got {type(p).__name__}")
     params = tuple(p for p in params if p.requires_grad)
     for name, value in (("adjoint_rtol", adjoint_rtol), ("adjoint_atol", adjoint_atol)):
-        if torch.is_tensor(value) and value.requires_grad:
-            raise ValueError(f"{name} must not require gradient")
+        check_number(value, name)
     if adjoint_options is not None and not isinstance(adjoint_options, dict):
         raise TypeError(f"adjoint_options must be a dict, got {type(adjoint_options).__name__}")
     adjoint_options = {} if adjoint_options is None else dict(adjoint_options)
@@ -282,6 +277,9 @@ def sdeint_adjoint(sde: Any, y0: torch.Tensor, ts, bm: Any = None, method: str |
     exact = p.method.name == "reversible_heun" and adjoint_method == "adjoint_reversible_heun"
     if adjoint_method == "adjoint_reversible_heun" and not exact:
         raise ValueError("adjoint_method='adjoint_reversible_heun' is the adjoint of method='reversible_heun' only")
+    if not exact:  # refuse an adjoint method that cannot solve the adjoint SDE now, not at backward()
+        _check_adjoint_method(select(adjoint_method, p.view.sde_type), AdjointSDE(p.view, (), ()), p.bm,
+                              adjoint_options)
     if p.method.name == "reversible_heun":
         _warn_reversible(p.ts, dt, adaptive or adjoint_adaptive, adjoint_method)
     if extra_solver_state is None:
@@ -293,6 +291,13 @@ def sdeint_adjoint(sde: Any, y0: torch.Tensor, ts, bm: Any = None, method: str |
                     adjoint_options=adjoint_options, n_extra=len(extra_solver_state), exact=exact)
     ys, *extra_state = _SdeintAdjoint.apply(settings, p.y0, *extra_solver_state, *params)
     return parse_return(p.y0, ys, tuple(extra_state), extra, logqp)
+
+
+def _check_adjoint_method(method: Method, adjoint: AdjointSDE, bm: Any, adjoint_options: dict) -> None:
+    check_method(method, adjoint, getattr(bm, "levy_area_approximation", "none"))
+    if adjoint_options.get("grad_free", False) and method.name == "milstein":
+        raise ValueError("adjoint_options: derivative-free Milstein (grad_free=True) cannot solve the adjoint SDE (it "
+                         "needs the diffusion itself); use adjoint_options=dict(grad_free=False)")
 
 
 def _default_adjoint_method(view: SDEView, method: Method, adjoint_method: str | None) -> str:

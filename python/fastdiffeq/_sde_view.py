@@ -109,7 +109,13 @@ class LogqpSDE:
             u = stable_division(f - h, g)
             g_logqp = y.new_zeros(y.size(0), 1)
         else:
-            u = batch_mvp(g.pinverse(), f - h)
+            try:
+                u = batch_mvp(g.pinverse(), f - h)
+            except torch.linalg.LinAlgError as err:  # pinverse of a non-finite diffusion: name the cause
+                from ._errors import NonFiniteStateError
+
+                raise NonFiniteStateError(f"sdeint(logqp=True): the pseudo-inverse of the diffusion g(t, y) failed "
+                                          f"({err}); g is probably not finite", t=float(t)) from None
             g_logqp = y.new_zeros(g.size(0), 1, g.size(-1))
         f_logqp = 0.5 * (u**2).sum(dim=1, keepdim=True)
         return torch.cat([f, f_logqp], dim=1), torch.cat([g, g_logqp], dim=1)
