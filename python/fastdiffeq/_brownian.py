@@ -288,8 +288,9 @@ class BrownianInterval(BaseBrownian):
         self._ndigits = -int(math.log10(tolf)) if tolf > 0 else None
         self._start = self._round(t0f)  # torchsde's names for the interval ends
         self._end = self._round(t1f)
-        if self._start > self._end:
-            raise ValueError(f"`t0` and `t1` round to {self._start} > {self._end} at `tol`={tolf}")
+        if self._start > self._end or (self._start == self._end and t0f < t1f):
+            raise ValueError(f"`tol`={tolf} is too coarse for [`t0`, `t1`] = [{t0f}, {t1f}]: they round to "
+                             f"{self._start} and {self._end}")
         span = self._end - self._start
         self._slack = 64 * 2.220446049250313e-16 * max(abs(self._start), abs(self._end), span)
         if cache_size is None:
