@@ -6,10 +6,13 @@
     ConcatSquashMLP(dim, hidden=(64, 64, 64), activation) -- FFJORD's dynamics network, forward(t, z) -> dz
     CNF(dynamics, *, trace, noise, T, train_T, kinetic, jacobian, method, rtol, atol, gradient, base, ...)
         -- a continuous normalizing flow: forward, inverse, log_prob, sample, regularization
+    ResidualODE(blocks, *, scheme='euler'|'heun', gradient='backprop'|'reconstruct') -- ResNet / HeunNet as a
+        discretised neural ODE, with the memory-free reconstruct gradient (Sander, Ablin, Peyre 2022)
     ACTIVATIONS -- the activation names the networks accept
 """
 
 from ._cnf import CNF
 from ._layers import ACTIVATIONS, MLP, ConcatSquashLinear, ConcatSquashMLP
+from ._residual import ResidualODE
 
-__all__ = ["CNF", "ConcatSquashLinear", "ConcatSquashMLP", "MLP", "ACTIVATIONS"]
+__all__ = ["CNF", "ConcatSquashLinear", "ConcatSquashMLP", "MLP", "ACTIVATIONS", "ResidualODE"]

@@ -1,0 +1,68 @@
+// Algebraically reversible Runge-Kutta solves (gradient='reversible'): the coupled pair (y, z) stepped by
+// core/reversible.h around any explicit base tableau, adaptive or on a fixed grid. The forward keeps only
+// the current pair and the accepted (t0, h) of every step; the backward walks the steps in reverse,
+// rebuilds each earlier pair from the later one (exactly, to rounding) and back-propagates through that
+// step's two base steps, one at a time. Gradients are those of the discrete reversible solve.
+// Steps land exactly on every output time (adaptive: a step is cut short to reach it; fixed grid: the
+// caller's grid contains the output times), so the outputs are the y at those steps: no interpolation.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "solver/rk_solve.h"
+#include "solver/vector_field.h"
+
+namespace fde::solver {
+
+struct ReversibleOptions {
+  // The base method, tolerances, controller, first step and max_num_steps (adaptive tableaus; step_t,
+  // jump_t, record_dense, progress and callbacks are not supported and must be left empty).
+  RkOptions rk;
+  double coupling = 0.999;  // lambda in (0, 1] (core::valid_coupling)
+  // Fixed-grid tableaus: the step end points, from t_out[0] to t_out[T-1], strictly monotone, containing
+  // every output time. Empty for adaptive tableaus.
+  std::vector<double> grid;
+};
+
+struct ReversibleStep {
+  double t0, h;
+  int64_t out;  // the output row the step lands on, or -1
+};
+
+struct ReversibleTape {
+  const core::Tableau* tableau = nullptr;
+  double coupling = 0.999;
+  std::vector<ReversibleStep> steps;  // accepted steps in order
+  at::Tensor y_end, z_end;            // the pair after the last step, [B, D]
+  int64_t n_outputs = 0;
+};
+
+struct ReversibleResult {
+  at::Tensor ys;  // [T, B, D]; rows not reached (the solve failed first) are NaN
+  int status = 0;  // core::Status
+  double t_final = 0.0;
+  int64_t nfe = 0, n_accepted = 0, n_rejected = 0;
+  std::shared_ptr<ReversibleTape> tape;
+};
+
+// y0: [1, D] float32/float64 contiguous (joint mode: one step size); t_out: float64 [T] on the CPU,
+// strictly monotone. Runs without a graph (NoGradGuard).
+ReversibleResult reversible_solve(VectorField& field, const at::Tensor& y0, const at::Tensor& t_out,
+                                  const ReversibleOptions& options);
+
+struct ReversibleGradients {
+  at::Tensor grad_y0;                   // [1, D]
+  std::vector<at::Tensor> grad_params;  // one per parameter (zeros when unused)
+  at::Tensor ys_rebuilt;                // [T, 1, D]: y at every output time as the reverse walk rebuilt it
+  int64_t nfe = 0;
+};
+
+// grad_ys: [T, 1, D] cotangents of the outputs (the state's dtype and device).
+ReversibleGradients reversible_backward(VectorField& field, const ReversibleTape& tape, const at::Tensor& grad_ys,
+                                        const std::vector<at::Tensor>& params);
+
+}  // namespace fde::solver

@@ -1,0 +1,133 @@
+"""gradient='reversible': algebraically reversible Runge-Kutta solves (McCallum & Foster, 2024).
+
+Any explicit base method (adaptive or fixed-grid) is made reversible by carrying a second state z alongside
+y (z_0 = y_0) and coupling them with the parameter lambda (``coupling``, default 0.999):
+
+    y_{n+1} = lambda y_n + (1 - lambda) z_n + Psi_h(t_n, z_n)
+    z_{n+1} = z_n - Psi_{-h}(t_{n+1}, y_{n+1})
+
+where Psi_h(t, x) is the base method's increment over one step h from (t, x). The map is inverted exactly
+(to rounding) by evaluating the same two base steps in the opposite order, so the backward pass rebuilds
+every earlier state from the final pair instead of storing it: memory O(state) plus the accepted (t, h),
+time about that of one more forward solve with a graph. The gradients are exact gradients of the discrete
+reversible solve (step sizes are constants). The loop is C++ (csrc/solver/reversible.cpp).
+
+Adaptive methods: the error ratio of a step is the larger of the two base steps' embedded error ratios
+(each the RMS of err / (atol + rtol max(|x_start|, |x_end|))), with the usual controller. Steps land exactly
+on every output time (a step is cut short to reach it), so outputs are the y of those steps, never
+interpolated. Fixed-grid methods step on torchdiffeq's grid merged with the output times.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from . import _C
+from ._native import field_for
+from ._stats import SolveStats, _record, _record_backward
+from ._status import Status, status_name
+
+DEFAULT_COUPLING = 0.999
+
+
+def check_coupling(coupling: Any) -> float:
+    """The coupling parameter lambda as a float in (0, 1], or a ValueError/TypeError naming it."""
+    if isinstance(coupling, bool) or not isinstance(coupling, (int, float)):
+        raise TypeError(f"`reversible_coupling` must be a number in (0, 1], got {type(coupling).__name__}")
+    c = float(coupling)
+    if not (0.0 < c <= 1.0):
+        raise ValueError(f"`reversible_coupling` must lie in (0, 1], got {coupling!r}")
+    return c
+
+
+def check_reversible_problem(p: Any) -> None:
+    """What the reversible loop does not support, each a ValueError naming it."""
+    if p.step_t or p.jump_t:
+        raise ValueError("gradient='reversible' does not support options['step_t'] / options['jump_t'] yet")
+    if p.user_norm is not None:
+        raise ValueError("gradient='reversible' does not support options['norm'] yet (the RMS norm is used)")
+    if p.callbacks is not None:
+        raise ValueError("gradient='reversible' does not support step callbacks (func.callback_step, ...)")
+    if p.progress:
+        raise ValueError("gradient='reversible' does not support progress=True yet")
+    if p.fixed is not None and (p.fixed["interp"] != "linear" or p.fixed["perturb"]):
+        raise ValueError("gradient='reversible' with a fixed-grid method lands on every output time (no "
+                         "interpolation) and does not support options['interp'] = 'cubic' or options['perturb']")
+
+
+def _grid(p: Any) -> list:
+    """Fixed-grid methods: torchdiffeq's grid merged with the output times (the steps land on every output)."""
+    if p.fixed is None:
+        return []
+    from ._fixed_grid import _grid_y0, time_grid
+    g = time_grid(p.fixed, p.func, _grid_y0(p), p.t).tolist()
+    t = p.t64.tolist()
+    decreasing = len(t) >= 2 and t[1] < t[0]
+    merged = sorted(set(g) | set(t), reverse=decreasing)
+    lo, hi = min(t[0], t[-1]), max(t[0], t[-1])
+    return [x for x in merged if lo <= x <= hi]
+
+
+def _options(p: Any) -> Any:
+    o = _C.RkOptions()
+    o.method = p.method
+    o.rtol, o.atol, o.segment_ends = list(p.rtols), list(p.atols), list(p.segment_ends)
+    if p.fixed is None:
+        o.control = p.opts["control"]
+        o.first_step, o.max_num_steps = p.opts["first_step"], p.opts["max_num_steps"]
+    return o
+
+
+def run_reversible(p: Any, y_flat: torch.Tensor, coupling: float, raise_status) -> Dict[str, Any]:
+    """One forward reversible solve (no graph); records the stats and raises the typed error on failure."""
+    from ._odeint import gc_paused
+    with torch.no_grad(), gc_paused():
+        res = _C.reversible_solve(p.field, y_flat.detach(), p.t64, _options(p), coupling=coupling, grid=_grid(p),
+                                  user_shape=p.user_shape)
+    stats = SolveStats(method=p.method, nfe=int(res["nfe"]), n_accepted=int(res["n_accepted"]),
+                       n_rejected=int(res["n_rejected"]), t_final=float(res["t_final"]),
+                       status=status_name(res["status"]), field=p.field_path)
+    _record(stats)
+    if res["status"] != Status.SUCCESS:
+        raise_status(res["status"], float(res["t_final"]), stats, p.opts, "odeint")
+    return res
+
+
+class ReversibleSolve(torch.autograd.Function):
+    """Forward keeps the final pair and the accepted steps; backward rebuilds and back-propagates (C++)."""
+
+    @staticmethod
+    def forward(ctx, y_flat: torch.Tensor, problem: Any, coupling: float, raise_status: Any,
+                *params: torch.Tensor) -> torch.Tensor:
+        res = run_reversible(problem, y_flat, coupling, raise_status)
+        ctx.problem = problem
+        ctx.tape = res["tape"]
+        ctx.save_for_backward(*params)
+        return res["ys"]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_ys: torch.Tensor):
+        p = ctx.problem
+        params = list(ctx.saved_tensors)
+        field, path = field_for(p.field, p.func, p.native, params)
+        from ._odeint import gc_paused
+        with gc_paused():
+            grad_y0, grad_params, nfe, _ = _C.reversible_backward(field, ctx.tape, grad_ys.contiguous(), params,
+                                                                  p.user_shape)
+        _record_backward(SolveStats(method=p.method, nfe=int(nfe), n_accepted=ctx.tape.n_steps, n_rejected=0,
+                                    t_final=float(p.t64[0]), status=status_name(Status.SUCCESS), field=path))
+        return (grad_y0, None, None, None, *grad_params)
+
+
+def solve_reversible(p: Any, y_flat: torch.Tensor, params: Tuple[torch.Tensor, ...], coupling: float,
+                     needs_grad: bool, output_time_gradients, raise_status) -> torch.Tensor:
+    """ys [T, 1, D] of the reversible solve; differentiable w.r.t. y0, params (and t) when needs_grad."""
+    check_reversible_problem(p)
+    if not needs_grad:
+        return run_reversible(p, y_flat, coupling, raise_status)["ys"]
+    return output_time_gradients(
+        p, y_flat, lambda y: ReversibleSolve.apply(y, p, coupling, raise_status, *params))
