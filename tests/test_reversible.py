@@ -1,0 +1,207 @@
+"""gradient='reversible' (F10): algebraically reversible Runge-Kutta (McCallum & Foster 2024).
+
+References, each independent of the C++ loop: a plain-torch implementation of the reversible step written
+from the paper's formulas with the tableau's data, run on the loop's accepted steps and differentiated by
+autograd (the "direct backprop of the same reversible discrete solve"); torch.autograd.gradcheck; the
+analytic solution of a linear ODE (order of convergence); peak RSS of child processes (memory).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import fastdiffeq
+from fastdiffeq import _C
+from fastdiffeq._odeint import _parse_options, solver_options
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+D = 3
+
+
+class Field(torch.nn.Module):
+    """A small time-dependent tanh MLP field (float64)."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.w1 = torch.nn.Parameter(0.7 * torch.randn(16, D, generator=g, dtype=torch.float64))
+        self.b1 = torch.nn.Parameter(0.1 * torch.randn(16, generator=g, dtype=torch.float64))
+        self.w2 = torch.nn.Parameter(0.7 * torch.randn(D, 16, generator=g, dtype=torch.float64))
+
+    def forward(self, t, y):
+        return torch.tanh(y @ self.w1.T + self.b1 + t) @ self.w2.T - 0.2 * y
+
+
+def ref_base_step(f, tab, t0: float, h: float, x: torch.Tensor) -> torch.Tensor:
+    """x + Psi_h(t0, x) of an explicit RK tableau, plain torch."""
+    ks = []
+    for i in range(tab["stages"]):
+        xi = x + h * sum((a * k for a, k in zip(tab["a"][i], ks)), torch.zeros_like(x))
+        ks.append(f(torch.tensor(t0 + tab["c"][i] * h, dtype=x.dtype), xi))
+    return x + h * sum(b * k for b, k in zip(tab["b"], ks))
+
+
+def ref_reversible(f, tab, y0: torch.Tensor, steps, n_out: int, lam: float):
+    """The reversible solve on the given steps (t0, h, out): ys at the outputs, differentiable by autograd."""
+    y, z = y0, y0
+    rows = [None] * n_out
+    rows[0] = y0
+    for t0, h, out in steps:
+        y1 = lam * y + (1 - lam) * z + (ref_base_step(f, tab, t0, h, z) - z)
+        z = z - (ref_base_step(f, tab, t0 + h, -h, y1) - y1)
+        y = y1
+        if out >= 0:
+            rows[out] = y
+    return torch.stack(rows)
+
+
+def raw_solve(func, y0, t, method, coupling=0.999, grid=(), rtol=1e-8, atol=1e-10):
+    opts = solver_options(method, [rtol], [atol], [y0.numel()], _parse_options(None, 1), [], [], torch.device("cpu"))
+    return _C.reversible_solve(func, y0.detach().reshape(1, -1), t.to(torch.float64), opts, coupling=coupling,
+                               grid=list(grid), user_shape=list(y0.shape))
+
+
+CASES = [("dopri5", None), ("tsit5", None), ("bosh3", None), ("rk4", 0.05), ("midpoint", 0.04), ("euler", 0.02)]
+
+
+@pytest.mark.parametrize("method,step", CASES)
+def test_forward_matches_the_formulas_and_rebuilds_in_reverse(method, step):
+    f = Field()
+    y0 = torch.tensor([0.5, -0.3, 0.8], dtype=torch.float64)
+    t = torch.linspace(0.0, 2.0, 7, dtype=torch.float64)
+    grid = [] if step is None else sorted(set(torch.arange(0, 2.0 + 1e-12, step, dtype=torch.float64).tolist()) |
+                                          set(t.tolist()))
+    res = raw_solve(f, y0, t, method, grid=grid)
+    tape = res["tape"]
+    assert tape.n_steps >= t.numel() - 1
+    assert [s[2] for s in tape.steps if s[2] >= 0] == list(range(1, t.numel()))  # lands on every output
+    with torch.no_grad():
+        ref = ref_reversible(f, _C.tableau(method), y0, tape.steps, t.numel(), 0.999)
+    torch.testing.assert_close(res["ys"].reshape(t.numel(), D), ref, rtol=0, atol=1e-12)
+    # The backward walk rebuilds every forward state from the final pair: exact up to rounding.
+    grad_ys = torch.zeros_like(res["ys"])
+    _, _, nfe, rebuilt = _C.reversible_backward(f, tape, grad_ys, list(f.parameters()), [D])
+    assert (rebuilt - res["ys"]).abs().max().item() < 1e-10
+    assert nfe == 2 * _C.tableau(method)["stages"] * tape.n_steps
+
+
+@pytest.mark.parametrize("method,step", CASES)
+def test_gradient_equals_backprop_of_the_same_reversible_solve(method, step):
+    f = Field(seed=1)
+    y0 = torch.tensor([0.2, 0.9, -0.4], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 0.3, 1.1, 1.5], dtype=torch.float64)
+    w = torch.randn(t.numel(), D, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    options = None if step is None else dict(step_size=step)
+    # lambda < 1 damps y - z forward and amplifies rounding by 1/lambda per step in reverse, so the coupling is
+    # kept close to 1 (0.99 over <= 200 steps: at most ~7x).
+    ys = fastdiffeq.odeint(f, y0, t, method=method, options=options, rtol=1e-6, atol=1e-8, gradient="reversible",
+                           reversible_coupling=0.99)
+    params = [y0, *f.parameters()]
+    got = torch.autograd.grad((ys * w).sum(), params)
+    grid = []
+    if step is not None:  # torchdiffeq's grid (arange from t0, the last point moved onto t[-1]) and the outputs
+        g = torch.arange(math.ceil(1.5 / step + 1), dtype=torch.float64) * step
+        g[-1] = 1.5
+        grid = sorted(set(g.tolist()) | set(t.tolist()))
+    tape = raw_solve(f, y0, t, method, coupling=0.99, grid=grid, rtol=1e-6, atol=1e-8)["tape"]
+    assert tape.n_steps <= 200
+    ref_ys = ref_reversible(f, _C.tableau(method), y0, tape.steps, t.numel(), 0.99)
+    torch.testing.assert_close(ys, ref_ys, rtol=0, atol=1e-12)
+    want = torch.autograd.grad((ref_ys * w).sum(), params)
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g, r, rtol=1e-8, atol=1e-10)
+
+
+def test_decreasing_time_and_tuple_state():
+    f = Field(seed=2)
+    y0 = torch.tensor([0.1, -0.7, 0.4], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([1.0, 0.4, -0.5], dtype=torch.float64)
+    ys = fastdiffeq.odeint(f, y0, t, gradient="reversible", rtol=1e-9, atol=1e-11)
+    direct = fastdiffeq.odeint(f, y0, t, rtol=1e-11, atol=1e-13)
+    torch.testing.assert_close(ys, direct, rtol=0, atol=1e-6)  # a different discretisation of the same ODE
+    (g,) = torch.autograd.grad(ys.sum(), y0)
+    (g_ref,) = torch.autograd.grad(direct.sum(), y0)
+    torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-5)
+    pair = fastdiffeq.odeint(lambda t, y: (y[1], -y[0]), (torch.tensor(1.0, dtype=torch.float64),
+                             torch.tensor(0.0, dtype=torch.float64)), torch.tensor([0.0, 1.0], dtype=torch.float64),
+                             gradient="reversible", gradient_params=(), rtol=1e-10, atol=1e-12)
+    assert abs(pair[0][-1].item() - math.cos(1.0)) < 1e-7 and abs(pair[1][-1].item() + math.sin(1.0)) < 1e-7
+
+
+@pytest.mark.parametrize("method,options", [("rk4", dict(step_size=0.1)), ("dopri5", None)])
+def test_gradcheck(method, options):
+    f = Field(seed=4)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+
+    def fn(y0, w1, b1, w2):
+        def field(tt, y):
+            return torch.tanh(y @ w1.T + b1 + tt) @ w2.T - 0.2 * y
+        return fastdiffeq.odeint(field, y0, t, method=method, options=options, rtol=1e-10, atol=1e-12,
+                                 gradient="reversible", gradient_params=(w1, b1, w2))
+
+    inputs = (torch.tensor([0.3, -0.2, 0.6], dtype=torch.float64, requires_grad=True),
+              *(p.detach().clone().requires_grad_(True) for p in f.parameters()))
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_converges_with_the_base_order():
+    # y' = A y with a rotation-plus-decay A: exact solution by the matrix exponential. rk4 made reversible keeps
+    # order 4 (halving h divides the error by ~16), midpoint order 2. (Reversible euler is irregular between
+    # orders 1 and 2 in this range: measured slopes 1.3-1.6, not asserted.)
+    A = torch.tensor([[-0.1, 1.0], [-1.0, -0.1]], dtype=torch.float64)
+    y0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    exact = torch.linalg.matrix_exp(2.0 * A) @ y0
+    t = torch.tensor([0.0, 2.0], dtype=torch.float64)
+    for method, order, h in [("rk4", 4, 0.1), ("midpoint", 2, 0.05)]:
+        errs = [(fastdiffeq.odeint(lambda tt, y: A @ y, y0, t, method=method, options=dict(step_size=hh),
+                                   gradient="reversible", gradient_params=())[-1] - exact).norm().item()
+                for hh in (h, h / 2)]
+        assert abs(math.log2(errs[0] / errs[1]) - order) < 0.3, (method, errs)
+
+
+def test_bad_arguments():
+    f = Field()
+    y0 = torch.zeros(D, dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match="reversible_coupling"):
+        fastdiffeq.odeint(f, y0, t, gradient="reversible", reversible_coupling=0.0)
+    with pytest.raises(ValueError, match="reversible_coupling"):
+        fastdiffeq.odeint(f, y0, t, gradient="reversible", reversible_coupling=1.5)
+    with pytest.raises(TypeError, match="reversible_coupling"):
+        fastdiffeq.odeint(f, y0, t, gradient="reversible", reversible_coupling="0.9")
+    with pytest.raises(ValueError, match="step_t"):
+        fastdiffeq.odeint(f, y0, t, gradient="reversible", options=dict(step_t=[0.5]))
+    with pytest.raises(ValueError, match="event_fn"):
+        fastdiffeq.odeint(f, y0, t, gradient="reversible", event_fn=lambda t, y: y[0] - 1)
+    with pytest.raises(ValueError, match="cubic"):
+        fastdiffeq.odeint(f, y0, t, method="rk4", gradient="reversible", options=dict(interp="cubic"))
+    with pytest.raises(ValueError, match="gradient"):
+        fastdiffeq.odeint(f, y0, t, gradient="reversable")
+    with pytest.raises(ValueError, match="gradient_params"):
+        fastdiffeq.odeint(lambda tt, y: -y, y0.requires_grad_(True), t, gradient="reversible")
+    with pytest.raises(fastdiffeq.MaxStepsError):
+        fastdiffeq.odeint(f, y0, t, gradient="reversible", options=dict(max_num_steps=2), rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="coupling"):
+        raw_solve(f, y0, t, "dopri5", coupling=-1.0)
+    tape = raw_solve(f, y0, t, "dopri5")["tape"]
+    with pytest.raises(ValueError, match="grad_ys"):
+        _C.reversible_backward(f, tape, torch.zeros(5, 1, D, dtype=torch.float64), list(f.parameters()), [D])
+    with pytest.raises(TypeError, match="ReversibleTape"):
+        _C.reversible_backward(f, object(), torch.zeros(2, 1, D, dtype=torch.float64), [], [D])
+
+
+def test_memory_is_flat_in_the_number_of_steps():
+    from test_memory import _probe
+    lo, hi = 100, 2000
+    rev = {n: _probe("reversible", n) for n in (lo, hi)}
+    direct = {n: _probe("direct", n) for n in (lo, hi)}
+    grow_rev = rev[hi]["growth_mib"] - rev[lo]["growth_mib"]
+    grow_direct = direct[hi]["growth_mib"] - direct[lo]["growth_mib"]
+    print(f"\npeak RSS growth {lo} -> {hi} steps: reversible {grow_rev:.1f} MiB, direct {grow_direct:.1f} MiB")
+    assert rev[hi]["n_accepted"] >= hi
+    assert rev[hi]["growth_mib"] < 16.0, rev  # the outputs and one step's graph, nothing per step
+    assert grow_direct > 40.0 and grow_direct > 5 * max(grow_rev, 1.0), (rev, direct)
