@@ -635,12 +635,13 @@ py::dict tableau_py(const std::string& name) {
 
 py::dict reversible_solve_py(const py::object& func, const at::Tensor& y0, const at::Tensor& t_out,
                              const fde::solver::RkOptions& options, double coupling, const std::vector<double>& grid,
-                             std::vector<int64_t> user_shape) {
+                             std::vector<int64_t> user_shape, bool keep_states) {
   if (y0.dim() == 2) check_user_shape(user_shape, y0.numel(), y0.size(0), true);
   fde::solver::ReversibleOptions opt;
   opt.rk = options;
   opt.coupling = coupling;
   opt.grid = grid;
+  opt.keep_states = keep_states;
   const auto field = make_field(func, std::move(user_shape), true);
   fde::solver::ReversibleResult r = fde::solver::reversible_solve(*field, y0, t_out, opt);
   py::dict out;
@@ -651,11 +652,12 @@ py::dict reversible_solve_py(const py::object& func, const at::Tensor& y0, const
   out["n_accepted"] = r.n_accepted;
   out["n_rejected"] = r.n_rejected;
   out["tape"] = py::cast(r.tape);
+  out["states"] = keep_states ? py::cast(r.states) : py::none();
   return out;
 }
 
 py::tuple reversible_backward_py(const py::object& func, const py::object& tape_obj, const at::Tensor& grad_ys,
-                                 const py::object& params_obj, std::vector<int64_t> user_shape) {
+                                 const py::object& params_obj, std::vector<int64_t> user_shape, bool keep_states) {
   const std::vector<at::Tensor> params = tensor_list_arg(params_obj, "params");
   if (!py::isinstance<fde::solver::ReversibleTape>(tape_obj))
     throw py::type_error("fastdiffeq: tape must be a ReversibleTape, got " + py_type_name(tape_obj));
@@ -664,8 +666,8 @@ py::tuple reversible_backward_py(const py::object& func, const py::object& tape_
   check_user_shape(user_shape, tape->y_end.numel(), tape->y_end.size(0), true);
   fde::solver::check_vjp_params(params, grad_ys.device());
   const auto field = make_field(func, std::move(user_shape), true, params);
-  fde::solver::ReversibleGradients g = fde::solver::reversible_backward(*field, *tape, grad_ys, params);
-  return py::make_tuple(g.grad_y0, g.grad_params, g.nfe, g.ys_rebuilt);
+  fde::solver::ReversibleGradients g = fde::solver::reversible_backward(*field, *tape, grad_ys, params, keep_states);
+  return py::make_tuple(g.grad_y0, g.grad_params, g.nfe, keep_states ? py::cast(g.states) : py::none());
 }
 
 // The blocks of a fastdiffeq.nn.ResidualODE: Python callables block(x), each with its own parameter list.
@@ -856,13 +858,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("n_steps", [](const fde::solver::ReversibleTape& t) { return t.steps.size(); })
       .def_property_readonly("steps", [](const fde::solver::ReversibleTape& t) {
         py::list out;
-        for (const auto& s : t.steps) out.append(py::make_tuple(s.t0, s.h, s.out));
+        for (const auto& s : t.steps) out.append(py::make_tuple(s.t0, s.h, s.out_first, s.out_last));
         return out;
-      }, "The accepted steps as (t0, h, output row or -1).");
+      }, "The accepted steps as (t0, h, first, last): output rows [first, last) are interpolated inside the step.");
   m.def("reversible_solve", &reversible_solve_py, py::arg("func"), py::arg("y0"), py::arg("t_out"), py::arg("options"),
-        py::kw_only(), py::arg("coupling"), py::arg("grid"), py::arg("user_shape"));
+        py::kw_only(), py::arg("coupling"), py::arg("grid"), py::arg("user_shape"), py::arg("keep_states") = false);
   m.def("reversible_backward", &reversible_backward_py, py::arg("func"), py::arg("tape"), py::arg("grad_ys"),
-        py::arg("params"), py::arg("user_shape"));
+        py::arg("params"), py::arg("user_shape"), py::arg("keep_states") = false);
   m.def("residual_forward", &residual_forward_py, py::arg("blocks"), py::arg("params"), py::arg("x"), py::arg("scheme"));
   m.def("residual_backward", &residual_backward_py, py::arg("blocks"), py::arg("params"), py::arg("x_end"),
         py::arg("grad_end"), py::arg("scheme"));

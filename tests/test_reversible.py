@@ -45,24 +45,36 @@ def ref_base_step(f, tab, t0: float, h: float, x: torch.Tensor) -> torch.Tensor:
     return x + h * sum(b * k for b, k in zip(tab["b"], ks))
 
 
-def ref_reversible(f, tab, y0: torch.Tensor, steps, n_out: int, lam: float):
-    """The reversible solve on the given steps (t0, h, out): ys at the outputs, differentiable by autograd."""
+def ref_reversible(f, tab, y0: torch.Tensor, t: torch.Tensor, steps, lam: float):
+    """The reversible solve on the given steps (t0, h, first, last), outputs [first, last) by the cubic Hermite
+    interpolant through (y_n, f(t_n, y_n)), (y_{n+1}, f(t_{n+1}, y_{n+1})): differentiable by autograd."""
     y, z = y0, y0
-    rows = [None] * n_out
+    rows = [None] * t.numel()
     rows[0] = y0
-    for t0, h, out in steps:
+    for t0, h, first, last in steps:
         y1 = lam * y + (1 - lam) * z + (ref_base_step(f, tab, t0, h, z) - z)
         z = z - (ref_base_step(f, tab, t0 + h, -h, y1) - y1)
+        for j in range(first, last):
+            s = (t[j].item() - t0) / h
+            f0 = f(torch.tensor(t0, dtype=y.dtype), y)
+            f1 = f(torch.tensor(t0 + h, dtype=y.dtype), y1)
+            rows[j] = ((1 + 2 * s) * (1 - s) ** 2 * y + s * (1 - s) ** 2 * h * f0 + s * s * (3 - 2 * s) * y1
+                       + s * s * (s - 1) * h * f1)
         y = y1
-        if out >= 0:
-            rows[out] = y
     return torch.stack(rows)
 
 
-def raw_solve(func, y0, t, method, coupling=0.999, grid=(), rtol=1e-8, atol=1e-10):
+def raw_solve(func, y0, t, method, coupling=0.999, grid=(), rtol=1e-8, atol=1e-10, keep_states=False):
     opts = solver_options(method, [rtol], [atol], [y0.numel()], _parse_options(None, 1), [], [], torch.device("cpu"))
     return _C.reversible_solve(func, y0.detach().reshape(1, -1), t.to(torch.float64), opts, coupling=coupling,
-                               grid=list(grid), user_shape=list(y0.shape))
+                               grid=list(grid), user_shape=list(y0.shape), keep_states=keep_states)
+
+
+def fixed_grid(t0: float, t1: float, step: float):
+    """torchdiffeq's grid: an arange from t0, its last point moved onto t1."""
+    g = torch.arange(math.ceil((t1 - t0) / step + 1), dtype=torch.float64) * step + t0
+    g[-1] = t1
+    return g.tolist()
 
 
 CASES = [("dopri5", None), ("tsit5", None), ("bosh3", None), ("rk4", 0.05), ("midpoint", 0.04), ("euler", 0.02)]
@@ -73,20 +85,19 @@ def test_forward_matches_the_formulas_and_rebuilds_in_reverse(method, step):
     f = Field()
     y0 = torch.tensor([0.5, -0.3, 0.8], dtype=torch.float64)
     t = torch.linspace(0.0, 2.0, 7, dtype=torch.float64)
-    grid = [] if step is None else sorted(set(torch.arange(0, 2.0 + 1e-12, step, dtype=torch.float64).tolist()) |
-                                          set(t.tolist()))
-    res = raw_solve(f, y0, t, method, grid=grid)
+    grid = [] if step is None else fixed_grid(0.0, 2.0, step)
+    res = raw_solve(f, y0, t, method, grid=grid, keep_states=True)
     tape = res["tape"]
-    assert tape.n_steps >= t.numel() - 1
-    assert [s[2] for s in tape.steps if s[2] >= 0] == list(range(1, t.numel()))  # lands on every output
+    assert [s[3] for s in tape.steps][-1] == t.numel()  # every output written
     with torch.no_grad():
-        ref = ref_reversible(f, _C.tableau(method), y0, tape.steps, t.numel(), 0.999)
+        ref = ref_reversible(f, _C.tableau(method), y0, t, tape.steps, 0.999)
     torch.testing.assert_close(res["ys"].reshape(t.numel(), D), ref, rtol=0, atol=1e-12)
     # The backward walk rebuilds every forward state from the final pair: exact up to rounding.
     grad_ys = torch.zeros_like(res["ys"])
-    _, _, nfe, rebuilt = _C.reversible_backward(f, tape, grad_ys, list(f.parameters()), [D])
-    assert (rebuilt - res["ys"]).abs().max().item() < 1e-10
-    assert nfe == 2 * _C.tableau(method)["stages"] * tape.n_steps
+    _, _, nfe, rebuilt = _C.reversible_backward(f, tape, grad_ys, list(f.parameters()), [D], keep_states=True)
+    assert rebuilt.shape == res["states"].shape == (tape.n_steps + 1, 1, D)
+    assert (rebuilt - res["states"]).abs().max().item() < 1e-10
+    assert nfe == 2 * _C.tableau(method)["stages"] * tape.n_steps + 1  # + f(t0, y0) of the first interpolant
 
 
 @pytest.mark.parametrize("method,step", CASES)
@@ -102,14 +113,10 @@ def test_gradient_equals_backprop_of_the_same_reversible_solve(method, step):
                            reversible_coupling=0.99)
     params = [y0, *f.parameters()]
     got = torch.autograd.grad((ys * w).sum(), params)
-    grid = []
-    if step is not None:  # torchdiffeq's grid (arange from t0, the last point moved onto t[-1]) and the outputs
-        g = torch.arange(math.ceil(1.5 / step + 1), dtype=torch.float64) * step
-        g[-1] = 1.5
-        grid = sorted(set(g.tolist()) | set(t.tolist()))
+    grid = [] if step is None else fixed_grid(0.0, 1.5, step)
     tape = raw_solve(f, y0, t, method, coupling=0.99, grid=grid, rtol=1e-6, atol=1e-8)["tape"]
     assert tape.n_steps <= 200
-    ref_ys = ref_reversible(f, _C.tableau(method), y0, tape.steps, t.numel(), 0.99)
+    ref_ys = ref_reversible(f, _C.tableau(method), y0, t, tape.steps, 0.99)
     torch.testing.assert_close(ys, ref_ys, rtol=0, atol=1e-12)
     want = torch.autograd.grad((ref_ys * w).sum(), params)
     for g, r in zip(got, want):
@@ -132,7 +139,10 @@ def test_decreasing_time_and_tuple_state():
     assert abs(pair[0][-1].item() - math.cos(1.0)) < 1e-7 and abs(pair[1][-1].item() + math.sin(1.0)) < 1e-7
 
 
-@pytest.mark.parametrize("method,options", [("rk4", dict(step_size=0.1)), ("dopri5", None)])
+# The adaptive case forces its steps (first = min = max step): gradients treat step sizes as constants of the
+# discrete solve, and finite differences must not move them (the interpolated outputs are sensitive to them).
+@pytest.mark.parametrize("method,options", [("rk4", dict(step_size=0.1)),
+                                            ("dopri5", dict(first_step=0.07, min_step=0.07, max_step=0.07))])
 def test_gradcheck(method, options):
     f = Field(seed=4)
     t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
@@ -177,8 +187,8 @@ def test_bad_arguments():
         fastdiffeq.odeint(f, y0, t, gradient="reversible", options=dict(step_t=[0.5]))
     with pytest.raises(ValueError, match="event_fn"):
         fastdiffeq.odeint(f, y0, t, gradient="reversible", event_fn=lambda t, y: y[0] - 1)
-    with pytest.raises(ValueError, match="cubic"):
-        fastdiffeq.odeint(f, y0, t, method="rk4", gradient="reversible", options=dict(interp="cubic"))
+    with pytest.raises(ValueError, match="perturb"):
+        fastdiffeq.odeint(f, y0, t, method="rk4", gradient="reversible", options=dict(perturb=True))
     with pytest.raises(ValueError, match="gradient"):
         fastdiffeq.odeint(f, y0, t, gradient="reversable")
     with pytest.raises(ValueError, match="gradient_params"):

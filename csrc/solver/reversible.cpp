@@ -5,6 +5,7 @@
 #include <ATen/ops/cat.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/full_like.h>
+#include <ATen/ops/stack.h>
 #include <ATen/ops/zeros_like.h>
 #include <c10/util/Exception.h>
 
@@ -12,6 +13,7 @@
 #include <limits>
 
 #include "core/controller.h"
+#include "core/fixed_grid_interp.h"
 #include "core/reversible.h"
 #include "core/status.h"
 #include "solver/autograd_vjp.h"
@@ -22,9 +24,9 @@
 namespace fde::solver {
 namespace {
 
-// One step of the base method from (t0, x) with step h (signed): x + Psi_h(t0, x) and its stages (for the
-// error estimate). k0 = f(t0, x) is evaluated here: the two base steps of a reversible step start at
-// different points, so nothing is first-same-as-last across them.
+// One step of the base method from (t0, x) with step h (signed): x + Psi_h(t0, x) (StepStages::y1) and its
+// stages (ks[0] = f(t0, x); all of them for the error estimate). k0 is evaluated here: the two base steps of a
+// reversible step start at different points, so nothing is first-same-as-last between them.
 StepStages base_step(VectorField& field, const core::Tableau& tab, double t0, double h, const at::Tensor& x,
                      int64_t& nfe) {
   const auto time_opts = at::TensorOptions().dtype(at::kDouble).device(x.device());
@@ -35,13 +37,24 @@ StepStages base_step(VectorField& field, const core::Tableau& tab, double t0, do
   return rk_stages(field, tab, x, k0, t0_t, h_t, nfe);
 }
 
+at::Tensor eval_at(VectorField& field, double t, const at::Tensor& y, int64_t& nfe) {
+  ++nfe;
+  return field.eval(at::full({y.size(0)}, t, y.options()), y);
+}
+
 // The outputs as [T, B, D], NaN where a row was never reached.
 at::Tensor stack_outputs(std::vector<at::Tensor>& rows, const at::Tensor& like) {
   for (auto& r : rows) {
     if (!r.defined()) r = at::full_like(like, std::numeric_limits<double>::quiet_NaN());
-    r = r.unsqueeze(0);
   }
-  return at::cat(rows, 0);
+  return at::stack(rows, 0);
+}
+
+// The output rows [first, last) with times in (t0, t1] (in the direction of integration), from `first`.
+int64_t reached(const double* t_out, int64_t T, int64_t first, double t1, double dir) {
+  int64_t j = first;
+  while (j < T && dir * (t1 - t_out[j]) >= 0) ++j;
+  return j;
 }
 
 void check_state(const at::Tensor& y0, const at::Tensor& t_out) {
@@ -53,32 +66,30 @@ void check_state(const at::Tensor& y0, const at::Tensor& t_out) {
                     "fastdiffeq: t_out must be a non-empty 1-D float64 CPU tensor");
 }
 
-// Steps of the reversible pair, shared by the adaptive and fixed-grid drivers.
-class PairStepper {
- public:
-  PairStepper(VectorField& field, const core::Tableau& tab, double coupling, int64_t& nfe)
-      : field_(field), tab_(tab), lambda_(coupling), nfe_(nfe) {}
-
-  struct Attempt {
-    at::Tensor y1, z1;
-    StepStages from_z, from_y1;  // the two base steps (for the error estimate)
-  };
-
-  Attempt step(double t0, double h, const at::Tensor& y, const at::Tensor& z) {
-    Attempt a;
-    a.from_z = base_step(field_, tab_, t0, h, z, nfe_);
-    a.y1 = core::reversible_y_forward(y, z, a.from_z.y1, lambda_);
-    a.from_y1 = base_step(field_, tab_, t0 + h, -h, a.y1, nfe_);
-    a.z1 = core::reversible_z_forward(z, a.y1, a.from_y1.y1);
-    return a;
-  }
-
- private:
-  VectorField& field_;
-  const core::Tableau& tab_;
-  double lambda_;
-  int64_t& nfe_;
+// One reversible step of the pair (core/reversible.h).
+struct Attempt {
+  at::Tensor y1, z1;
+  StepStages from_z, from_y1;  // the two base steps (error estimates; from_y1.ks[0] = f(t1, y1))
 };
+
+Attempt pair_step(VectorField& field, const core::Tableau& tab, double lambda, double t0, double h,
+                  const at::Tensor& y, const at::Tensor& z, int64_t& nfe) {
+  Attempt a;
+  a.from_z = base_step(field, tab, t0, h, z, nfe);
+  a.y1 = core::reversible_y_forward(y, z, a.from_z.y1, lambda);
+  a.from_y1 = base_step(field, tab, t0 + h, -h, a.y1, nfe);
+  a.z1 = core::reversible_z_forward(z, a.y1, a.from_y1.y1);
+  return a;
+}
+
+// Writes the outputs [first, last) of the accepted step (t0, h) from y, f0 = f(t0, y) to y1, f1 = f(t1, y1).
+void write_outputs(std::vector<at::Tensor>& rows, const double* t, int64_t first, int64_t last, double t0, double h,
+                   const at::Tensor& y, const at::Tensor& f0, const at::Tensor& y1, const at::Tensor& f1) {
+  for (int64_t j = first; j < last; ++j) {
+    const core::HermiteWeights w = core::cubic_hermite_weights(t[j], t0, t0 + h);
+    rows[j] = y * w.y0 + f0 * w.hf0 + y1 * w.y1 + f1 * w.hf1;
+  }
+}
 
 }  // namespace
 
@@ -93,6 +104,7 @@ ReversibleResult reversible_solve(VectorField& field, const at::Tensor& y0, cons
   check_state(y0, t_out);
   const core::Tableau& tab = *options.rk.tableau;
   const bool fixed = tab.stepping == core::Stepping::kFixed;
+  const double lambda = options.coupling;
   at::NoGradGuard no_grad;
   const at::Tensor t_host = t_out.contiguous();
   const double* t = t_host.data_ptr<double>();
@@ -102,50 +114,54 @@ ReversibleResult reversible_solve(VectorField& field, const at::Tensor& y0, cons
   res.tape = std::make_shared<ReversibleTape>();
   ReversibleTape& tape = *res.tape;
   tape.tableau = &tab;
-  tape.coupling = options.coupling;
+  tape.coupling = lambda;
   tape.n_outputs = T;
-  std::vector<at::Tensor> rows(T);
+  tape.t0 = t[0];
+  tape.t_out = t_host;
+  std::vector<at::Tensor> rows(T), states;
   rows[0] = y0;
   at::Tensor y = y0, z = y0;  // z_0 = y_0
-  PairStepper stepper(field, tab, options.coupling, res.nfe);
+  if (options.keep_states) states.push_back(y0);
   res.status = core::kSuccess;
   res.t_final = t[0];
+  auto accept = [&](Attempt& a, double t0, double h, at::Tensor& f0, int64_t& j, double dir) {
+    const int64_t last = reached(t, T, j, t0 + h, dir);
+    const at::Tensor& f1 = a.from_y1.ks[0];
+    write_outputs(rows, t, j, last, t0, h, y, f0, a.y1, f1);
+    tape.steps.push_back({t0, h, j, last});
+    j = last;
+    y = a.y1;
+    z = a.z1;
+    f0 = f1;
+    if (options.keep_states) states.push_back(y);
+    ++res.n_accepted;
+    res.t_final = t0 + h;
+  };
 
-  if (fixed) {
+  if (fixed && T >= 2) {
     const std::vector<double>& g = options.grid;
-    TORCH_CHECK_VALUE(!g.empty() && g.front() == t[0] && g.back() == t[T - 1],
+    TORCH_CHECK_VALUE(g.size() >= 2 && g.front() == t[0] && g.back() == t[T - 1],
                       "fastdiffeq: the reversible time grid must run from t[0] to t[-1]");
-    const double dir = T >= 2 ? (t[1] > t[0] ? 1.0 : -1.0) : (g.size() >= 2 && g[1] < g[0] ? -1.0 : 1.0);
+    const double dir = t[1] > t[0] ? 1.0 : -1.0;
+    at::Tensor f0 = eval_at(field, t[0], y0, res.nfe);
     int64_t j = 1;
-    for (size_t i = 0; i + 1 < g.size(); ++i) {
+    for (size_t i = 0; i + 1 < g.size() && j < T; ++i) {
       TORCH_CHECK_VALUE(std::isfinite(g[i + 1]) && dir * (g[i + 1] - g[i]) > 0,
                         "fastdiffeq: the reversible time grid must be finite and strictly monotone in t's direction");
-      TORCH_CHECK_VALUE(j >= T || dir * (t[j] - g[i + 1]) >= 0, "fastdiffeq: output time t[", j, "] = ", t[j],
-                        " is not a point of the reversible time grid");
       const double h = g[i + 1] - g[i];
-      PairStepper::Attempt a = stepper.step(g[i], h, y, z);
-      y = a.y1;
-      z = a.z1;
-      int64_t out = -1;
-      if (j < T && t[j] == g[i + 1]) {
-        out = j;
-        rows[j++] = y;
-      }
-      tape.steps.push_back({g[i], h, out});
-      ++res.n_accepted;
-      res.t_final = g[i + 1];
+      Attempt a = pair_step(field, tab, lambda, g[i], h, y, z, res.nfe);
+      accept(a, g[i], h, f0, j, dir);
     }
-    TORCH_CHECK_VALUE(j == T, "fastdiffeq: output time t[", j, "] is not a point of the reversible time grid");
   } else if (T >= 2) {
     RkProblem problem(field, nullptr, y0, t_out, options.rk);
     const core::ControllerParams& ctrl = problem.ctrl_;
     const double dir = problem.direction_;
     const at::Tensor t0_vec = problem.initial_time();
-    at::Tensor k0;
-    if (!problem.first_derivative(t0_vec, y0, k0, res.nfe)) {
+    at::Tensor f0;
+    if (!problem.first_derivative(t0_vec, y0, f0, res.nfe)) {
       res.status = core::kNonFinite;
     } else {
-      double h = problem.first_step(t0_vec, y0, k0, res.nfe).item<double>();
+      double h = problem.first_step(t0_vec, y0, f0, res.nfe).item<double>();
       double t0 = t[0];
       int64_t j = 1, attempts = 0, non_finite = 0;
       const auto time_opts = at::TensorOptions().dtype(at::kDouble).device(y0.device());
@@ -154,66 +170,48 @@ ReversibleResult reversible_solve(VectorField& field, const at::Tensor& y0, cons
           res.status = core::kMaxSteps;
           break;
         }
-        // Cut the step short to land exactly on the next output time.
-        double h_try = h;
-        const bool cut = dir * (t0 + h - t[j]) >= 0;
-        if (cut) h_try = t[j] - t0;
-        if (t0 + h_try == t0) {
+        if (t0 + h == t0) {
           res.status = core::kStepUnderflow;
           break;
         }
-        PairStepper::Attempt a = stepper.step(t0, h_try, y, z);
+        Attempt a = pair_step(field, tab, lambda, t0, h, y, z, res.nfe);
         ++attempts;
         // Error ratio: the larger of the two base steps' embedded estimates (each scaled by its own start and
         // end point), so both half-steps of the pair meet the tolerance.
-        const at::Tensor h_fwd = at::full({1}, h_try, time_opts), h_bwd = at::full({1}, -h_try, time_opts);
+        const at::Tensor h_fwd = at::full({1}, h, time_opts), h_bwd = at::full({1}, -h, time_opts);
         const double r_z = std::get<0>(problem.control(z, a.from_z.y1, a.from_z.ks, h_fwd)).item<double>();
         const double r_y = std::get<0>(problem.control(a.y1, a.from_y1.y1, a.from_y1.ks, h_bwd)).item<double>();
         const double ratio = (std::isnan(r_z) || std::isnan(r_y)) ? std::numeric_limits<double>::quiet_NaN()
                                                                    : std::fmax(r_z, r_y);
         const bool finite = std::isfinite(ratio) && all_finite(a.y1) && all_finite(a.z1);
-        const bool accept = finite && core::accept_step(std::fabs(h_try), ratio, ctrl);
-        double h_next = core::next_step_size(std::fabs(h_try), finite ? ratio : NAN, ctrl) * dir;
-        if (!finite) {
-          if (++non_finite >= core::kMaxNonFiniteRetries) {
-            res.status = core::kNonFinite;
-            break;
-          }
+        const bool ok = finite && core::accept_step(std::fabs(h), ratio, ctrl);
+        const double h_next = core::next_step_size(std::fabs(h), finite ? ratio : NAN, ctrl) * dir;
+        non_finite = finite ? 0 : non_finite + 1;
+        if (non_finite >= core::kMaxNonFiniteRetries) {
+          res.status = core::kNonFinite;
+          break;
+        }
+        if (ok) {
+          const int64_t j_before = j;
+          accept(a, t0, h, f0, j, dir);
+          if (j > j_before) attempts = 0;
+          t0 += h;
         } else {
-          non_finite = 0;
-        }
-        if (!accept) {
           ++res.n_rejected;
-          h = h_next;
-          continue;
         }
-        ++res.n_accepted;
-        y = a.y1;
-        z = a.z1;
-        const double t1 = cut ? t[j] : t0 + h_try;
-        int64_t out = -1;
-        if (cut) {
-          out = j;
-          rows[j++] = y;
-          attempts = 0;
-          // A step cut short to land says nothing about the step size: keep the controller's earlier proposal.
-          if (std::fabs(h_next) < std::fabs(h)) h_next = h;
-        }
-        tape.steps.push_back({t0, h_try, out});
-        t0 = t1;
         h = h_next;
-        res.t_final = t0;
       }
     }
   }
   tape.y_end = y;
   tape.z_end = z;
   res.ys = stack_outputs(rows, y0);
+  if (options.keep_states) res.states = at::stack(states, 0);
   return res;
 }
 
 ReversibleGradients reversible_backward(VectorField& field, const ReversibleTape& tape, const at::Tensor& grad_ys,
-                                        const std::vector<at::Tensor>& params) {
+                                        const std::vector<at::Tensor>& params, bool keep_states) {
   TORCH_CHECK_VALUE(tape.tableau != nullptr && tape.y_end.defined(), "fastdiffeq: an empty reversible tape");
   const at::Tensor& like = tape.y_end;
   const int64_t T = tape.n_outputs;
@@ -224,11 +222,14 @@ ReversibleGradients reversible_backward(VectorField& field, const ReversibleTape
                     "fastdiffeq: grad_ys must have the state's dtype and device");
   const core::Tableau& tab = *tape.tableau;
   const double lambda = tape.coupling;
+  const double* t = tape.t_out.data_ptr<double>();
   ReversibleGradients out;
   for (const auto& p : params) out.grad_params.push_back(at::zeros_like(p));
-  std::vector<at::Tensor> rebuilt(T);
+  std::vector<at::Tensor> states;
   at::Tensor y = tape.y_end, z = tape.z_end;  // the pair at the end of the step being reversed
-  at::Tensor a_y = at::zeros_like(like), a_z = at::zeros_like(like);
+  if (keep_states) states.push_back(y);
+  // Cotangents of y, z and of f(t, y) at the end of the step being reversed.
+  at::Tensor a_y = at::zeros_like(like), a_z = at::zeros_like(like), a_f = at::zeros_like(like);
   auto accumulate = [&](const std::vector<at::Tensor>& grads) {
     for (size_t i = 0; i < params.size(); ++i) out.grad_params[i].add_(grads[1 + i]);
   };
@@ -236,21 +237,29 @@ ReversibleGradients reversible_backward(VectorField& field, const ReversibleTape
   std::copy(params.begin(), params.end(), inputs.begin() + 1);
   for (auto it = tape.steps.rbegin(); it != tape.steps.rend(); ++it) {
     const ReversibleStep& s = *it;
-    if (s.out >= 0) {
-      a_y = a_y + grad_ys.select(0, s.out);
-      rebuilt[s.out] = y;
-    }
     const double t1 = s.t0 + s.h;
-    // z_{n+1} = z_n + y_{n+1} - step_y(y_{n+1}): rebuild z_n, then pull a_z back through step_y.
+    // The outputs inside the step: Hermite weights on y_n, f_n (carried to the step before) and y_{n+1}, f_{n+1}.
+    at::Tensor a_y_start = at::zeros_like(like), a_f_start = at::zeros_like(like);
+    for (int64_t j = s.out_first; j < s.out_last; ++j) {
+      const core::HermiteWeights w = core::cubic_hermite_weights(t[j], s.t0, t1);
+      const at::Tensor g = grad_ys.select(0, j);
+      a_y_start = a_y_start + g * w.y0;
+      a_f_start = a_f_start + g * w.hf0;
+      a_y = a_y + g * w.y1;
+      a_f = a_f + g * w.hf1;
+    }
+    // z_{n+1} = z_n + y_{n+1} - step_y(y_{n+1}), f_{n+1} = that base step's first stage: rebuild z_n, then pull
+    // a_z and a_f back through the base step from y_{n+1}.
     const at::Tensor y1 = y.detach().requires_grad_(true);
-    at::Tensor step_y;
+    StepStages from_y1;
     {
       at::AutoGradMode grad_mode(true);
-      step_y = base_step(field, tab, t1, -s.h, y1, out.nfe).y1;
+      from_y1 = base_step(field, tab, t1, -s.h, y1, out.nfe);
     }
-    const at::Tensor z0 = core::reversible_z_inverse(z, y, step_y.detach());
+    const at::Tensor z0 = core::reversible_z_inverse(z, y, from_y1.y1.detach());
     inputs[0] = y1;
-    auto grads = engine_grad(field, {step_y}, {-a_z}, inputs);
+    auto grads = engine_grad(field, {from_y1.y1, from_y1.ks[0]}, {-a_z, a_f}, inputs);
+    from_y1 = StepStages();
     const at::Tensor a_y1 = a_y + a_z + grads[0];
     accumulate(grads);
     // y_{n+1} = lambda (y_n - z_n) + step_z(z_n): rebuild y_n, then pull a_y1 back through step_z.
@@ -265,14 +274,24 @@ ReversibleGradients reversible_backward(VectorField& field, const ReversibleTape
     grads = engine_grad(field, {step_z}, {a_y1}, inputs);
     accumulate(grads);
     a_z = a_z - a_y1 * lambda + grads[0];
-    a_y = a_y1 * lambda;
+    a_y = a_y1 * lambda + a_y_start;
+    a_f = a_f_start;
     y = y0;
     z = z0;
+    if (keep_states) states.push_back(y);
   }
-  rebuilt[0] = y;
+  // The first step's interpolant used f(t0, y0).
+  if (!tape.steps.empty()) {
+    const auto grads = first_derivative_vjp(field, at::full({1}, tape.t0, like.options()), y, a_f, params, out.nfe);
+    accumulate(grads);
+    a_y = a_y + grads[0];
+  }
   // z_0 = y_0: both cotangents reach y0.
   out.grad_y0 = a_y + a_z + grad_ys.select(0, 0);
-  out.ys_rebuilt = stack_outputs(rebuilt, like);
+  if (keep_states) {
+    std::reverse(states.begin(), states.end());
+    out.states = at::stack(states, 0);
+  }
   return out;
 }
 

@@ -3,8 +3,10 @@
 // the current pair and the accepted (t0, h) of every step; the backward walks the steps in reverse,
 // rebuilds each earlier pair from the later one (exactly, to rounding) and back-propagates through that
 // step's two base steps, one at a time. Gradients are those of the discrete reversible solve.
-// Steps land exactly on every output time (adaptive: a step is cut short to reach it; fixed grid: the
-// caller's grid contains the output times), so the outputs are the y at those steps: no interpolation.
+// Output times are not stepped to: an output inside step n is the cubic Hermite interpolant through
+// (y_n, f(t_n, y_n)) and (y_{n+1}, f(t_{n+1}, y_{n+1})) (core/fixed_grid_interp.h), whose slopes cost nothing:
+// f(t_{n+1}, y_{n+1}) is the first stage of step n's second base step (and f(t_0, y_0) the initial-step
+// evaluation). Like torchdiffeq, the adaptive solve may step past t[-1].
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -23,14 +25,16 @@ struct ReversibleOptions {
   // jump_t, record_dense, progress and callbacks are not supported and must be left empty).
   RkOptions rk;
   double coupling = 0.999;  // lambda in (0, 1] (core::valid_coupling)
-  // Fixed-grid tableaus: the step end points, from t_out[0] to t_out[T-1], strictly monotone, containing
-  // every output time. Empty for adaptive tableaus.
+  // Fixed-grid tableaus: the step end points, from t_out[0] to t_out[T-1], strictly monotone. Empty for
+  // adaptive tableaus.
   std::vector<double> grid;
+  // Tests: also return the pair's y after every step (ReversibleResult::states), O(steps) memory.
+  bool keep_states = false;
 };
 
 struct ReversibleStep {
   double t0, h;
-  int64_t out;  // the output row the step lands on, or -1
+  int64_t out_first, out_last;  // output rows interpolated inside the step
 };
 
 struct ReversibleTape {
@@ -39,6 +43,8 @@ struct ReversibleTape {
   std::vector<ReversibleStep> steps;  // accepted steps in order
   at::Tensor y_end, z_end;            // the pair after the last step, [B, D]
   int64_t n_outputs = 0;
+  double t0 = 0.0;                    // the initial time
+  at::Tensor t_out;                   // float64 [T] on the CPU
 };
 
 struct ReversibleResult {
@@ -47,6 +53,7 @@ struct ReversibleResult {
   double t_final = 0.0;
   int64_t nfe = 0, n_accepted = 0, n_rejected = 0;
   std::shared_ptr<ReversibleTape> tape;
+  at::Tensor states;  // keep_states: [n_steps + 1, B, D], y at t0 and after every step
 };
 
 // y0: [1, D] float32/float64 contiguous (joint mode: one step size); t_out: float64 [T] on the CPU,
@@ -57,12 +64,13 @@ ReversibleResult reversible_solve(VectorField& field, const at::Tensor& y0, cons
 struct ReversibleGradients {
   at::Tensor grad_y0;                   // [1, D]
   std::vector<at::Tensor> grad_params;  // one per parameter (zeros when unused)
-  at::Tensor ys_rebuilt;                // [T, 1, D]: y at every output time as the reverse walk rebuilt it
+  at::Tensor states;                    // keep_states: [n_steps + 1, 1, D], y as the reverse walk rebuilt it
   int64_t nfe = 0;
 };
 
-// grad_ys: [T, 1, D] cotangents of the outputs (the state's dtype and device).
+// grad_ys: [T, 1, D] cotangents of the outputs (the state's dtype and device). The first step's interpolant
+// uses f(t0, y0): its cotangent is pulled back through one more evaluation there.
 ReversibleGradients reversible_backward(VectorField& field, const ReversibleTape& tape, const at::Tensor& grad_ys,
-                                        const std::vector<at::Tensor>& params);
+                                        const std::vector<at::Tensor>& params, bool keep_states = false);
 
 }  // namespace fde::solver

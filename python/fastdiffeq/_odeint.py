@@ -511,9 +511,10 @@ def odeint(
             coupled pair (y, z), see ``reversible_coupling``): the backward pass rebuilds each step's states
             exactly from the final pair instead of storing them, so memory does not grow with the number of
             steps and the gradients are exact for that (reversible) discrete solve. It changes the forward
-            solve: steps land on every output time (no interpolation), each step costs two base steps, and
-            an adaptive step's error is the larger of the two base steps' estimates. Not with event_fn,
-            step_t / jump_t, a user norm, step callbacks, progress, interp='cubic' or perturb.
+            solve: each step costs two base steps, an adaptive step's error is the larger of the two base
+            steps' estimates, and outputs are cubic Hermite interpolants (from slopes the steps compute
+            anyway). Rounding in the rebuilt states grows like (1/coupling)^steps: keep the coupling close
+            to 1. Not with event_fn, step_t / jump_t, a user norm, step callbacks, progress or perturb.
         gradient_params: with gradient='checkpoint' or 'reversible', the tensors to differentiate inside ``func``
             (default: ``func.parameters()``; required when ``func`` is not an nn.Module).
         progress: show a tqdm bar of integration time while the solve runs (updated at most every 0.1 s;

@@ -13,9 +13,10 @@ time about that of one more forward solve with a graph. The gradients are exact 
 reversible solve (step sizes are constants). The loop is C++ (csrc/solver/reversible.cpp).
 
 Adaptive methods: the error ratio of a step is the larger of the two base steps' embedded error ratios
-(each the RMS of err / (atol + rtol max(|x_start|, |x_end|))), with the usual controller. Steps land exactly
-on every output time (a step is cut short to reach it), so outputs are the y of those steps, never
-interpolated. Fixed-grid methods step on torchdiffeq's grid merged with the output times.
+(each the RMS of err / (atol + rtol max(|x_start|, |x_end|))), with the usual controller; fixed-grid methods
+step on torchdiffeq's grid. Output times are not stepped to: an output inside step n is the cubic Hermite
+interpolant through (y_n, f(t_n, y_n)) and (y_{n+1}, f(t_{n+1}, y_{n+1})), whose slopes are evaluations the
+step makes anyway (the first stage of its second base step), for either value of options['interp'].
 """
 
 from __future__ import annotations
@@ -53,22 +54,16 @@ def check_reversible_problem(p: Any) -> None:
         raise ValueError("gradient='reversible' does not support step callbacks (func.callback_step, ...)")
     if p.progress:
         raise ValueError("gradient='reversible' does not support progress=True yet")
-    if p.fixed is not None and (p.fixed["interp"] != "linear" or p.fixed["perturb"]):
-        raise ValueError("gradient='reversible' with a fixed-grid method lands on every output time (no "
-                         "interpolation) and does not support options['interp'] = 'cubic' or options['perturb']")
+    if p.fixed is not None and p.fixed["perturb"]:
+        raise ValueError("gradient='reversible' does not support options['perturb']")
 
 
 def _grid(p: Any) -> list:
-    """Fixed-grid methods: torchdiffeq's grid merged with the output times (the steps land on every output)."""
+    """Fixed-grid methods: torchdiffeq's grid (outputs between grid points are interpolated)."""
     if p.fixed is None:
         return []
     from ._fixed_grid import _grid_y0, time_grid
-    g = time_grid(p.fixed, p.func, _grid_y0(p), p.t).tolist()
-    t = p.t64.tolist()
-    decreasing = len(t) >= 2 and t[1] < t[0]
-    merged = sorted(set(g) | set(t), reverse=decreasing)
-    lo, hi = min(t[0], t[-1]), max(t[0], t[-1])
-    return [x for x in merged if lo <= x <= hi]
+    return time_grid(p.fixed, p.func, _grid_y0(p), p.t).tolist()
 
 
 def _options(p: Any) -> Any:
