@@ -16,6 +16,7 @@
 #include "core/fixed_grid_interp.h"
 #include "core/reversible.h"
 #include "core/status.h"
+#include "ops/registry.h"
 #include "solver/autograd_vjp.h"
 #include "solver/finite.h"
 #include "solver/rk_problem.h"
@@ -82,7 +83,18 @@ Attempt pair_step(VectorField& field, const core::Tableau& tab, double lambda, d
   return a;
 }
 
-// Writes the outputs [first, last) of the accepted step (t0, h) from y, f0 = f(t0, y) to y1, f1 = f(t1, y1).
+// Adaptive methods: the outputs inside step n are the base method's dense output (the quartic through start,
+// midpoint and end with end slopes, as the plain solves use) of the step's second base step, the one from
+// (t_{n+1}, y_{n+1}) back to t_n: it follows the solution through y_{n+1} and needs no extra evaluation.
+at::Tensor backward_dense(const core::Tableau& tab, const at::Tensor& y1, const StepStages& from_y1, double t1,
+                          double h_back, const at::Tensor& t_eval) {
+  const auto time_opts = at::TensorOptions().dtype(at::kDouble).device(y1.device());
+  return ops::call<ops::RkDenseEval>(y1, from_y1.y1, from_y1.ks, at::full({y1.size(0)}, h_back, time_opts),
+                                     at::full({y1.size(0)}, t1, time_opts), t_eval,
+                                     at::ArrayRef<double>(tab.mid, tab.stages));
+}
+
+// Fixed-grid methods: writes the outputs [first, last) of the accepted step (t0, h) from y, f0 = f(t0, y) to y1, f1 = f(t1, y1).
 void write_outputs(std::vector<at::Tensor>& rows, const double* t, int64_t first, int64_t last, double t0, double h,
                    const at::Tensor& y, const at::Tensor& f0, const at::Tensor& y1, const at::Tensor& f1) {
   for (int64_t j = first; j < last; ++j) {
@@ -124,10 +136,16 @@ ReversibleResult reversible_solve(VectorField& field, const at::Tensor& y0, cons
   if (options.keep_states) states.push_back(y0);
   res.status = core::kSuccess;
   res.t_final = t[0];
+  const at::Tensor t_dev = t_host.to(y0.device());
   auto accept = [&](Attempt& a, double t0, double h, at::Tensor& f0, int64_t& j, double dir) {
     const int64_t last = reached(t, T, j, t0 + h, dir);
     const at::Tensor& f1 = a.from_y1.ks[0];
-    write_outputs(rows, t, j, last, t0, h, y, f0, a.y1, f1);
+    if (fixed) {
+      write_outputs(rows, t, j, last, t0, h, y, f0, a.y1, f1);
+    } else if (last > j) {
+      const at::Tensor dense = backward_dense(tab, a.y1, a.from_y1, t0 + h, -h, t_dev.slice(0, j, last));
+      for (int64_t r = j; r < last; ++r) rows[r] = dense.select(0, r - j);
+    }
     tape.steps.push_back({t0, h, j, last});
     j = last;
     y = a.y1;
@@ -223,6 +241,8 @@ ReversibleGradients reversible_backward(VectorField& field, const ReversibleTape
   const core::Tableau& tab = *tape.tableau;
   const double lambda = tape.coupling;
   const double* t = tape.t_out.data_ptr<double>();
+  const bool fixed = tab.stepping == core::Stepping::kFixed;
+  const at::Tensor t_dev = tape.t_out.to(like.device());
   ReversibleGradients out;
   for (const auto& p : params) out.grad_params.push_back(at::zeros_like(p));
   std::vector<at::Tensor> states;
@@ -238,9 +258,10 @@ ReversibleGradients reversible_backward(VectorField& field, const ReversibleTape
   for (auto it = tape.steps.rbegin(); it != tape.steps.rend(); ++it) {
     const ReversibleStep& s = *it;
     const double t1 = s.t0 + s.h;
-    // The outputs inside the step: Hermite weights on y_n, f_n (carried to the step before) and y_{n+1}, f_{n+1}.
+    // Fixed grid: the outputs inside the step have Hermite weights on y_n, f_n (carried to the step before) and
+    // y_{n+1}, f_{n+1}. Adaptive: they are the dense output of the base step from y_{n+1} (below).
     at::Tensor a_y_start = at::zeros_like(like), a_f_start = at::zeros_like(like);
-    for (int64_t j = s.out_first; j < s.out_last; ++j) {
+    for (int64_t j = s.out_first; fixed && j < s.out_last; ++j) {
       const core::HermiteWeights w = core::cubic_hermite_weights(t[j], s.t0, t1);
       const at::Tensor g = grad_ys.select(0, j);
       a_y_start = a_y_start + g * w.y0;
@@ -252,13 +273,22 @@ ReversibleGradients reversible_backward(VectorField& field, const ReversibleTape
     // a_z and a_f back through the base step from y_{n+1}.
     const at::Tensor y1 = y.detach().requires_grad_(true);
     StepStages from_y1;
+    std::vector<at::Tensor> outs, cots{-a_z};
     {
       at::AutoGradMode grad_mode(true);
       from_y1 = base_step(field, tab, t1, -s.h, y1, out.nfe);
+      outs.push_back(from_y1.y1);
+      if (fixed) {
+        outs.push_back(from_y1.ks[0]);
+        cots.push_back(a_f);
+      } else if (s.out_last > s.out_first) {
+        outs.push_back(backward_dense(tab, y1, from_y1, t1, -s.h, t_dev.slice(0, s.out_first, s.out_last)));
+        cots.push_back(grad_ys.slice(0, s.out_first, s.out_last));
+      }
     }
     const at::Tensor z0 = core::reversible_z_inverse(z, y, from_y1.y1.detach());
     inputs[0] = y1;
-    auto grads = engine_grad(field, {from_y1.y1, from_y1.ks[0]}, {-a_z, a_f}, inputs);
+    auto grads = engine_grad(field, outs, cots, inputs);
     from_y1 = StepStages();
     const at::Tensor a_y1 = a_y + a_z + grads[0];
     accumulate(grads);
@@ -280,8 +310,8 @@ ReversibleGradients reversible_backward(VectorField& field, const ReversibleTape
     z = z0;
     if (keep_states) states.push_back(y);
   }
-  // The first step's interpolant used f(t0, y0).
-  if (!tape.steps.empty()) {
+  // Fixed grid: the first step's interpolant used f(t0, y0).
+  if (fixed && !tape.steps.empty()) {
     const auto grads = first_derivative_vjp(field, at::full({1}, tape.t0, like.options()), y, a_f, params, out.nfe);
     accumulate(grads);
     a_y = a_y + grads[0];

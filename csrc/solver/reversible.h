@@ -3,10 +3,12 @@
 // the current pair and the accepted (t0, h) of every step; the backward walks the steps in reverse,
 // rebuilds each earlier pair from the later one (exactly, to rounding) and back-propagates through that
 // step's two base steps, one at a time. Gradients are those of the discrete reversible solve.
-// Output times are not stepped to: an output inside step n is the cubic Hermite interpolant through
-// (y_n, f(t_n, y_n)) and (y_{n+1}, f(t_{n+1}, y_{n+1})) (core/fixed_grid_interp.h), whose slopes cost nothing:
-// f(t_{n+1}, y_{n+1}) is the first stage of step n's second base step (and f(t_0, y_0) the initial-step
-// evaluation). Like torchdiffeq, the adaptive solve may step past t[-1].
+// Output times are not stepped to (like torchdiffeq, the adaptive solve may step past t[-1]); an output inside
+// step n costs no evaluation: adaptive methods take the base method's dense output (the quartic the plain
+// solves use) of step n's second base step, the one from (t_{n+1}, y_{n+1}) back to t_n, which follows the
+// solution through y_{n+1}; fixed-grid methods the cubic Hermite interpolant through (y_n, f(t_n, y_n)) and
+// (y_{n+1}, f(t_{n+1}, y_{n+1})) (core/fixed_grid_interp.h): f(t_{n+1}, y_{n+1}) is the first stage of that
+// base step, f(t_0, y_0) one more evaluation.
 #pragma once
 
 #include <ATen/core/Tensor.h>
