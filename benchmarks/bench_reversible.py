@@ -17,9 +17,8 @@ flow (checkpoint, rtol = atol = 1e-10). Each method's error is its solver's disc
 
 Memory: peak RSS growth (ru_maxrss, each case in its own process started through a shell, as
 tests/test_memory.py) of one forward + backward with N forced steps of dopri5 (first_step = min_step =
-max_step = 5/N), after a 10-step warm-up. N = 100, 1000 and 10 000 (the 10 000-step variant); direct and
-checkpoint at 10 000 steps would need ~15 GB (small) / ~120 GB (large), so they run at 100 and 1000 only
-and their per-step growth is reported.
+max_step = 5/N), after a 10-step warm-up (MEMORY_STEPS: direct and checkpoint at 10 000 steps would need
+~15 GB (small) / ~120 GB (large), so they run shorter and their growth per step tells the rest).
 
 Usage: python benchmarks/bench_reversible.py [--repeats 7] [--problems small,large] [--no-memory] [--json F]
 """
@@ -45,6 +44,12 @@ PROBLEMS = {
     "large": dict(dim=32, width=256, batch=512),
 }
 METHODS = ["direct", "checkpoint", "adjoint", "adjoint-semi", "reversible"]
+# Forced step counts of the memory probes: the graph-keeping modes need ~1.5 MB (small) / ~12 MB (large) per
+# step, so they run shorter; the large problem's 10 000-step run of the flat modes would take ~10 minutes.
+MEMORY_STEPS = {
+    "small": dict(graph=(100, 1000), flat=(100, 1000, 10_000)),
+    "large": dict(graph=(50, 200), flat=(100, 1000)),
+}
 T_END, N_OUT, TOL, REF_TOL = 5.0, 10, 1e-5, 1e-10
 
 
@@ -151,7 +156,7 @@ def main():
         info = bench_time(name, spec, reps)
         if not args.no_memory:
             for m in METHODS:
-                steps = (100, 1000, 10_000) if m in ("adjoint", "adjoint-semi", "reversible") else (100, 1000)
+                steps = MEMORY_STEPS[name]["flat" if m in ("adjoint", "adjoint-semi", "reversible") else "graph"]
                 info[m]["memory_mib"] = {n: probe_memory(m, name, n) for n in steps}
         out["problems"][name] = info
         d = info["direct"]["cpu_ms"]
@@ -161,10 +166,10 @@ def main():
             mem = r.get("memory_mib", {})
             rows.append([m, f"{r['cpu_ms']:.1f}", f"{r['cpu_ms'] / d:.2f}", f"{r['nfe_forward']}/{r['nfe_backward']}",
                          str(r["steps"]), f"{r['grad_error']:.2e}"]
-                        + [f"{mem[n]:.1f}" if n in mem else "—" for n in (100, 1000, 10_000)])
+                        + ["; ".join(f"N={n}: {v:.1f}" for n, v in mem.items()) or "—"])
         print(f"\n{name}: dopri5 rtol=atol={TOL}, float32, {reps} rounds, CPU ms (one thread)")
         print(markdown_table(["method", "fwd+bwd ms", "÷ direct", "NFE f/b", "steps", "grad err",
-                              "mem N=100 MiB", "N=1000", "N=10000"], rows))
+                              "peak RSS growth, MiB (N forced steps)"], rows))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=1)

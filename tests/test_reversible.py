@@ -213,6 +213,8 @@ def test_bad_arguments():
         fastdiffeq.odeint(lambda tt, y: -y, y0.requires_grad_(True), t, gradient="reversible")
     with pytest.raises(fastdiffeq.MaxStepsError):
         fastdiffeq.odeint(f, y0, t, gradient="reversible", options=dict(max_num_steps=2), rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="not supported yet"):
+        fastdiffeq.solve_ivp(lambda tt, y: -y, torch.ones(2, D), torch.tensor([0.0, 1.0]), gradient="reversible")
     with pytest.raises(ValueError, match="coupling"):
         raw_solve(f, y0, t, "dopri5", coupling=-1.0)
     tape = raw_solve(f, y0, t, "dopri5")["tape"]

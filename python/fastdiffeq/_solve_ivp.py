@@ -412,6 +412,10 @@ def solve_ivp(
         >>> sol.ys.shape, sol.n_steps[0] < sol.n_steps[-1]
         (torch.Size([256, 200, 2]), tensor(True))
     """
+    if gradient == "reversible":
+        raise ValueError("solve_ivp(gradient='reversible') is not supported yet (per-sample reversible stepping is "
+                         "not implemented); use odeint(..., gradient='reversible') for one joint solve of the batch, "
+                         "or gradient='checkpoint' / 'adjoint' here")
     if gradient not in _GRADIENTS:
         raise ValueError(f"`gradient` must be one of {list(_GRADIENTS)}, got {gradient!r}")
     if on_failure not in _FAILURES:
