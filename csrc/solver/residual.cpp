@@ -57,8 +57,14 @@ ResidualGradients residual_reconstruct_backward(BlockSequence& blocks, const at:
   const double inv_n = 1.0 / static_cast<double>(N);
   ResidualGradients out;
   out.grad_params.resize(N);
-  for (int64_t n = 0; n < N; ++n)
-    for (const auto& p : blocks.params(n)) out.grad_params[n].push_back(at::zeros_like(p));
+  for (int64_t n = 0; n < N; ++n) {
+    const auto& ps = blocks.params(n);
+    for (size_t i = 0; i < ps.size(); ++i) {
+      TORCH_CHECK_VALUE(ps[i].defined() && ps[i].requires_grad(), "fastdiffeq: params[", n, "][", i,
+                        "] must be a tensor that requires grad (pass only the parameters to differentiate)");
+      out.grad_params[n].push_back(at::zeros_like(ps[i]));
+    }
+  }
   at::Tensor x = x_end.detach();
   at::Tensor a = grad_end;
   for (int64_t n = N - 1; n >= 0; --n) {

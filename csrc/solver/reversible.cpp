@@ -62,9 +62,19 @@ void check_state(const at::Tensor& y0, const at::Tensor& t_out) {
   TORCH_CHECK_VALUE(y0.defined() && y0.dim() == 2 && y0.size(0) == 1 && y0.is_contiguous() &&
                         (y0.scalar_type() == at::kFloat || y0.scalar_type() == at::kDouble),
                     "fastdiffeq: y0 must be a contiguous float32/float64 [1, D] tensor (joint mode)");
+  TORCH_CHECK_VALUE(y0.device().is_cpu() || y0.device().is_cuda(), "fastdiffeq: y0 must be on a CPU or CUDA device, got ",
+                    y0.device());
   TORCH_CHECK_VALUE(t_out.defined() && t_out.dim() == 1 && t_out.numel() >= 1 && t_out.scalar_type() == at::kDouble &&
                         t_out.device().is_cpu(),
                     "fastdiffeq: t_out must be a non-empty 1-D float64 CPU tensor");
+  const at::Tensor c = t_out.contiguous();
+  const double* p = c.data_ptr<double>();
+  const int64_t n = c.numel();
+  for (int64_t i = 0; i < n; ++i) TORCH_CHECK_VALUE(std::isfinite(p[i]), "fastdiffeq: t_out must be finite");
+  const double dir = n >= 2 && p[1] < p[0] ? -1.0 : 1.0;
+  for (int64_t i = 1; i < n; ++i)
+    TORCH_CHECK_VALUE(dir * (p[i] - p[i - 1]) > 0, "fastdiffeq: t_out must be strictly increasing or strictly "
+                      "decreasing, got ", p[i - 1], " then ", p[i]);
 }
 
 // One reversible step of the pair (core/reversible.h).
