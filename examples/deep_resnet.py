@@ -6,7 +6,8 @@ step 1/N (ResNet: Euler; HeunNet: Heun) -> Linear(width, 10). The blocks' weight
 (interpolated linearly between 4 random anchors), the setting in which Sander, Ablin & Peyre (2022) show the
 reconstruct gradient converges (O(1/N) ResNet, O(1/N^2) HeunNet). Every (scheme, gradient, depth) trains in its
 own process (Adam, the same data order and initial weights for the four variants of a depth), so its peak RSS
-growth (ru_maxrss during training, minus that after a warm-up step) is its own. Digits are bundled with
+growth (ru_maxrss during training, minus that after a warm-up step) is its own; it includes the parameters,
+their gradients and Adam's state, which grow with N in every variant. Digits are bundled with
 scikit-learn (no download). The default run takes 2-4 minutes on 2 CPU cores.
 
     python examples/deep_resnet.py [--depths 8,32,128,512] [--iterations 150] [--out examples/out]
