@@ -670,6 +670,40 @@ py::tuple reversible_backward_py(const py::object& func, const py::object& tape_
   return py::make_tuple(g.grad_y0, g.grad_params, g.nfe, keep_states ? py::cast(g.states) : py::none());
 }
 
+py::dict reversible_solve_per_sample_py(const py::object& func, const at::Tensor& y0, const at::Tensor& t_out,
+                                        const fde::solver::RkOptions& options, double coupling,
+                                        std::vector<int64_t> user_shape) {
+  if (y0.dim() == 2) check_sample_shape(user_shape, y0.numel(), y0.size(0));
+  fde::solver::ReversibleOptions opt;
+  opt.rk = options;
+  opt.coupling = coupling;
+  const auto field = make_field(func, std::move(user_shape), false);
+  fde::solver::SampleReversibleResult r = fde::solver::reversible_solve_per_sample(*field, y0, t_out, opt);
+  py::dict out;
+  out["ys"] = r.ys;
+  out["status"] = r.status;
+  out["counters"] = r.counters;
+  out["t"] = r.t;
+  out["nfe"] = r.nfe;
+  out["tape"] = py::cast(r.tape);
+  return out;
+}
+
+py::tuple reversible_backward_per_sample_py(const py::object& func, const py::object& tape_obj,
+                                            const at::Tensor& grad_ys, const py::object& params_obj,
+                                            std::vector<int64_t> user_shape) {
+  const std::vector<at::Tensor> params = tensor_list_arg(params_obj, "params");
+  if (!py::isinstance<fde::solver::SampleReversibleTape>(tape_obj))
+    throw py::type_error("fastdiffeq: tape must be a SampleReversibleTape, got " + py_type_name(tape_obj));
+  const auto tape = tape_obj.cast<std::shared_ptr<fde::solver::SampleReversibleTape>>();
+  if (!tape->y_end.defined()) throw py::value_error("fastdiffeq: an empty reversible tape");
+  check_sample_shape(user_shape, tape->y_end.numel(), tape->y_end.size(0));
+  fde::solver::check_vjp_params(params, grad_ys.device());
+  const auto field = make_field(func, std::move(user_shape), false, params);
+  fde::solver::ReversibleGradients g = fde::solver::reversible_backward_per_sample(*field, *tape, grad_ys, params);
+  return py::make_tuple(g.grad_y0, g.grad_params, g.nfe);
+}
+
 // The blocks of a fastdiffeq.nn.ResidualODE: Python callables block(x), each with its own parameter list.
 class PyBlockSequence final : public fde::solver::BlockSequence {
  public:
@@ -865,6 +899,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::kw_only(), py::arg("coupling"), py::arg("grid"), py::arg("user_shape"), py::arg("keep_states") = false);
   m.def("reversible_backward", &reversible_backward_py, py::arg("func"), py::arg("tape"), py::arg("grad_ys"),
         py::arg("params"), py::arg("user_shape"), py::arg("keep_states") = false);
+  py::class_<fde::solver::SampleReversibleTape, std::shared_ptr<fde::solver::SampleReversibleTape>>(
+      m, "SampleReversibleTape")
+      .def_property_readonly("n_iterations",
+                             [](const fde::solver::SampleReversibleTape& t) { return t.iterations.size(); });
+  m.def("reversible_solve_per_sample", &reversible_solve_per_sample_py, py::arg("func"), py::arg("y0"),
+        py::arg("t_out"), py::arg("options"), py::kw_only(), py::arg("coupling"), py::arg("user_shape"));
+  m.def("reversible_backward_per_sample", &reversible_backward_per_sample_py, py::arg("func"), py::arg("tape"),
+        py::arg("grad_ys"), py::arg("params"), py::arg("user_shape"));
   m.def("residual_forward", &residual_forward_py, py::arg("blocks"), py::arg("params"), py::arg("x"), py::arg("scheme"));
   m.def("residual_backward", &residual_backward_py, py::arg("blocks"), py::arg("params"), py::arg("x_end"),
         py::arg("grad_end"), py::arg("scheme"));

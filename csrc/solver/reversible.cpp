@@ -21,22 +21,10 @@
 #include "solver/finite.h"
 #include "solver/rk_problem.h"
 #include "solver/rk_step.h"
+#include "solver/reversible_step.h"
 
 namespace fde::solver {
 namespace {
-
-// One step of the base method from (t0, x) with step h (signed): x + Psi_h(t0, x) (StepStages::y1) and its
-// stages (ks[0] = f(t0, x); all of them for the error estimate). k0 is evaluated here: the two base steps of a
-// reversible step start at different points, so nothing is first-same-as-last between them.
-StepStages base_step(VectorField& field, const core::Tableau& tab, double t0, double h, const at::Tensor& x,
-                     int64_t& nfe) {
-  const auto time_opts = at::TensorOptions().dtype(at::kDouble).device(x.device());
-  const at::Tensor t0_t = at::full({x.size(0)}, t0, time_opts);
-  const at::Tensor h_t = at::full({x.size(0)}, h, time_opts);
-  const at::Tensor k0 = field.eval(t0_t.to(x.scalar_type()), x);
-  ++nfe;
-  return rk_stages(field, tab, x, k0, t0_t, h_t, nfe);
-}
 
 at::Tensor eval_at(VectorField& field, double t, const at::Tensor& y, int64_t& nfe) {
   ++nfe;
@@ -91,17 +79,6 @@ Attempt pair_step(VectorField& field, const core::Tableau& tab, double lambda, d
   a.from_y1 = base_step(field, tab, t0 + h, -h, a.y1, nfe);
   a.z1 = core::reversible_z_forward(z, a.y1, a.from_y1.y1);
   return a;
-}
-
-// Adaptive methods: the outputs inside step n are the base method's dense output (the quartic through start,
-// midpoint and end with end slopes, as the plain solves use) of the step's second base step, the one from
-// (t_{n+1}, y_{n+1}) back to t_n: it follows the solution through y_{n+1} and needs no extra evaluation.
-at::Tensor backward_dense(const core::Tableau& tab, const at::Tensor& y1, const StepStages& from_y1, double t1,
-                          double h_back, const at::Tensor& t_eval) {
-  const auto time_opts = at::TensorOptions().dtype(at::kDouble).device(y1.device());
-  return ops::call<ops::RkDenseEval>(y1, from_y1.y1, from_y1.ks, at::full({y1.size(0)}, h_back, time_opts),
-                                     at::full({y1.size(0)}, t1, time_opts), t_eval,
-                                     at::ArrayRef<double>(tab.mid, tab.stages));
 }
 
 // Fixed-grid methods: writes the outputs [first, last) of the accepted step (t0, h) from y, f0 = f(t0, y) to y1, f1 = f(t1, y1).

@@ -14,6 +14,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <array>
 #include <memory>
 #include <vector>
 
@@ -74,5 +75,40 @@ struct ReversibleGradients {
 // uses f(t0, y0): its cotangent is pulled back through one more evaluation there.
 ReversibleGradients reversible_backward(VectorField& field, const ReversibleTape& tape, const at::Tensor& grad_ys,
                                         const std::vector<at::Tensor>& params, bool keep_states = false);
+
+// ---- Per-sample solves (solve_ivp): B independent problems, each with its own t, h, accept/reject, status.
+// Host-driven: each iteration attempts one reversible step for every running sample (h = 0 for the others),
+// reads the B decisions and moves the accepted rows (where()); a failed sample stops (status) and its later
+// outputs stay NaN. The field's rows must not interact (as for every per-sample gradient).
+
+struct SampleReversibleIteration {
+  std::vector<double> t0, h;                       // [B]; h = 0 for the rows that did not move
+  std::vector<std::array<int64_t, 3>> outputs;     // (sample, first, last): output rows inside its step
+};
+
+struct SampleReversibleTape {
+  const core::Tableau* tableau = nullptr;
+  double coupling = 0.999;
+  std::vector<SampleReversibleIteration> iterations;
+  at::Tensor y_end, z_end;  // [B, D]
+  at::Tensor t_out;         // float64 [T] or [B, T] on the CPU
+};
+
+struct SampleReversibleResult {
+  at::Tensor ys;        // [T, B, D], NaN where not reached
+  at::Tensor status;    // int32 [B]
+  at::Tensor counters;  // int64 [B, core::kNumCounters]
+  at::Tensor t;         // float64 [B], the time each sample reached
+  int64_t nfe = 0;
+  std::shared_ptr<SampleReversibleTape> tape;
+};
+
+// y0: [B, D]; t_out: float64 [T] or [B, T] (one direction). Adaptive tableaus only. No graph.
+SampleReversibleResult reversible_solve_per_sample(VectorField& field, const at::Tensor& y0, const at::Tensor& t_out,
+                                                   const ReversibleOptions& options);
+
+// grad_ys: [T, B, D]; returns grad_y0 [B, D] and the parameters' gradients.
+ReversibleGradients reversible_backward_per_sample(VectorField& field, const SampleReversibleTape& tape,
+                                                   const at::Tensor& grad_ys, const std::vector<at::Tensor>& params);
 
 }  // namespace fde::solver

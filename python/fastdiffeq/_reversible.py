@@ -126,3 +126,61 @@ def solve_reversible(p: Any, y_flat: torch.Tensor, params: Tuple[torch.Tensor, .
         return run_reversible(p, y_flat, coupling, raise_status)["ys"]
     return output_time_gradients(
         p, y_flat, lambda y: ReversibleSolve.apply(y, p, coupling, raise_status, *params))
+
+
+# ---- solve_ivp(gradient='reversible'): the per-sample loop (csrc/solver/reversible_per_sample.cpp).
+
+def run_reversible_per_sample(b: Any, y_flat: torch.Tensor, coupling: float) -> Dict[str, Any]:
+    """One forward per-sample reversible solve of a solve_ivp batch (no graph)."""
+    from ._odeint import gc_paused
+    with torch.no_grad(), gc_paused():
+        return _C.reversible_solve_per_sample(b.field, y_flat.detach(), b.t_out(), b.options(), coupling=coupling,
+                                              user_shape=b.user_shape())
+
+
+class ReversibleSolvePerSample(torch.autograd.Function):
+    """Forward keeps each sample's final pair and the iterations' steps; backward rebuilds and back-propagates.
+    Samples that failed contribute no gradient (their cotangents are zeroed), as in solve_ivp's other modes."""
+
+    @staticmethod
+    def forward(ctx, y_flat: torch.Tensor, batch: Any, coupling: float, res_box: list,
+                *params: torch.Tensor) -> torch.Tensor:
+        res = run_reversible_per_sample(batch, y_flat, coupling)
+        res_box.append(res)
+        ctx.batch = batch
+        ctx.tape = res["tape"]
+        ctx.status = res["status"]
+        ctx.save_for_backward(*params)
+        return res["ys"]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_ys: torch.Tensor):
+        b = ctx.batch
+        params = list(ctx.saved_tensors)
+        active = (ctx.status == int(Status.SUCCESS)).to(grad_ys.device).view(1, -1, 1)
+        grad_ys = torch.where(active, grad_ys, 0.0).contiguous()
+        field, path = field_for(b.field, b.func, b.native, params)
+        from ._odeint import gc_paused
+        with gc_paused():
+            grad_y0, grad_params, nfe = _C.reversible_backward_per_sample(field, ctx.tape, grad_ys, params,
+                                                                          b.user_shape())
+        grad_y0 = torch.where(active[0], grad_y0, 0.0)
+        _record_backward(SolveStats(method=b.method, nfe=int(nfe), n_accepted=ctx.tape.n_iterations, n_rejected=0,
+                                    t_final=float(b.t_eval[0, 0]), status=status_name(Status.SUCCESS), field=path))
+        return (grad_y0, None, None, None, *grad_params)
+
+
+def solve_ivp_reversible(b: Any, y_flat: torch.Tensor, params: Tuple[torch.Tensor, ...], coupling: float,
+                         needs_grad: bool) -> Tuple[torch.Tensor, Dict[str, Any]]:
+    """(ys [T, B, D], the loop's result) of solve_ivp(gradient='reversible')."""
+    if b.user_norm is not None:
+        raise ValueError("solve_ivp(gradient='reversible') does not support options['norm'] yet")
+    if b.progress:
+        raise ValueError("solve_ivp(gradient='reversible') does not support progress=True yet")
+    if not needs_grad:
+        res = run_reversible_per_sample(b, y_flat, coupling)
+        return res["ys"], res
+    box: list = []
+    ys = ReversibleSolvePerSample.apply(y_flat, b, coupling, box, *params)
+    return ys, box[0]

@@ -2429,6 +2429,97 @@ def residual_call(g: Gen, backward: bool) -> Call:
     return call
 
 
+def reversible_per_sample_call(g: Gen) -> Call:
+    """_C.reversible_solve_per_sample(func, y0, t_out, options, *, coupling, user_shape) through
+    helpers.reversible_solve_per_sample (B samples, t_out [T] or [B, T]; adaptive methods)."""
+    B = g.choice([1, 2, 3])
+    D = g.choice([1, 2, 3])
+    T = g.choice([1, 2, 3, 4])
+    a = {
+        "func": Code(f"F.{g.choice(FIELDS)}"),
+        "y0": Ten((B, D), g.choice(["float64", "float32"]), seed=g.seed()),
+        "t_out": _grid(g, T, rows=B if B > 1 and g.p(0.4) else 0),
+        "method": g.choice(_adaptive_methods()), "rtol": [1e-6], "atol": [1e-8], "segment_ends": [D],
+        "max_num_steps": g.choice([2**31 - 1, 1000]),
+        "coupling": g.choice([0.999, 0.99, 1.0]),
+        "user_shape": [B, D],
+    }
+    call = Call(target="reversible_solve_per_sample", callee="reversible_solve_per_sample", args=a, positional=3,
+                level="C")
+    for _ in range(g.choice([0, 1, 1, 2])):
+        name = g.choice(["func", "y0", "t_out", "coupling", "user_shape", "method"])
+        if name in ("y0", "t_out"):
+            a[name], m = g.mutate_tensor(a[name], "grid" if name == "t_out" else "")
+        elif name == "func":
+            a[name] = Code(f"F.{g.choice(FIELDS)}")
+            m = a[name].text
+        elif name == "coupling":
+            a[name] = g.choice([0.0, -0.5, 1.5, math.nan])
+            m = str(a[name])
+        elif name == "method":
+            a[name] = g.choice(["", "rk4", "bogus"])
+            m = a[name]
+        else:
+            a[name] = g.choice([[], [B * D + 1], [-1], [D, B] if B != D else [0]])
+            m = lit(a[name])
+        call.muts.append(f"{name}: {m}")
+    y0 = a["y0"]
+    must = []
+    if y0.device != "cpu":
+        must.append("meta y0")
+    if y0.dtype not in ("float32", "float64") or len(y0.shape) != 2:
+        must.append("y0 must be a float32/float64 [B, D] tensor")
+    if not (0.0 < a["coupling"] <= 1.0):
+        must.append("the coupling must lie in (0, 1]")
+    if a["method"] not in _adaptive_methods():
+        must.append(f"method {a['method']!r} is not an adaptive method")
+    call.must_raise = must
+    call.observe = "{k: v for k, v in RESULT.items() if k != 'tape'}"
+    call.checks = [("wrong-output-shape", "tuple(RESULT['ys'].shape) == (t_out.shape[-1], *y0.shape)")]
+    return call
+
+
+def reversible_backward_per_sample_call(g: Gen) -> Call:
+    """_C.reversible_backward_per_sample(func, tape, grad_ys, params, user_shape) after a per-sample solve."""
+    B = g.choice([1, 2, 3])
+    D = g.choice([1, 2])
+    T = g.choice([1, 2, 3])
+    env = {"y0": Ten((B, D), "float64", seed=g.seed()), "t_out": _grid(g, T)}
+    setup = [f"field = Lin({g.uniform(0.2, 2.0)})",
+             f"tape = reversible_solve_per_sample(field, y0, t_out, method='dopri5', rtol=[1e-6], atol=[1e-8], "
+             f"segment_ends=[{D}], user_shape=[{B}, {D}])['tape']"]
+    a = {"func": Code("field"), "tape": Code("tape"), "grad_ys": Ten((T, B, D), "float64", seed=g.seed()),
+         "params": [Code("field.theta")], "user_shape": [B, D]}
+    call = Call(target="reversible_backward_per_sample", callee="_C.reversible_backward_per_sample", args=a,
+                positional=5, env=env, setup=setup, level="C")
+    for _ in range(g.choice([0, 0, 1, 1, 2])):
+        name = g.choice(list(a))
+        if name == "grad_ys":
+            shape = g.choice([(T + 1, B, D), (T, D), (), (T, B, D + 1)])
+            a[name] = replace(a[name], shape=shape)
+            m = f"shape {shape}"
+        elif name == "params":
+            a[name] = g.choice([[], [Code("field.theta.detach()")], [Ten((2,), "float64", device="meta")]])
+            m = "params changed"
+        elif name == "func":
+            a[name] = Code(g.choice(["F.decay", "F.wrong_shape", "F.raises", "Lin(0.5)"]))
+            m = a[name].text
+        elif name == "tape":
+            a[name] = Code(g.choice(["None", "3", "y0"]))
+            m = a[name].text
+        else:
+            a[name] = g.choice([[B * D + 1], [], [-1]])
+            m = lit(a[name])
+        call.muts.append(f"{name}: {m}")
+    gy = a["grad_ys"]
+    if tuple(gy.shape) != (T, B, D):
+        call.must_raise.append(f"grad_ys shape: must be [{T}, {B}, {D}], got {list(gy.shape)}")
+    if a["tape"].text != "tape":
+        call.must_raise.append("not a per-sample reversible tape")
+    call.checks = [("wrong-gradient-shape", f"tuple(RESULT[0].shape) == ({B}, {D})")]
+    return call
+
+
 ENTRY_POINTS: Dict[str, Callable[[Gen], Call]] = {
     "rk_solve": solve_call,
     "rk_checkpoint_backward": backward_call,
@@ -2445,6 +2536,8 @@ ENTRY_POINTS: Dict[str, Callable[[Gen], Call]] = {
     "fixed_grid_backward": fixed_grid_backward_call,
     "reversible_solve": reversible_solve_call,
     "reversible_backward": reversible_backward_call,
+    "reversible_solve_per_sample": reversible_per_sample_call,
+    "reversible_backward_per_sample": reversible_backward_per_sample_call,
     "residual_forward": lambda g: residual_call(g, False),
     "residual_backward": lambda g: residual_call(g, True),
 }
