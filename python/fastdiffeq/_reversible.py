@@ -10,7 +10,8 @@ where Psi_h(t, x) is the base method's increment over one step h from (t, x). Th
 (to rounding) by evaluating the same two base steps in the opposite order, so the backward pass rebuilds
 every earlier state from the final pair instead of storing it: memory O(state) plus the accepted (t, h),
 time about that of one more forward solve with a graph. The gradients are exact gradients of the discrete
-reversible solve (step sizes are constants). The loop is C++ (csrc/solver/reversible.cpp).
+reversible solve (step sizes are constants). The loops are C++ (csrc/solver/reversible.cpp for odeint,
+reversible_per_sample.cpp for solve_ivp: each sample with its own steps).
 
 Adaptive methods: the error ratio of a step is the larger of the two base steps' embedded error ratios
 (each the RMS of err / (atol + rtol max(|x_start|, |x_end|))), with the usual controller; fixed-grid methods
