@@ -22,6 +22,8 @@
 #include "solver/fixed_grid.h"
 #include "solver/native_mlp.h"
 #include "solver/progress.h"
+#include "solver/residual.h"
+#include "solver/reversible.h"
 #include "solver/rk_adjoint.h"
 #include "solver/rk_per_sample.h"
 #include "solver/rk_solve.h"
@@ -629,6 +631,142 @@ py::dict tableau_py(const std::string& name) {
   return d;
 }
 
+// ---- F10: reversible Runge-Kutta (solver/reversible.h) and residual networks (solver/residual.h) ----
+
+py::dict reversible_solve_py(const py::object& func, const at::Tensor& y0, const at::Tensor& t_out,
+                             const fde::solver::RkOptions& options, double coupling, const std::vector<double>& grid,
+                             std::vector<int64_t> user_shape, bool keep_states) {
+  if (y0.dim() == 2) check_user_shape(user_shape, y0.numel(), y0.size(0), true);
+  fde::solver::ReversibleOptions opt;
+  opt.rk = options;
+  opt.coupling = coupling;
+  opt.grid = grid;
+  opt.keep_states = keep_states;
+  const auto field = make_field(func, std::move(user_shape), true);
+  fde::solver::ReversibleResult r = fde::solver::reversible_solve(*field, y0, t_out, opt);
+  py::dict out;
+  out["ys"] = r.ys;
+  out["status"] = r.status;
+  out["t_final"] = r.t_final;
+  out["nfe"] = r.nfe;
+  out["n_accepted"] = r.n_accepted;
+  out["n_rejected"] = r.n_rejected;
+  out["tape"] = py::cast(r.tape);
+  out["states"] = keep_states ? py::cast(r.states) : py::none();
+  return out;
+}
+
+py::tuple reversible_backward_py(const py::object& func, const py::object& tape_obj, const at::Tensor& grad_ys,
+                                 const py::object& params_obj, std::vector<int64_t> user_shape, bool keep_states) {
+  const std::vector<at::Tensor> params = tensor_list_arg(params_obj, "params");
+  if (!py::isinstance<fde::solver::ReversibleTape>(tape_obj))
+    throw py::type_error("fastdiffeq: tape must be a ReversibleTape, got " + py_type_name(tape_obj));
+  const auto tape = tape_obj.cast<std::shared_ptr<fde::solver::ReversibleTape>>();
+  if (!tape->y_end.defined()) throw py::value_error("fastdiffeq: an empty reversible tape");
+  check_user_shape(user_shape, tape->y_end.numel(), tape->y_end.size(0), true);
+  fde::solver::check_vjp_params(params, grad_ys.device());
+  const auto field = make_field(func, std::move(user_shape), true, params);
+  fde::solver::ReversibleGradients g = fde::solver::reversible_backward(*field, *tape, grad_ys, params, keep_states);
+  return py::make_tuple(g.grad_y0, g.grad_params, g.nfe, keep_states ? py::cast(g.states) : py::none());
+}
+
+py::dict reversible_solve_per_sample_py(const py::object& func, const at::Tensor& y0, const at::Tensor& t_out,
+                                        const fde::solver::RkOptions& options, double coupling,
+                                        std::vector<int64_t> user_shape) {
+  if (y0.dim() == 2) check_sample_shape(user_shape, y0.numel(), y0.size(0));
+  fde::solver::ReversibleOptions opt;
+  opt.rk = options;
+  opt.coupling = coupling;
+  const auto field = make_field(func, std::move(user_shape), false);
+  fde::solver::SampleReversibleResult r = fde::solver::reversible_solve_per_sample(*field, y0, t_out, opt);
+  py::dict out;
+  out["ys"] = r.ys;
+  out["status"] = r.status;
+  out["counters"] = r.counters;
+  out["t"] = r.t;
+  out["nfe"] = r.nfe;
+  out["tape"] = py::cast(r.tape);
+  return out;
+}
+
+py::tuple reversible_backward_per_sample_py(const py::object& func, const py::object& tape_obj,
+                                            const at::Tensor& grad_ys, const py::object& params_obj,
+                                            std::vector<int64_t> user_shape) {
+  const std::vector<at::Tensor> params = tensor_list_arg(params_obj, "params");
+  if (!py::isinstance<fde::solver::SampleReversibleTape>(tape_obj))
+    throw py::type_error("fastdiffeq: tape must be a SampleReversibleTape, got " + py_type_name(tape_obj));
+  const auto tape = tape_obj.cast<std::shared_ptr<fde::solver::SampleReversibleTape>>();
+  if (!tape->y_end.defined()) throw py::value_error("fastdiffeq: an empty reversible tape");
+  check_sample_shape(user_shape, tape->y_end.numel(), tape->y_end.size(0));
+  fde::solver::check_vjp_params(params, grad_ys.device());
+  const auto field = make_field(func, std::move(user_shape), false, params);
+  fde::solver::ReversibleGradients g = fde::solver::reversible_backward_per_sample(*field, *tape, grad_ys, params);
+  return py::make_tuple(g.grad_y0, g.grad_params, g.nfe);
+}
+
+// The blocks of a fastdiffeq.nn.ResidualODE: Python callables block(x), each with its own parameter list.
+class PyBlockSequence final : public fde::solver::BlockSequence {
+ public:
+  PyBlockSequence(const py::object& blocks, const py::object& params) {
+    if (!py::isinstance<py::list>(blocks) && !py::isinstance<py::tuple>(blocks))
+      throw py::type_error("fastdiffeq: blocks must be a list of callables, got " + py_type_name(blocks));
+    for (const py::handle b : blocks) {
+      if (!PyCallable_Check(b.ptr()))
+        throw py::type_error("fastdiffeq: blocks[" + std::to_string(blocks_.size()) + "] must be callable, got " +
+                             py_type_name(b));
+      blocks_.push_back(py::reinterpret_borrow<py::object>(b));
+    }
+    if (!py::isinstance<py::list>(params) && !py::isinstance<py::tuple>(params))
+      throw py::type_error("fastdiffeq: params must be a list of tensor lists, got " + py_type_name(params));
+    for (const py::handle p : params) params_.push_back(tensor_list_arg(py::reinterpret_borrow<py::object>(p), "params[n]"));
+    if (params_.size() != blocks_.size())
+      throw py::value_error("fastdiffeq: params must hold one tensor list per block (" + std::to_string(blocks_.size()) +
+                            "), got " + std::to_string(params_.size()));
+  }
+  int64_t size() const override { return static_cast<int64_t>(blocks_.size()); }
+  at::Tensor eval(int64_t n, const at::Tensor& x) override {
+    py::object r = blocks_[n](x);
+    at::Tensor out;
+    if (!unpack_tensor(r, out))
+      throw py::type_error("fastdiffeq: block " + std::to_string(n) + " must return a torch.Tensor, got " + py_type_name(r));
+    if (out.sizes() != x.sizes() || out.scalar_type() != x.scalar_type() || out.device() != x.device())
+      throw py::value_error("fastdiffeq: block " + std::to_string(n) + " returned " + shape_str(out.sizes()) + " " +
+                            c10::toString(out.scalar_type()) + " on " + out.device().str() +
+                            "; it must map x to x's shape, dtype and device (" + shape_str(x.sizes()) + " " +
+                            c10::toString(x.scalar_type()) + " on " + x.device().str() + ")");
+    return out;
+  }
+  const std::vector<at::Tensor>& params(int64_t n) const override { return params_[n]; }
+  std::unique_ptr<fde::solver::ScopedUnlock> unlock() override { return std::make_unique<GilRelease>(); }
+
+ private:
+  struct GilRelease final : fde::solver::ScopedUnlock {
+    py::gil_scoped_release release;
+  };
+  std::vector<py::object> blocks_;
+  std::vector<std::vector<at::Tensor>> params_;
+};
+
+fde::solver::ResidualScheme parse_scheme(const std::string& scheme) {
+  if (scheme == "euler") return fde::solver::ResidualScheme::kEuler;
+  if (scheme == "heun") return fde::solver::ResidualScheme::kHeun;
+  throw py::value_error("fastdiffeq: scheme must be 'euler' or 'heun', got '" + scheme + "'");
+}
+
+at::Tensor residual_forward_py(const py::object& blocks, const py::object& params, const at::Tensor& x,
+                               const std::string& scheme) {
+  PyBlockSequence seq(blocks, params);
+  return fde::solver::residual_forward(seq, x, parse_scheme(scheme));
+}
+
+py::tuple residual_backward_py(const py::object& blocks, const py::object& params, const at::Tensor& x_end,
+                               const at::Tensor& grad_end, const std::string& scheme) {
+  PyBlockSequence seq(blocks, params);
+  fde::solver::ResidualGradients g =
+      fde::solver::residual_reconstruct_backward(seq, x_end, grad_end, parse_scheme(scheme));
+  return py::make_tuple(g.grad_x0, g.grad_params, g.x0_rebuilt);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -749,6 +887,29 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("mode"), py::arg("callbacks") = py::none());
   m.def("fixed_grid_backward", &fixed_grid_backward_py, py::arg("func"), py::arg("tape"), py::arg("grad_ys"),
         py::arg("params"), py::arg("user_shape"));
+  // F10: reversible Runge-Kutta and residual networks.
+  py::class_<fde::solver::ReversibleTape, std::shared_ptr<fde::solver::ReversibleTape>>(m, "ReversibleTape")
+      .def_property_readonly("n_steps", [](const fde::solver::ReversibleTape& t) { return t.steps.size(); })
+      .def_property_readonly("steps", [](const fde::solver::ReversibleTape& t) {
+        py::list out;
+        for (const auto& s : t.steps) out.append(py::make_tuple(s.t0, s.h, s.out_first, s.out_last));
+        return out;
+      }, "The accepted steps as (t0, h, first, last): output rows [first, last) are interpolated inside the step.");
+  m.def("reversible_solve", &reversible_solve_py, py::arg("func"), py::arg("y0"), py::arg("t_out"), py::arg("options"),
+        py::kw_only(), py::arg("coupling"), py::arg("grid"), py::arg("user_shape"), py::arg("keep_states") = false);
+  m.def("reversible_backward", &reversible_backward_py, py::arg("func"), py::arg("tape"), py::arg("grad_ys"),
+        py::arg("params"), py::arg("user_shape"), py::arg("keep_states") = false);
+  py::class_<fde::solver::SampleReversibleTape, std::shared_ptr<fde::solver::SampleReversibleTape>>(
+      m, "SampleReversibleTape")
+      .def_property_readonly("n_iterations",
+                             [](const fde::solver::SampleReversibleTape& t) { return t.iterations.size(); });
+  m.def("reversible_solve_per_sample", &reversible_solve_per_sample_py, py::arg("func"), py::arg("y0"),
+        py::arg("t_out"), py::arg("options"), py::kw_only(), py::arg("coupling"), py::arg("user_shape"));
+  m.def("reversible_backward_per_sample", &reversible_backward_per_sample_py, py::arg("func"), py::arg("tape"),
+        py::arg("grad_ys"), py::arg("params"), py::arg("user_shape"));
+  m.def("residual_forward", &residual_forward_py, py::arg("blocks"), py::arg("params"), py::arg("x"), py::arg("scheme"));
+  m.def("residual_backward", &residual_backward_py, py::arg("blocks"), py::arg("params"), py::arg("x_end"),
+        py::arg("grad_end"), py::arg("scheme"));
   m.def("tableau", &tableau_py, py::arg("name"));
   m.def("all_finite", &fde::solver::all_finite, py::arg("x"),
         "Whether every element of x is finite (no allocation for contiguous CPU float tensors).");

@@ -4,10 +4,12 @@ The adaptive loop (dopri5, tsit5, bosh3) runs in C++; every per-step operation (
 norm with accept/reject and step-size control, dense output, state update) is a fused CPU/CUDA kernel
 (``torch.ops.fastdiffeq.*``); only the calls of the vector field go back to Python. Gradients: direct
 backprop through the fused ops, exact checkpointed replay (``gradient="checkpoint"``), or the adjoint method
-(``odeint_adjoint``, with seminorm and an interpolated-trajectory option).
+(``odeint_adjoint``, with seminorm and an interpolated-trajectory option), or algebraically reversible
+Runge-Kutta (``gradient="reversible"``: exact gradients of the reversible solve, memory flat in the steps).
 
 Public API:
-    odeint(func, y0, t, *, rtol, atol, method, options, gradient, progress)  -- drop-in for torchdiffeq.odeint
+    odeint(func, y0, t, *, rtol, atol, method, options, gradient, progress, reversible_coupling)  -- drop-in for
+        torchdiffeq.odeint
     odeint_adjoint(func, y0, t, *, ..., adjoint_options, adjoint_params, progress) -- drop-in for torchdiffeq's
     solve_ivp(func, y0, t_eval, *, method, rtol, atol, gradient, options, on_failure, event_fn, params, progress)
         -- a batch of independent problems, each sample with its own step size -> Solution
@@ -19,6 +21,7 @@ Public API:
     sdeint(sde, y0, ts, bm, method, dt, adaptive, ...), sdeint_adjoint(...) -- drop-in for torchsde's
     BrownianInterval, BrownianPath, BrownianTree -- torchsde's Brownian motions (seeded, any query order)
     nn.CNF, nn.ConcatSquashLinear, nn.ConcatSquashMLP  -- continuous normalizing flows (FFJORD, RNODE)
+    nn.ResidualODE  -- ResNet / HeunNet as discretised neural ODEs, with the memory-free reconstruct gradient
     datasets.toy_2d, datasets.TOY_2D, datasets.TOY_2D_ENTROPY  -- FFJORD's 2-D toy distributions
 """
 

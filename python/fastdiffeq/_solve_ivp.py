@@ -22,13 +22,14 @@ from ._errors import SolverError
 from ._native import field_for, native_field
 from ._odeint import _STATUS_ERRORS, ADAPTIVE_METHODS, FIXED_GRID_METHODS, _parse_options, gc_paused, solver_options
 from ._progress import ProgressBar, check_progress, progress_bar
+from ._reversible import DEFAULT_COUPLING, check_coupling, solve_ivp_reversible
 from ._stats import SolveStats, _record, _record_backward
 from ._status import Counter, Status, status_name
 from ._validate import check_func, check_state_tensor, check_tolerance
 
 __all__ = ["solve_ivp", "Solution"]
 
-_GRADIENTS = ("direct", "adjoint", "checkpoint")
+_GRADIENTS = ("direct", "adjoint", "checkpoint", "reversible")
 _FAILURES = ("raise", "mark")
 
 
@@ -360,6 +361,7 @@ def solve_ivp(
     params: Optional[Sequence[torch.Tensor]] = None,
     adjoint_options: Optional[Dict[str, Any]] = None,
     progress: bool = False,
+    reversible_coupling: float = DEFAULT_COUPLING,
 ) -> Solution:
     """Solve a batch of independent problems dy_b/dt = func(t, y)_b, each sample with its own step size.
 
@@ -381,7 +383,10 @@ def solve_ivp(
         gradient: when y0 or the parameters require grad: 'direct' (backprop through the per-sample loop;
             memory grows with the steps), 'checkpoint' (per-sample replay: the same gradients, one iteration's
             graph at a time) or 'adjoint' (the per-sample reverse-time adjoint: memory independent of the
-            steps, gradients of the continuous problem within the tolerances). Step sizes are constants.
+            steps, gradients of the continuous problem within the tolerances) or 'reversible' (each sample
+            solved by the method made algebraically reversible, as ``odeint(gradient='reversible')``, with its
+            own steps: memory independent of the steps, exact gradients of that solve; not with event_fn, a
+            user norm or progress). Step sizes are constants.
         options: first_step, min_step, max_step, safety, ifactor, dfactor, max_num_steps (attempts per output
             interval, per sample), norm (``norm(x)`` with x ``[B, ...]`` returning each sample's norm ``[B]``).
         on_failure: 'raise' (default) raises a :class:`SolverError` naming the failed samples; 'mark' returns
@@ -389,7 +394,7 @@ def solve_ivp(
             samples contribute no gradient.
         event_fn: ``event_fn(t, y) -> [B]``: a terminal event per sample; a sample stops where its value
             changes sign (``Solution.t_events`` / ``y_events``).
-        params: for 'adjoint' and 'checkpoint', the tensors ``func`` uses that are differentiated (default:
+        params: for 'adjoint', 'checkpoint' and 'reversible', the tensors ``func`` uses that are differentiated (default:
             ``func.parameters()``; required when func is not an nn.Module).
         adjoint_options: for gradient='adjoint': ``trajectory='resolve'`` (default: y is re-solved backwards
             with the adjoint, re-anchored at every output time; memory independent of the steps) or
@@ -397,6 +402,7 @@ def solve_ivp(
             and sample; stable where re-solving y backwards is not — contracting dynamics, limit cycles —
             and usually fewer backward steps).
         progress: a tqdm bar of integration time (the slowest sample).
+        reversible_coupling: with gradient='reversible', the coupling parameter in (0, 1] (default 0.999).
 
     Returns:
         A :class:`Solution`: ``ys [B, T, ...]``, ``status [B]``, ``n_steps / n_accepted / n_rejected [B]``,
@@ -426,6 +432,10 @@ def solve_ivp(
     trajectory = adjoint_options.get("trajectory", "resolve")
     if trajectory not in ("resolve", "interpolated"):
         raise ValueError(f"adjoint_options['trajectory'] must be 'resolve' or 'interpolated', got {trajectory!r}")
+    if gradient == "reversible":
+        reversible_coupling = check_coupling(reversible_coupling)
+        if event_fn is not None:
+            raise ValueError("solve_ivp(gradient='reversible') does not support event_fn yet")
     b = _prepare(func, y0, t_eval, method, rtol, atol, options, progress)
     if event_fn is not None:
         from ._events import solve_ivp_events
@@ -433,6 +443,10 @@ def solve_ivp(
     y_flat = b.flat_y0()
     grad_params = _solve_params(func, params, gradient) if torch.is_grad_enabled() else ()
     box: list = []
+    if gradient == "reversible":
+        ys, res = solve_ivp_reversible(b, y_flat, grad_params, reversible_coupling,
+                                       _needs_grad(y0, grad_params, func))
+        return _solution(b, res, b.unflatten(ys), on_failure, "solve_ivp")
     if not _needs_grad(y0, grad_params, func):
         with torch.no_grad():
             res = _run_forward(b, y_flat.detach(), "masked")

@@ -3049,6 +3049,250 @@ def native_mlp_call(g: Gen) -> Call:
 
 def dtype_ok(ts: List[Ten]) -> bool:
     return all(t.dtype in ("float32", "float64") for t in ts)
+def _reversible_grid(g: Gen, method: str, tv: list) -> list:
+    return _fixed_grid_points(tv, g.choice([1, 2])) if method in _fixed_methods() else []
+
+
+def reversible_solve_call(g: Gen) -> Call:
+    """_C.reversible_solve(func, y0, t_out, options, *, coupling, grid, user_shape) through helpers.reversible_solve
+    (joint mode, B = 1; the options flat: method, rtol, atol, segment_ends, max_num_steps)."""
+    D = g.choice([1, 2, 3])
+    T = g.choice([1, 2, 3, 4])
+    t_out = _grid(g, T)
+    method = g.choice(_adaptive_methods() + _fixed_methods())
+    a = {
+        "func": Code(f"F.{g.choice(FIELDS)}"),
+        "y0": Ten((1, D), g.choice(["float64", "float32"]), seed=g.seed()),
+        "t_out": t_out,
+        "method": method, "rtol": [1e-6], "atol": [1e-8], "segment_ends": [D],
+        "max_num_steps": g.choice([2**31 - 1, 1000]),
+        "coupling": g.choice([0.999, 0.99, 1.0]),
+        "grid": _reversible_grid(g, method, t_out.numbers()),
+        "user_shape": [D],
+    }
+    call = Call(target="reversible_solve", callee="reversible_solve", args=a, positional=3, level="C")
+    for _ in range(g.choice([0, 1, 1, 2])):
+        name = g.choice(["func", "y0", "t_out", "coupling", "user_shape", "method"])
+        if name in ("y0", "t_out"):
+            a[name], m = g.mutate_tensor(a[name], "grid" if name == "t_out" else "")
+        elif name == "func":
+            a[name] = Code(f"F.{g.choice(FIELDS)}")
+            m = a[name].text
+        elif name == "coupling":
+            a[name] = g.choice([0.0, -0.5, 1.5, math.nan, math.inf])
+            m = str(a[name])
+        elif name == "method":
+            a[name] = g.choice(["", "DOPRI5", "bogus"])
+            m = a[name]
+        else:
+            a[name] = g.choice([[], [D + 1], [-1], [0], [1, D]])
+            m = lit(a[name])
+        call.muts.append(f"{name}: {m}")
+    y0, t = a["y0"], a["t_out"]
+    must = []
+    if y0.device != "cpu":
+        must.append("meta y0")
+    if y0.dtype not in ("float32", "float64") or tuple(y0.shape)[:1] != (1,) or len(y0.shape) != 2:
+        must.append("y0 must be a float32/float64 [1, D] tensor")
+    must += _times_must_raise(t, "t_out")
+    if not (0.0 < a["coupling"] <= 1.0):
+        must.append("the coupling must lie in (0, 1]")
+    if a["method"] not in _adaptive_methods() + _fixed_methods():
+        must.append(f"unknown method {a['method']!r}")
+    if len(y0.shape) == 2:
+        must += _user_shape_must_raise(a["user_shape"], math.prod(y0.shape))
+    call.must_raise = must
+    call.observe = "{k: v for k, v in RESULT.items() if k != 'tape'}"
+    call.checks = [("wrong-output-shape", "tuple(RESULT['ys'].shape) == (t_out.shape[-1], *y0.shape)")]
+    return call
+
+
+def reversible_backward_call(g: Gen) -> Call:
+    """_C.reversible_backward(func, tape, grad_ys, params, user_shape) after a reversible solve."""
+    D = g.choice([1, 2, 3])
+    T = g.choice([1, 2, 3])
+    t_out = _grid(g, T)
+    method = g.choice(_adaptive_methods() + _fixed_methods())
+    grid = _reversible_grid(g, method, t_out.numbers())
+    env = {"y0": Ten((1, D), "float64", seed=g.seed()), "t_out": t_out}
+    setup = [f"field = Lin({g.uniform(0.2, 2.0)})",
+             f"tape = reversible_solve(field, y0, t_out, method={method!r}, rtol=[1e-6], atol=[1e-8], "
+             f"segment_ends=[{D}], grid={grid!r}, user_shape=[{D}])['tape']"]
+    a = {"func": Code("field"), "tape": Code("tape"), "grad_ys": Ten((T, 1, D), "float64", seed=g.seed()),
+         "params": [Code("field.theta")], "user_shape": [D]}
+    call = Call(target="reversible_backward", callee="_C.reversible_backward", args=a, positional=5, env=env,
+                setup=setup, level="C")
+    for _ in range(g.choice([0, 0, 1, 1, 2])):
+        name = g.choice(list(a))
+        if name == "grad_ys":
+            if g.p(0.5):
+                shape = g.choice([(T + 2, 1, D), (T, D), (), (T, 1, D + 1), (T, 2, D)])
+                a[name] = replace(a[name], shape=shape)
+                m = f"shape {shape}"
+            else:
+                a[name], m = g.mutate_tensor(a[name])
+        elif name == "params":
+            a[name] = g.choice([[], [Code("field.theta.detach()")], [Code("field.theta")] * 2,
+                                [Ten((2,), "float64", device="meta")]])
+            m = "params changed"
+        elif name == "func":
+            a[name] = Code(g.choice(["F.decay", "F.wrong_shape", "F.raises", "Lin(0.5)"]))
+            m = a[name].text
+        elif name == "tape":
+            a[name] = Code(g.choice(["None", "3", "y0"]))
+            m = a[name].text
+        else:
+            a[name] = g.choice([[D + 1], [], [-1], [1, D]])
+            m = lit(a[name])
+        call.muts.append(f"{name}: {m}")
+    gy = a["grad_ys"]
+    if gy.device != "cpu":
+        call.must_raise.append("meta grad_ys")
+    if tuple(gy.shape) != (T, 1, D):
+        call.must_raise.append(f"grad_ys shape: must be [{T}, 1, {D}], got {list(gy.shape)}")
+    if a["tape"].text != "tape":
+        call.must_raise.append("not a reversible tape")
+    call.must_raise += _user_shape_must_raise(a["user_shape"], D)
+    call.checks = [("wrong-gradient-shape", f"tuple(RESULT[0].shape) == (1, {D})")]
+    return call
+
+
+def residual_call(g: Gen, backward: bool) -> Call:
+    """_C.residual_forward(blocks, params, x, scheme) / _C.residual_backward(blocks, params, x_end, grad_end,
+    scheme): blocks are Lin-like callables x -> -theta x (or broken ones), one parameter list per block."""
+    N = g.choice([1, 2, 3, 5])
+    D = g.choice([1, 2, 3])
+    env = {}
+    setup = [f"blocks_mod = [Lin({g.uniform(0.2, 2.0)}) for _ in range({N})]",
+             "blocks = [(lambda m: (lambda x: m(0.0, x)))(m) for m in blocks_mod]",
+             "params = [[m.theta] for m in blocks_mod]"]
+    a = {"blocks": Code("blocks"), "params": Code("params"), "x": Ten((2, D), "float64", seed=g.seed())}
+    if backward:
+        a["grad_end"] = Ten((2, D), "float64", seed=g.seed())
+    a["scheme"] = g.choice(["euler", "heun"])
+    name = "residual_backward" if backward else "residual_forward"
+    call = Call(target=name, callee=f"_C.{name}", args=a, positional=len(a), env=env, setup=setup, level="C")
+    for _ in range(g.choice([0, 1, 1, 2])):
+        k = g.choice(list(a))
+        if k in ("x", "grad_end"):
+            a[k], m = g.mutate_tensor(a[k])
+        elif k == "blocks":
+            a[k] = Code(g.choice(["[]", "[3]", "[lambda x: x[:, :1]] * 2", "[lambda x: 'no']", "None"]))
+            m = a[k].text
+        elif k == "params":
+            a[k] = Code(g.choice(["[]", "[[3]] * len(blocks)", "None", "[[m.theta.detach()] for m in blocks_mod]"]))
+            m = a[k].text
+        else:
+            a[k] = g.choice(["rk4", "", "EULER"])
+            m = a[k]
+        call.muts.append(f"{k}: {m}")
+    must = []
+    if a["scheme"] not in ("euler", "heun"):
+        must.append("scheme must be 'euler' or 'heun'")
+    if a["blocks"].text in ("[]", "[3]", "None"):
+        must.append("blocks must be a non-empty list of callables")
+    if a["params"].text in ("[]", "[[3]] * len(blocks)", "None") and a["blocks"].text == "blocks":
+        must.append("params must hold one tensor list per block")
+    x = a["x"]
+    if x.dtype not in ("float32", "float64"):
+        must.append("x must be float32/float64")
+    if backward:
+        ge = a["grad_end"]
+        if tuple(ge.shape) != tuple(x.shape) or ge.dtype != x.dtype or ge.device != x.device:
+            must.append("grad_end must match x_end")
+    call.must_raise = must
+    return call
+
+
+def reversible_per_sample_call(g: Gen) -> Call:
+    """_C.reversible_solve_per_sample(func, y0, t_out, options, *, coupling, user_shape) through
+    helpers.reversible_solve_per_sample (B samples, t_out [T] or [B, T]; adaptive methods)."""
+    B = g.choice([1, 2, 3])
+    D = g.choice([1, 2, 3])
+    T = g.choice([1, 2, 3, 4])
+    a = {
+        "func": Code(f"F.{g.choice(FIELDS)}"),
+        "y0": Ten((B, D), g.choice(["float64", "float32"]), seed=g.seed()),
+        "t_out": _grid(g, T, rows=B if B > 1 and g.p(0.4) else 0),
+        "method": g.choice(_adaptive_methods()), "rtol": [1e-6], "atol": [1e-8], "segment_ends": [D],
+        "max_num_steps": g.choice([2**31 - 1, 1000]),
+        "coupling": g.choice([0.999, 0.99, 1.0]),
+        "user_shape": [B, D],
+    }
+    call = Call(target="reversible_solve_per_sample", callee="reversible_solve_per_sample", args=a, positional=3,
+                level="C")
+    for _ in range(g.choice([0, 1, 1, 2])):
+        name = g.choice(["func", "y0", "t_out", "coupling", "user_shape", "method"])
+        if name in ("y0", "t_out"):
+            a[name], m = g.mutate_tensor(a[name], "grid" if name == "t_out" else "")
+        elif name == "func":
+            a[name] = Code(f"F.{g.choice(FIELDS)}")
+            m = a[name].text
+        elif name == "coupling":
+            a[name] = g.choice([0.0, -0.5, 1.5, math.nan])
+            m = str(a[name])
+        elif name == "method":
+            a[name] = g.choice(["", "rk4", "bogus"])
+            m = a[name]
+        else:
+            a[name] = g.choice([[], [B * D + 1], [-1], [D, B] if B != D else [0]])
+            m = lit(a[name])
+        call.muts.append(f"{name}: {m}")
+    y0 = a["y0"]
+    must = []
+    if y0.device != "cpu":
+        must.append("meta y0")
+    if y0.dtype not in ("float32", "float64") or len(y0.shape) != 2:
+        must.append("y0 must be a float32/float64 [B, D] tensor")
+    if not (0.0 < a["coupling"] <= 1.0):
+        must.append("the coupling must lie in (0, 1]")
+    if a["method"] not in _adaptive_methods():
+        must.append(f"method {a['method']!r} is not an adaptive method")
+    call.must_raise = must
+    call.observe = "{k: v for k, v in RESULT.items() if k != 'tape'}"
+    call.checks = [("wrong-output-shape", "tuple(RESULT['ys'].shape) == (t_out.shape[-1], *y0.shape)")]
+    return call
+
+
+def reversible_backward_per_sample_call(g: Gen) -> Call:
+    """_C.reversible_backward_per_sample(func, tape, grad_ys, params, user_shape) after a per-sample solve."""
+    B = g.choice([1, 2, 3])
+    D = g.choice([1, 2])
+    T = g.choice([1, 2, 3])
+    env = {"y0": Ten((B, D), "float64", seed=g.seed()), "t_out": _grid(g, T)}
+    setup = [f"field = Lin({g.uniform(0.2, 2.0)})",
+             f"tape = reversible_solve_per_sample(field, y0, t_out, method='dopri5', rtol=[1e-6], atol=[1e-8], "
+             f"segment_ends=[{D}], user_shape=[{B}, {D}])['tape']"]
+    a = {"func": Code("field"), "tape": Code("tape"), "grad_ys": Ten((T, B, D), "float64", seed=g.seed()),
+         "params": [Code("field.theta")], "user_shape": [B, D]}
+    call = Call(target="reversible_backward_per_sample", callee="_C.reversible_backward_per_sample", args=a,
+                positional=5, env=env, setup=setup, level="C")
+    for _ in range(g.choice([0, 0, 1, 1, 2])):
+        name = g.choice(list(a))
+        if name == "grad_ys":
+            shape = g.choice([(T + 1, B, D), (T, D), (), (T, B, D + 1)])
+            a[name] = replace(a[name], shape=shape)
+            m = f"shape {shape}"
+        elif name == "params":
+            a[name] = g.choice([[], [Code("field.theta.detach()")], [Ten((2,), "float64", device="meta")]])
+            m = "params changed"
+        elif name == "func":
+            a[name] = Code(g.choice(["F.decay", "F.wrong_shape", "F.raises", "Lin(0.5)"]))
+            m = a[name].text
+        elif name == "tape":
+            a[name] = Code(g.choice(["None", "3", "y0"]))
+            m = a[name].text
+        else:
+            a[name] = g.choice([[B * D + 1], [], [-1]])
+            m = lit(a[name])
+        call.muts.append(f"{name}: {m}")
+    gy = a["grad_ys"]
+    if tuple(gy.shape) != (T, B, D):
+        call.must_raise.append(f"grad_ys shape: must be [{T}, {B}, {D}], got {list(gy.shape)}")
+    if a["tape"].text != "tape":
+        call.must_raise.append("not a per-sample reversible tape")
+    call.checks = [("wrong-gradient-shape", f"tuple(RESULT[0].shape) == ({B}, {D})")]
+    return call
 
 
 ENTRY_POINTS: Dict[str, Callable[[Gen], Call]] = {
@@ -3071,6 +3315,12 @@ ENTRY_POINTS: Dict[str, Callable[[Gen], Call]] = {
     "BrownianPath": lambda g: brownian_call_spec(g, "BrownianPath"),
     "BrownianTree": lambda g: brownian_call_spec(g, "BrownianTree"),
     "NativeMLP": native_mlp_call,
+    "reversible_solve": reversible_solve_call,
+    "reversible_backward": reversible_backward_call,
+    "reversible_solve_per_sample": reversible_per_sample_call,
+    "reversible_backward_per_sample": reversible_backward_per_sample_call,
+    "residual_forward": lambda g: residual_call(g, False),
+    "residual_backward": lambda g: residual_call(g, True),
 }
 
 

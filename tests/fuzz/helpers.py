@@ -21,7 +21,7 @@ from fastdiffeq import _C
 OPS = torch.ops.fastdiffeq
 nan, inf = math.nan, math.inf
 
-__all__ = ["torch", "fde", "_C", "OPS", "rk_solve", "rk_adjoint", "options", "nan", "inf", "mk", "F", "N", "FieldError", "Lin", "api_call", "assert_guards",
+__all__ = ["torch", "fde", "_C", "OPS", "rk_solve", "rk_adjoint", "reversible_solve", "reversible_solve_per_sample", "options", "nan", "inf", "mk", "F", "N", "FieldError", "Lin", "api_call", "assert_guards",
            "check_guards", "SUCCESS", "RUNNING", "all_finite", "shape_of", "odeint_shape_ok", "grad_direct", "close", "solved_ok", "defined_part",
            "inplace_then_read", "write_past_end", "lin_exact_grads",
            # per-sample entry points, solve_ivp and events
@@ -83,6 +83,18 @@ def rk_adjoint(func, params, t_out, ys, tape, grad_ys, *, seminorm=False, trajec
     """_C.rk_adjoint(func, params, t_out, ys, tape, grad_ys, options, ...) with the options flat."""
     return _C.rk_adjoint(func, params, t_out, ys, tape, grad_ys, options(**settings), seminorm=seminorm,
                          trajectory=trajectory, norm=norm, user_shape=user_shape, joint=joint)
+
+
+def reversible_solve(func, y0, t_out, *, coupling=0.999, grid=(), user_shape=None, **settings):
+    """_C.reversible_solve(func, y0, t_out, options, coupling=, grid=, user_shape=) with the options flat."""
+    return _C.reversible_solve(func, y0, t_out, options(**settings), coupling=coupling, grid=list(grid),
+                               user_shape=user_shape)
+
+
+def reversible_solve_per_sample(func, y0, t_out, *, coupling=0.999, user_shape=None, **settings):
+    """_C.reversible_solve_per_sample(func, y0, t_out, options, coupling=, user_shape=) with the options flat."""
+    return _C.reversible_solve_per_sample(func, y0, t_out, options(**settings), coupling=coupling,
+                                          user_shape=user_shape)
 
 
 class FieldError(Exception):

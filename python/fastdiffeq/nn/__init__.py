@@ -10,12 +10,15 @@
         -- an SDE-BNN (weights follow a posterior SDE): forward(x) -> (prediction, kl)
     LatentSDE(data_size, latent_size, context_size, hidden_size, *, likelihood, noise_std, method, dt, ...)
         -- torchsde's latent SDE as a module: forward(xs, ts) -> (log_likelihood, kl), sample_posterior/prior
+    ResidualODE(blocks, *, scheme='euler'|'heun', gradient='backprop'|'reconstruct') -- ResNet / HeunNet as a
+        discretised neural ODE, with the memory-free reconstruct gradient (Sander, Ablin, Peyre 2022)
     ACTIVATIONS -- the activation names the networks accept
 """
 
 from ._cnf import CNF
 from ._layers import ACTIVATIONS, MLP, ConcatSquashLinear, ConcatSquashMLP
+from ._residual import ResidualODE
 from ._sde_models import SDEBNN, LatentSDE, LatentSDEOutput
 
-__all__ = ["CNF", "ConcatSquashLinear", "ConcatSquashMLP", "MLP", "ACTIVATIONS", "SDEBNN", "LatentSDE",
-           "LatentSDEOutput"]
+__all__ = ["CNF", "ConcatSquashLinear", "ConcatSquashMLP", "MLP", "ACTIVATIONS", "ResidualODE", "SDEBNN",
+           "LatentSDE", "LatentSDEOutput"]
