@@ -769,3 +769,6 @@ def test_adams_unsupported_and_bad_options():
             fastdiffeq.odeint(forced, y0.detach(), t, method="explicit_adams", options=options)
     with pytest.raises(ValueError, match="unknown key"):
         fastdiffeq.odeint(forced, y0.detach(), t, method="rk4", options=dict(max_order=4))
+    with pytest.raises(ValueError, match="multistep"):
+        fastdiffeq.odeint(forced, y0.detach().requires_grad_(), t, method="fixed_adams", gradient="reversible",
+                          gradient_params=())

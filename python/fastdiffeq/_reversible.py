@@ -47,6 +47,9 @@ def check_coupling(coupling: Any) -> float:
 
 def check_reversible_problem(p: Any) -> None:
     """What the reversible loop does not support, each a ValueError naming it."""
+    if p.fixed is not None and p.fixed.get("adams") is not None:
+        raise ValueError(f"gradient='reversible' needs a one-step Runge-Kutta method; {p.method!r} is a multistep "
+                         "(Adams) method")
     if p.step_t or p.jump_t:
         raise ValueError("gradient='reversible' does not support options['step_t'] / options['jump_t'] yet")
     if p.user_norm is not None:
