@@ -956,7 +956,8 @@ EXPECTED_ORDERS = {"dopri5": (5, 4, 4), "tsit5": (5, 4, 4), "bosh3": (3, 2, 3)} 
 
 
 def test_methods_list():
-    assert set(fastdiffeq.METHODS) == set(METHODS) | {"scipy_solver"}
+    # The tableaus, the multistep Adams methods (no tableau: fastdiffeq._adams) and scipy.
+    assert set(fastdiffeq.METHODS) == set(METHODS) | {"explicit_adams", "implicit_adams", "fixed_adams", "scipy_solver"}
     for m in METHODS:
         assert _C.tableau(m)["name"] == m
     with pytest.raises(ValueError):
