@@ -451,8 +451,15 @@ def test_fixed_grid_bad_options(kw, exc, pattern):
 
 
 def test_unsupported_combinations_raise():
-    with pytest.raises(ValueError, match="fixed-grid method 'rk4'"):
-        _call(method="rk4", event_fn=lambda t, y: y[0])
+    two = torch.tensor([0.0, 1.0], dtype=DT)
+    with pytest.raises(ValueError, match=r"needs options\['step_size'\]"):
+        fastdiffeq.odeint(forced, torch.ones(2, dtype=DT), two, method="rk4", event_fn=lambda t, y: y[0])
+    with pytest.raises(ValueError, match="fixed-grid method 'rk4' in odeint_adjoint"):
+        fastdiffeq.odeint_adjoint(MLPField(), torch.ones(2, dtype=DT), two, method="rk4",
+                                  options=dict(step_size=0.1), event_fn=lambda t, y: y[0])
+    with pytest.raises(ValueError, match="one value"):
+        fastdiffeq.odeint(forced, torch.ones(2, dtype=DT), two, method="rk4", options=dict(step_size=0.1),
+                          event_fn=lambda t, y: y)
     field = MLPField()
     y0 = torch.ones(2, dtype=DT)
     with pytest.raises(ValueError, match="adjoint_method='rk4'"):
@@ -772,3 +779,54 @@ def test_adams_unsupported_and_bad_options():
     with pytest.raises(ValueError, match="multistep"):
         fastdiffeq.odeint(forced, y0.detach().requires_grad_(), t, method="fixed_adams", gradient="reversible",
                           gradient_params=())
+
+
+# --------------------------------------------------------------------------------------------------------
+# Events with the fixed-grid methods (fastdiffeq._fixed_events: torchdiffeq's integrate_until_event)
+# --------------------------------------------------------------------------------------------------------
+
+def _swing(t, y):
+    return torch.stack([y[1], -torch.sin(y[0])]) * (1 + 0.1 * torch.cos(t))
+
+
+@pytest.mark.filterwarnings("ignore:Functional iteration did not converge")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("interp", ["linear", "cubic"])
+@pytest.mark.parametrize("name", FIXED_METHODS + ADAMS)
+def test_fixed_grid_events_match_torchdiffeq(name, interp, reverse, dtype):
+    y0 = torch.tensor([1.0, 0.0], dtype=dtype, requires_grad=True)
+    t = torch.tensor([0.0, -10.0 if reverse else 10.0], dtype=dtype)
+    options = dict(step_size=0.01, interp=interp, perturb=name == "rk4")
+
+    def event(tt, y):
+        return y[0] - 0.2
+
+    out = []
+    for lib in (torchdiffeq, fastdiffeq):
+        event_t, ys = lib.odeint(_swing, y0, t, method=name, options=options, event_fn=event)
+        grad = torch.autograd.grad(ys[-1].sum(), y0)[0]
+        out.append((event_t.detach(), ys.detach(), grad))
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for a, b in zip(out[1], out[0]):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    assert out[1][0].dtype == dtype and (out[1][0] < 0) == reverse
+
+
+def test_fixed_grid_event_on_a_zero_dim_state_and_the_adjoint_event_time():
+    # A 0-dim state: torchdiffeq's float64 Adams coefficients promote its weighted sums to float64 (our loop
+    # runs on the user's shape, so it does too); odeint_adjoint's event time is backward-able (zero gradient).
+    y0 = torch.tensor(1.0)
+    target = torch.tensor(8.0)
+    kw = dict(method="explicit_adams", options=dict(step_size=0.01, interp="cubic"),
+              event_fn=lambda tt, y: y - target)
+    a = torchdiffeq.odeint(lambda tt, y: 2 * y / tt + tt**2, y0, torch.tensor([1.0, 3.0]), **kw)
+    b = fastdiffeq.odeint(lambda tt, y: 2 * y / tt + tt**2, y0, torch.tensor([1.0, 3.0]), **kw)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    field = MLPField()
+    event_t, ys = fastdiffeq.odeint_adjoint(field, torch.tensor([1.0, 0.5], dtype=DT, requires_grad=True),
+                                            torch.tensor([0.0, 5.0], dtype=DT), event_fn=lambda tt, y: y[0] - 0.2)
+    assert event_t.requires_grad
+    event_t.backward(retain_graph=True)
+    assert all(q.grad is None or float(q.grad.abs().max()) == 0.0 for q in field.parameters())
+    ys[-1].sum().backward()

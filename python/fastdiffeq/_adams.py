@@ -89,74 +89,93 @@ def _weighted(coefficients: torch.Tensor, history: deque) -> torch.Tensor:
     return sum(c * f for c, f in zip(coefficients, history))
 
 
+class CountingField:
+    """field(t, y) with t cast to the state's dtype (moved one ulp of that dtype when perturbed, as torchdiffeq's
+    Perturb does) and the calls counted."""
+
+    def __init__(self, field: Callable, dtype: torch.dtype) -> None:
+        self.field, self.dtype, self.calls = field, dtype, 0
+
+    def __call__(self, t: torch.Tensor, y: torch.Tensor, shift: int = _NONE) -> torch.Tensor:
+        self.calls += 1
+        t = t.to(self.dtype)
+        if shift:
+            t = torch.nextafter(t, t + shift)
+        return self.field(t, y)
+
+
+class AdamsStepper:
+    """One Adams step at a time (the history lives here): step(t0, t1, y) -> (dy, f0), torchdiffeq's _step_func."""
+
+    def __init__(self, f: CountingField, adams: Dict[str, Any], perturb: bool, rtol: float, atol: float,
+                 like: torch.Tensor) -> None:
+        self.f, self.adams, self.perturb = f, adams, perturb
+        self.history: deque = deque(maxlen=max(adams["max_order"] - 1, 1))
+        self.history_t: Optional[float] = None
+        self.rtol = torch.as_tensor(rtol, dtype=like.dtype, device=like.device)
+        self.atol = torch.as_tensor(atol, dtype=like.dtype, device=like.device)
+
+    def step(self, t0: torch.Tensor, t1: torch.Tensor, y: torch.Tensor,
+             dt: Any = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """dt: the step as torchdiffeq passes it (default t1 - t0; the event loop passes step_size itself)."""
+        f, adams, history, dtype = self.f, self.adams, self.history, y.dtype
+        dt = t1 - t0 if dt is None else dt
+        f0 = f(t0, y, _NEXT if self.perturb else _NONE)
+        if self.history_t is None or self.history_t != float(t0):
+            history.appendleft(f0)
+            self.history_t = float(t0)
+        order = min(len(history), adams["max_order"] - 1)
+        if order < MIN_ORDER - 1:
+            return _rk4_38(f, t0, dt, t1, y, history[0], self.perturb), f0
+        dy = _weighted(dt * BASHFORTH[order], history).to(dtype)
+        if adams["implicit"]:
+            moulton = MOULTON[order + 1]
+            delta = dt * _weighted(moulton[1:], history).to(dtype)  # torchdiffeq's order: cast, then dt
+            converged = False
+            for _ in range(adams["max_iters"]):
+                dy_old = dy
+                f1 = f(t1, y + dy, _PREV if self.perturb else _NONE)
+                dy = (dt * moulton[0] * f1).to(dtype) + delta
+                tol = self.atol + self.rtol * torch.max(dy_old.abs(), dy.abs())
+                converged = bool(((dy_old - dy).abs() / tol).abs().max() < 1)
+                if converged:
+                    break
+            if not converged:
+                warnings.warn("Functional iteration did not converge. Solution may be incorrect.")
+                history.pop()
+        return dy, f0
+
+
 def adams_integrate(field: Callable, y0: torch.Tensor, grid: torch.Tensor, t_out: torch.Tensor, *,
                     adams: Dict[str, Any], interp: str, perturb: bool, rtol: float, atol: float,
                     callback_step: Optional[Callable] = None) -> Tuple[torch.Tensor, int, int]:
     """Integrate y' = field(t, y) over an increasing grid (float64 times) with an Adams method.
 
-    field(t, y) takes a 0-dim time tensor in the state's dtype (a perturbed time is moved by one ulp of that
-    dtype, as torchdiffeq). Returns (ys [len(t_out), *y0.shape], the number of field evaluations, the number of
-    steps). Differentiable (a plain torch loop).
+    field(t, y) takes a 0-dim time tensor in the state's dtype. Returns (ys [len(t_out), *y0.shape], the number
+    of field evaluations, the number of steps). Differentiable (a plain torch loop).
     """
-    dtype = y0.dtype
-    calls = [0]
-
-    def f(t: torch.Tensor, y: torch.Tensor, shift: int = _NONE) -> torch.Tensor:
-        calls[0] += 1
-        t = t.to(dtype)
-        if shift:
-            t = torch.nextafter(t, t + shift)
-        return field(t, y)
-
-    history: deque = deque(maxlen=max(adams["max_order"] - 1, 1))
-    history_t: Optional[float] = None
-    rtol_t = torch.as_tensor(rtol, dtype=dtype, device=y0.device)
-    atol_t = torch.as_tensor(atol, dtype=dtype, device=y0.device)
+    f = CountingField(field, y0.dtype)
+    stepper = AdamsStepper(f, adams, perturb, rtol, atol, y0)
     outputs = [y0]
-    j = 1
-    n_out = t_out.numel()
-    y = y0
-    times = grid.tolist()
-    for i in range(len(times) - 1):
-        t0 = grid[i]
-        t1 = grid[i + 1]
-        dt = t1 - t0
+    j, n_out, y = 1, t_out.numel(), y0
+    for i in range(grid.numel() - 1):
+        t0, t1 = grid[i], grid[i + 1]
         if callback_step is not None:
-            callback_step(t0, y, dt)
-        f0 = f(t0, y, _NEXT if perturb else _NONE)
-        if history_t is None or history_t != times[i]:
-            history.appendleft(f0)
-            history_t = times[i]
-        order = min(len(history), adams["max_order"] - 1)
-        if order < MIN_ORDER - 1:
-            dy = _rk4_38(f, t0, dt, t1, y, history[0], perturb)
-        else:
-            dy = _weighted(dt * BASHFORTH[order], history).to(dtype)
-            if adams["implicit"]:
-                moulton = MOULTON[order + 1]
-                delta = (dt * _weighted(moulton[1:], history)).to(dtype)
-                converged = False
-                for _ in range(adams["max_iters"]):
-                    dy_old = dy
-                    f1 = f(t1, y + dy, _PREV if perturb else _NONE)
-                    dy = (dt * moulton[0] * f1).to(dtype) + delta
-                    tol = atol_t + rtol_t * torch.max(dy_old.abs(), dy.abs())
-                    converged = bool(((dy_old - dy).abs() / tol).abs().max() < 1)
-                    if converged:
-                        break
-                if not converged:
-                    warnings.warn("Functional iteration did not converge. Solution may be incorrect.")
-                    history.pop()
+            callback_step(t0, y, t1 - t0)
+        dy, f0 = stepper.step(t0, t1, y)
         y1 = y + dy
         while j < n_out and bool(t1 >= t_out[j]):
-            tj = t_out[j]
-            if interp == "linear":
-                outputs.append(_linear(t0, t1, y, y1, tj))
-            else:
-                outputs.append(_cubic(t0, y, f0, t1, y1, f(t1, y1), tj))
+            outputs.append(interpolate(interp, f, t0, y, f0, t1, y1, t_out[j]))
             j += 1
         y = y1
-    return torch.stack(outputs), calls[0], len(times) - 1
+    return torch.stack(outputs), f.calls, grid.numel() - 1
+
+
+def interpolate(interp: str, f: Callable, t0, y0, f0, t1, y1, t) -> torch.Tensor:
+    """torchdiffeq's fixed-grid output: linear, or cubic Hermite with f(t1, y1) evaluated here."""
+    if interp == "linear":
+        return _linear(t0, t1, y0, y1, t)
+    return _cubic(t0, y0, f0, t1, y1, f(t1, y1), t)
 
 
 def _linear(t0, t1, y0, y1, t):

@@ -221,7 +221,7 @@ def odeint_adjoint(
         raise ValueError(f"fastdiffeq.odeint_adjoint: func defines {adjoint_callbacks}: the backward pass's step "
                          "callbacks are not supported yet (the forward ones are)")
     if event_fn is not None:
-        check_event_method(method, func)
+        check_event_method(method, func, "odeint_adjoint")
         from ._events import odeint_until_event
         return odeint_until_event(
             func, y0, t, rtol=rtol, atol=atol, method=method, options=options, event_fn=event_fn, progress=progress,

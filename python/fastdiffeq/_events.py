@@ -27,7 +27,7 @@ from ._stats import SolveStats, _record
 from ._status import Counter, Status, status_name
 from ._validate import TensorOrTuple, check_func
 
-__all__ = ["odeint_event", "odeint_until_event", "solve_ivp_events"]
+__all__ = ["odeint_event", "odeint_until_event", "fixed_grid_event", "solve_ivp_events"]
 
 
 def _event_t_grid(t: Any) -> torch.Tensor:
@@ -117,9 +117,38 @@ def odeint_until_event(func: Callable, y0: TensorOrTuple, t: torch.Tensor, *, rt
     if float(t_event64) == float(p.t64[0]):  # the event holds at t0: nothing to integrate
         return event_t, p.unflatten(torch.cat([y_flat, y_flat], 0))
     if needs_graph:
+        if who == "odeint_adjoint":  # torchdiffeq returns it from its autograd Function: backward-able, zero grad
+            inputs = [x for x in (t, *p.parts, *(func.parameters() if isinstance(func, torch.nn.Module) else ()))
+                      if x.requires_grad]
+            event_t = _HeldEventTime.apply(event_t, *inputs)
         return event_t, solve_to(t_pair)
     ys = torch.cat([y_flat.detach(), y_event.to(y_flat.dtype)], 0)
     return event_t, p.unflatten(ys)
+
+
+def fixed_grid_event(func: Callable, y0: TensorOrTuple, t: torch.Tensor, *, rtol: Any, atol: Any, method: str,
+                     options: Optional[Dict[str, Any]], event_fn: Callable, progress: bool):
+    """``odeint(..., event_fn=...)`` with a fixed-grid method (fastdiffeq._fixed_events: torchdiffeq's loop)."""
+    from ._fixed_events import fixed_grid_until_event
+
+    check_func(event_fn, "event_fn")
+    t = _event_t_grid(t)
+    p = _prepare(func, y0, t, rtol, atol, method, options, None, progress)
+    return fixed_grid_until_event(p, t, event_fn, _event_values)
+
+
+class _HeldEventTime(torch.autograd.Function):
+    """odeint_adjoint's event time as torchdiffeq returns it: an output of the solve whose backward passes zero
+    gradients (the time is held fixed, as in torchdiffeq; odeint_event gives its real dependence)."""
+
+    @staticmethod
+    def forward(ctx, event_t: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        ctx.like = [(x.shape, x.dtype, x.device) for x in inputs]
+        return event_t.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad_t: torch.Tensor):
+        return (None, *[torch.zeros(shape, dtype=dtype, device=device) for shape, dtype, device in ctx.like])
 
 
 class _ImplicitEventTime(torch.autograd.Function):

@@ -107,8 +107,11 @@ def _run(p: Any, y_flat: torch.Tensor, mode: str, grid: torch.Tensor, *, record:
         step_cb = None
         if p.callbacks and p.callbacks[0] is not None:  # the state as the C++ loops pass it: in the user's shape
             step_cb = lambda t0, y, h: p.callbacks[0](t0, y.reshape(p.user_shape), h)  # noqa: E731
-        res = _run_adams(lambda t, y: p.flat_field(t, y.reshape(-1)).reshape(1, -1), y_flat, grid, p.t64,
-                         p.fixed, *_single_tolerances(p), callback_step=step_cb)
+        # The loop runs on the state in the user's shape (a tuple state: flat), so its arithmetic is torchdiffeq's
+        # to the bit: for a 0-dim state torchdiffeq's float64 coefficients promote the weighted sums to float64.
+        res = _run_adams(lambda t, y: p.flat_field(t, y.reshape(-1)).reshape(y.shape), y_flat.reshape(p.user_shape),
+                         grid, p.t64, p.fixed, *_single_tolerances(p), callback_step=step_cb)
+        res["ys"] = res["ys"].reshape(res["ys"].shape[0], 1, -1)
         if record:
             _record(SolveStats(method=p.method, nfe=res["nfe"], n_accepted=res["n_steps"], n_rejected=0,
                                t_final=float(p.t64[-1]), status=status_name(Status.SUCCESS), field=p.field_path))

@@ -553,7 +553,10 @@ def odeint(
             raise ValueError("event_fn is not supported with gradient='reversible' yet")
     if event_fn is not None:
         check_event_method(method, func)
-        from ._events import odeint_until_event
+        from ._events import fixed_grid_event, odeint_until_event
+        if method in FIXED_GRID_METHODS:
+            return fixed_grid_event(func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
+                                    event_fn=event_fn, progress=progress)
         return odeint_until_event(
             func, y0, t, rtol=rtol, atol=atol, method=method, options=options, event_fn=event_fn, progress=progress,
             solve_to=lambda t_pair: odeint(func, y0, t_pair, rtol=rtol, atol=atol, method=method, options=options,
@@ -591,14 +594,15 @@ def odeint(
     return p.unflatten(ys)
 
 
-def check_event_method(method: Any, func: Any) -> None:
-    """event_fn needs an adaptive method (the dense output locates the event), and no step callbacks."""
+def check_event_method(method: Any, func: Any, who: str = "odeint") -> None:
+    """event_fn needs an adaptive method (the dense output locates the event) or, in odeint, a fixed-grid one
+    (fastdiffeq._fixed_events); no step callbacks."""
     defined = [n for n in CALLBACK_NAMES if callable(getattr(func, n, None))]
     if defined:
         raise ValueError(f"func defines {defined}: step callbacks are not supported with event_fn yet")
-    if method in FIXED_GRID_METHODS or method == SCIPY_METHOD:
+    if method == SCIPY_METHOD or (method in FIXED_GRID_METHODS and who != "odeint"):
         kind = "fixed-grid method" if method in FIXED_GRID_METHODS else "method"
-        raise ValueError(f"event_fn is not supported with the {kind} {method!r}; use an adaptive method "
+        raise ValueError(f"event_fn is not supported with the {kind} {method!r} in {who}; use an adaptive method "
                          f"({', '.join(ADAPTIVE_METHODS)})")
 
 
