@@ -563,11 +563,35 @@ def test_callbacks_a_method_does_not_call_warn_as_in_torchdiffeq():
 
 def test_unsupported_callbacks_raise():
     f = WithCallbacks(forced, names=("callback_step_adjoint",))
-    with pytest.raises(ValueError, match="callback_step_adjoint"):
+    with pytest.raises(ValueError, match="callback_step_adjoint.*fixed-grid adjoint method only"):
         fastdiffeq.odeint_adjoint(f, torch.ones(2, dtype=DT), torch.linspace(0, 1, 3, dtype=DT), adjoint_params=())
     f = WithCallbacks(forced)
     with pytest.raises(ValueError, match="event_fn"):
         fastdiffeq.odeint(f, torch.ones(2, dtype=DT), torch.linspace(0, 1, 2, dtype=DT), event_fn=lambda t, y: y[0])
+
+
+@pytest.mark.filterwarnings("ignore:Functional iteration did not converge")
+@pytest.mark.parametrize("name", ["rk4", "midpoint", "implicit_adams"])
+def test_adjoint_step_callbacks_with_fixed_grid_methods(name):
+    # torchdiffeq's backward pass calls callback_step_adjoint once per step of each interval's backward solve
+    # (its test: 10 steps of 0.1 on [0, 1]); t0 in the caller's time, dt > 0, the augmented state as a tuple.
+    counts = {}
+    for lib in (fastdiffeq, torchdiffeq):
+        field = MLPField()
+        calls = []
+        field.callback_step_adjoint = lambda t0, y, dt, calls=calls: calls.append((float(t0), float(dt), y))
+        y0 = torch.tensor([1.0, 0.5], dtype=DT, requires_grad=True)
+        ys = lib.odeint_adjoint(field, y0, torch.tensor([0.0, 0.5, 1.0], dtype=DT), method=name,
+                                options=dict(step_size=0.1))
+        ys.sum().backward()
+        counts[lib.__name__] = [(t0, dt) for t0, dt, _ in calls]
+        if lib is fastdiffeq:
+            y, a, *grads = calls[0][2]
+            assert y.shape == a.shape == (2,) and [g.shape for g in grads] == [q.shape for q in field.parameters()]
+    assert len(counts["fastdiffeq"]) == 10
+    for (t_f, dt_f), (t_t, dt_t) in zip(counts["fastdiffeq"], counts["torchdiffeq"]):
+        assert t_f == pytest.approx(t_t, abs=1e-12) and dt_f == pytest.approx(dt_t, abs=1e-12) and dt_f > 0
+    assert len(counts["fastdiffeq"]) == len(counts["torchdiffeq"])
 
 
 # --------------------------------------------------------------------------------------------------------

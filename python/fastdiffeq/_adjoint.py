@@ -10,6 +10,7 @@ Function.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -217,9 +218,15 @@ def odeint_adjoint(
             "`adjoint_params` (`adjoint_params=()` if it has none)"
         )
     adjoint_callbacks = [n for n in ADJOINT_CALLBACK_NAMES if callable(getattr(func, n, None))]
-    if adjoint_callbacks:
+    backward_method = adjoint_method if adjoint_method is not None else (method or "dopri5")
+    if adjoint_callbacks and backward_method not in FIXED_GRID_METHODS:
         raise ValueError(f"fastdiffeq.odeint_adjoint: func defines {adjoint_callbacks}: the backward pass's step "
-                         "callbacks are not supported yet (the forward ones are)")
+                         "callbacks are supported with a fixed-grid adjoint method only (the adaptive adjoint is one "
+                         "reverse-time solve, not torchdiffeq's per-interval solves)")
+    unused = sorted(set(adjoint_callbacks) - {"callback_step_adjoint"})
+    if unused:  # torchdiffeq's warning, word for word (its backward odeint sees them without the suffix)
+        warnings.warn("Solver '{}' does not support callbacks {}".format(
+            backward_method, {n[:-len("_adjoint")] for n in unused}))
     if event_fn is not None:
         check_event_method(method, func, "odeint_adjoint")
         from ._events import odeint_until_event

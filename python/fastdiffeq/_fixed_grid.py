@@ -193,6 +193,25 @@ def adjoint_fixed(p: Any, ys: torch.Tensor, grad_ys: torch.Tensor, params: List[
         return torch.cat([f.detach(), vjp_y, *vjp_p])
 
     aug_shape = [2 * D + P]
+    # func.callback_step_adjoint(t0, (y, dL/dy, *dL/dtheta), dt) before each backward step, as torchdiffeq's
+    # backward odeint calls it (t0 in the caller's time, dt > 0; torchdiffeq's tuple also leads with its
+    # time-gradient channel, which this adjoint does not integrate).
+    step_adjoint = getattr(p.func, "callback_step_adjoint", None)
+    callbacks = None
+    if callable(step_adjoint):
+        def split(s: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+            s = s.reshape(-1)
+            parts = [s[:D].view(p.user_shape), s[D:2 * D].view(p.user_shape)]
+            offset = 2 * D
+            for q, n in zip(params, sizes):
+                parts.append(s[offset:offset + n].view_as(q))
+                offset += n
+            return tuple(parts)
+
+        def on_step(t0: torch.Tensor, s: torch.Tensor, h: torch.Tensor) -> None:
+            step_adjoint(t0, split(s), -h)  # the backward solve runs towards t[0]: its steps are negative
+
+        callbacks = (on_step, None, None)
     a = grad_ys[-1].reshape(-1).to(dtype)
     theta = torch.zeros(P, dtype=dtype, device=ys.device)
     nfe = n_steps = 0
@@ -203,10 +222,11 @@ def adjoint_fixed(p: Any, ys: torch.Tensor, grad_ys: torch.Tensor, params: List[
             grid = time_grid(fixed, aug_field, s0.reshape(-1), t_pair)
             if fixed["adams"] is not None:  # Adams on the augmented state, with the adjoint's tolerances
                 res = _run_adams(lambda tt, s: aug_field(tt, s.reshape(-1)).reshape(1, -1), s0, grid, t_pair, fixed,
-                                 *tolerances)
+                                 *tolerances, callback_step=None if callbacks is None else callbacks[0])
             else:
                 res = _C.fixed_grid_solve(aug_field, s0, grid, t_pair, method=method, interp=fixed["interp"],
-                                          perturb=fixed["perturb"], user_shape=aug_shape, mode="graph")
+                                          perturb=fixed["perturb"], user_shape=aug_shape, mode="graph",
+                                          callbacks=callbacks)
             nfe += int(res["nfe"])
             n_steps += int(res["n_steps"])
             s1 = res["ys"][-1].reshape(-1)
