@@ -362,7 +362,7 @@ py::dict rk_adjoint_py(const py::object& func, const py::object& params_obj, con
                        const py::object& ys_arg, const py::object& tape_obj,
                        const at::Tensor& grad_ys, const fde::solver::RkOptions& options, bool seminorm,
                        const std::string& trajectory, py::object norm, std::vector<int64_t> user_shape, bool joint,
-                       const py::object& progress, double progress_interval) {
+                       const py::object& progress, double progress_interval, const py::object& callbacks) {
   const std::vector<at::Tensor> params = tensor_list_arg(params_obj, "params");
   const std::unique_ptr<PyProgressSink> sink = make_progress(progress, progress_interval);
   fde::solver::AdjointOptions opt;
@@ -390,6 +390,9 @@ py::dict rk_adjoint_py(const py::object& func, const py::object& params_obj, con
   const int64_t D = grad_ys.dim() == 3 ? grad_ys.size(2) : 0;
   const int64_t N = (opt.trajectory == fde::solver::AdjointTrajectory::kResolve ? 2 * D : D) + P;
   std::unique_ptr<PyErrorNorm> user_norm = make_norm(norm, {N});
+  // The backward pass's step callbacks (func.callback_*_adjoint) see the flat augmented state too.
+  const std::unique_ptr<PyStepCallbacks> cbs = make_callbacks(callbacks, {N});
+  opt.solve.callbacks = cbs.get();
   fde::solver::AdjointResult r = fde::solver::rk_adjoint(*field, user_norm.get(), t_out, ys, tape.get(), grad_ys, opt);
   py::dict out;
   out["status"] = r.status;
@@ -838,7 +841,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rk_adjoint", &rk_adjoint_py, py::arg("func"), py::arg("params"), py::arg("t_out"), py::arg("ys"),
         py::arg("tape"), py::arg("grad_ys"), py::arg("options"), py::kw_only(), py::arg("seminorm"),
         py::arg("trajectory"), py::arg("norm"), py::arg("user_shape"), py::arg("joint"),
-        py::arg("progress") = py::none(), py::arg("progress_interval") = 0.1);
+        py::arg("progress") = py::none(), py::arg("progress_interval") = 0.1, py::arg("callbacks") = py::none());
   m.def("rk_checkpoint_backward", &checkpoint_backward_py, py::arg("func"), py::arg("tape"), py::arg("grad_ys"),
         py::arg("params"), py::arg("user_shape"), py::arg("joint"));
   py::class_<fde::solver::SampleTape, std::shared_ptr<fde::solver::SampleTape>>(m, "SampleTape")

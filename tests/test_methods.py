@@ -562,9 +562,6 @@ def test_callbacks_a_method_does_not_call_warn_as_in_torchdiffeq():
 
 
 def test_unsupported_callbacks_raise():
-    f = WithCallbacks(forced, names=("callback_step_adjoint",))
-    with pytest.raises(ValueError, match="callback_step_adjoint.*fixed-grid adjoint method only"):
-        fastdiffeq.odeint_adjoint(f, torch.ones(2, dtype=DT), torch.linspace(0, 1, 3, dtype=DT), adjoint_params=())
     f = WithCallbacks(forced)
     with pytest.raises(ValueError, match="event_fn"):
         fastdiffeq.odeint(f, torch.ones(2, dtype=DT), torch.linspace(0, 1, 2, dtype=DT), event_fn=lambda t, y: y[0])
@@ -592,6 +589,31 @@ def test_adjoint_step_callbacks_with_fixed_grid_methods(name):
     for (t_f, dt_f), (t_t, dt_t) in zip(counts["fastdiffeq"], counts["torchdiffeq"]):
         assert t_f == pytest.approx(t_t, abs=1e-12) and dt_f == pytest.approx(dt_t, abs=1e-12) and dt_f > 0
     assert len(counts["fastdiffeq"]) == len(counts["torchdiffeq"])
+
+
+@pytest.mark.parametrize("trajectory", ["resolve", "interpolated"])
+def test_adjoint_step_callbacks_with_adaptive_methods(trajectory):
+    # The adaptive adjoint is one reverse-time solve: the callbacks come at its own steps (not torchdiffeq's
+    # per-interval ones), step before each attempt, then accept or reject; t0 walks back from t[-1] to t[0].
+    field = MLPField()
+    calls = []
+    for name in ("callback_step_adjoint", "callback_accept_step_adjoint", "callback_reject_step_adjoint"):
+        setattr(field, name, lambda t0, y, dt, name=name: calls.append((name, float(t0), float(dt), y)))
+    y0 = torch.tensor([1.0, 0.5], dtype=DT, requires_grad=True)
+    ys = fastdiffeq.odeint_adjoint(field, y0, torch.tensor([0.0, 0.5, 1.0], dtype=DT), rtol=1e-6, atol=1e-8,
+                                   adjoint_options=dict(trajectory=trajectory))
+    assert not calls  # the forward solve does not call them
+    ys.sum().backward()
+    steps = [c for c in calls if c[0] == "callback_step_adjoint"]
+    decided = [c for c in calls if c[0] != "callback_step_adjoint"]
+    assert steps and len(decided) == len(steps) == fastdiffeq.last_backward_stats().n_accepted + \
+        fastdiffeq.last_backward_stats().n_rejected
+    assert all(dt > 0 for _, _, dt, _ in calls) and steps[0][1] == 1.0 and steps[-1][1] > 0.0
+    assert [c[1] for c in steps] == sorted((c[1] for c in steps), reverse=True)
+    parts = steps[0][3]
+    n_y = 1 if trajectory == "resolve" else 0
+    assert len(parts) == n_y + 1 + len(list(field.parameters()))
+    torch.testing.assert_close(parts[n_y], torch.ones(2, dtype=DT))  # dL/dy(t[-1]) for loss = ys.sum()
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@
 #include "solver/rk_problem.h"
 #include "solver/rk_step.h"
 #include "solver/solve_args.h"
+#include "solver/step_callbacks.h"
 
 namespace fde::solver {
 namespace {
@@ -185,11 +186,22 @@ AdjointResult rk_adjoint(VectorField& field, ErrorNorm* norm, const at::Tensor& 
     }
     const bool shortened = on_output || grid.on_step || grid.on_jump;
     const double t1 = step.t1, h_step = step.h;
+    // torchdiffeq's *_adjoint step callbacks, with the augmented state (at this solve's steps: see
+    // docs/architecture.md, "torchdiffeq's step callbacks").
+    StepCallbacks* callbacks = aug.callbacks;
+    if (callbacks != nullptr) callbacks->step(t0, s, h);
     t0_t = at::full({1}, t0, time_opts);
     const at::Tensor h_t = at::full({1}, h_step, time_opts);
     StepStages st = rk_stages(aug_field, tab, s, k0, t0_t, h_t, res.nfe);
     auto [ratio, accept, h_next] = p.control(s, st.y1, st.ks, h_t);
     const StepDecision d = read_decision(ratio, accept, h_next);
+    if (callbacks != nullptr) {
+      if (d.accept) {
+        callbacks->accept(t0, s, h_step);
+      } else {
+        callbacks->reject(t0, s, h_step);
+      }
+    }
     double h_after = d.h_next;
     if (d.accept) {
       s = st.y1;

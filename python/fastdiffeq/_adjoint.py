@@ -121,6 +121,29 @@ class _AdjointConfig:
 
         return flat_norm
 
+    def _adjoint_callbacks(self, p: _Problem, params: List[torch.Tensor], direction: float) -> Optional[Tuple]:
+        """func's callback_*_adjoint for the C++ backward solve, or None: (step, accept, reject), each called
+        with t0 (the caller's time), the augmented state as a tuple ((y,) dL/dy, *dL/dtheta; y only when it is
+        re-solved, trajectory='resolve') and dt > 0 (torchdiffeq's backward solves see an increasing time)."""
+        found = [getattr(p.func, n, None) for n in ADJOINT_CALLBACK_NAMES]
+        if not any(callable(cb) for cb in found):
+            return None
+        D, with_y = p.segment_ends[-1], self.trajectory == "resolve"
+        shapes = ([p.user_shape] if with_y else []) + [p.user_shape] + [q.shape for q in params]
+        sizes = ([D] if with_y else []) + [D] + [q.numel() for q in params]
+
+        def wrap(cb: Any) -> Optional[Callable]:
+            if not callable(cb):
+                return None
+
+            def call(t0: torch.Tensor, state: torch.Tensor, h: torch.Tensor) -> None:
+                parts = tuple(x.view(shape) for x, shape in zip(state.reshape(-1).split(sizes), shapes))
+                cb(t0, parts, h * direction)
+
+            return call
+
+        return tuple(wrap(cb) for cb in found)
+
     def solve_backward(self, p: _Problem, ys: torch.Tensor, grad_ys: torch.Tensor, params: List[torch.Tensor],
                        tape: Any) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         T = ys.shape[0]
@@ -137,7 +160,8 @@ class _AdjointConfig:
                                     grad_ys.to(ys.dtype).contiguous(), options, seminorm=self.seminorm,
                                     trajectory=self.trajectory, norm=self._flat_norm(p, params),
                                     user_shape=p.user_shape, joint=True, progress=bar,
-                                    progress_interval=ProgressBar.interval)
+                                    progress_interval=ProgressBar.interval,
+                                    callbacks=self._adjoint_callbacks(p, params, -direction))
             status = int(res["status"])
             stats = SolveStats(method=self.method, nfe=int(res["nfe"]), n_accepted=int(res["n_accepted"]),
                                n_rejected=int(res["n_rejected"]), t_final=float(res["t"]),
@@ -219,12 +243,9 @@ def odeint_adjoint(
         )
     adjoint_callbacks = [n for n in ADJOINT_CALLBACK_NAMES if callable(getattr(func, n, None))]
     backward_method = adjoint_method if adjoint_method is not None else (method or "dopri5")
-    if adjoint_callbacks and backward_method not in FIXED_GRID_METHODS:
-        raise ValueError(f"fastdiffeq.odeint_adjoint: func defines {adjoint_callbacks}: the backward pass's step "
-                         "callbacks are supported with a fixed-grid adjoint method only (the adaptive adjoint is one "
-                         "reverse-time solve, not torchdiffeq's per-interval solves)")
     unused = sorted(set(adjoint_callbacks) - {"callback_step_adjoint"})
-    if unused:  # torchdiffeq's warning, word for word (its backward odeint sees them without the suffix)
+    if unused and backward_method in FIXED_GRID_METHODS:
+        # torchdiffeq's warning, word for word (its backward odeint sees them without the suffix)
         warnings.warn("Solver '{}' does not support callbacks {}".format(
             backward_method, {n[:-len("_adjoint")] for n in unused}))
     if event_fn is not None:
