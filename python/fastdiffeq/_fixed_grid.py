@@ -17,9 +17,9 @@ from torch.autograd.function import once_differentiable
 
 from . import _C
 from ._adams import ADAMS_METHODS, ADAMS_OPTIONS, adams_integrate, parse_adams_options
-from ._native import field_for
 from ._stats import SolveStats, _record, _record_backward
 from ._status import Status, status_name
+from ._tape import keep_tape, replay_joint
 from ._validate import positive_float
 
 __all__ = ["FIXED_OPTIONS", "parse_fixed_options", "solve_fixed", "adjoint_fixed"]
@@ -132,21 +132,12 @@ class _FixedCheckpointSolve(torch.autograd.Function):
     def forward(ctx, y_flat: torch.Tensor, problem: Any, grid: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             res = _run(problem, y_flat.detach(), "record", grid)
-        ctx.problem = problem
-        ctx.tape = res["tape"]
-        ctx.save_for_backward(*params)
-        return res["ys"]
+        return keep_tape(ctx, res, params, problem=problem)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_ys: torch.Tensor):
-        p = ctx.problem
-        params = list(ctx.saved_tensors)
-        field, path = field_for(p.field, p.func, p.native, params)
-        grad_y0, grad_params, nfe = _C.fixed_grid_backward(field, ctx.tape, grad_ys.contiguous(), params,
-                                                           p.user_shape)
-        _record_backward(SolveStats(method=p.method, nfe=int(nfe), n_accepted=ctx.tape.n_steps, n_rejected=0,
-                                    t_final=float(p.t64[0]), status=status_name(Status.SUCCESS), field=path))
+        grad_y0, grad_params = replay_joint(ctx, grad_ys, _C.fixed_grid_backward)
         return (grad_y0, None, None, *grad_params)
 
 

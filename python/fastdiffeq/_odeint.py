@@ -17,11 +17,12 @@ from ._adams import ADAMS_METHODS
 from ._fixed_grid import parse_fixed_options, solve_fixed
 from ._scipy import SCIPY_METHOD, parse_scipy_options, solve_scipy
 from ._errors import MaxStepsError, NonFiniteStateError, SolverError, StepSizeUnderflowError
-from ._native import field_for, native_field
+from ._native import native_field
 from ._progress import ProgressBar, check_progress, progress_bar
 from ._reversible import DEFAULT_COUPLING, check_coupling, solve_reversible
-from ._stats import SolveStats, _record, _record_backward
+from ._stats import SolveStats, _record
 from ._status import Counter, Status, status_name
+from ._tape import keep_tape, replay_joint
 from ._validate import (TensorOrTuple, check_func, check_state_tensor, check_time_grid, check_tolerance,
                         max_num_steps_option, positive_float, real_option, time_points)
 
@@ -420,23 +421,14 @@ class _CheckpointSolve(torch.autograd.Function):
     def forward(ctx, y_flat: torch.Tensor, problem: _Problem, *params: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             res = _run(problem, y_flat.detach(), "record")
-        ctx.problem = problem
-        ctx.tape = res["tape"]
-        ctx.save_for_backward(*params)
-        return res["ys"]
+        return keep_tape(ctx, res, params, problem=problem)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_ys: torch.Tensor):
-        p = ctx.problem
-        params = list(ctx.saved_tensors)
-        field, path = field_for(p.field, p.func, p.native, params)
-        grad_y0, grad_params, nfe = _C.rk_checkpoint_backward(
-            field, ctx.tape, grad_ys.contiguous(), params, p.user_shape, True)
-        # The tape stays with ctx (freed with the graph), so a retain_graph=True backward can run again.
-        _record_backward(SolveStats(method=p.method, nfe=int(nfe), n_accepted=ctx.tape.n_steps, n_rejected=0,
-                                    t_final=float(p.t64[0]), status=status_name(Status.SUCCESS),
-                                    field=path))
+        grad_y0, grad_params = replay_joint(
+            ctx, grad_ys, lambda field, tape, g, params, shape: _C.rk_checkpoint_backward(field, tape, g, params,
+                                                                                         shape, True))
         return (grad_y0, None, *grad_params)
 
 

@@ -28,8 +28,8 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from . import _C
-from ._native import field_for
-from ._stats import SolveStats, _record, _record_backward
+from ._stats import SolveStats, _record
+from ._tape import keep_tape, replay_joint, replay_per_sample
 from ._status import Status, status_name
 
 DEFAULT_COUPLING = 0.999
@@ -101,24 +101,12 @@ class ReversibleSolve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y_flat: torch.Tensor, problem: Any, coupling: float, raise_status: Any,
                 *params: torch.Tensor) -> torch.Tensor:
-        res = run_reversible(problem, y_flat, coupling, raise_status)
-        ctx.problem = problem
-        ctx.tape = res["tape"]
-        ctx.save_for_backward(*params)
-        return res["ys"]
+        return keep_tape(ctx, run_reversible(problem, y_flat, coupling, raise_status), params, problem=problem)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_ys: torch.Tensor):
-        p = ctx.problem
-        params = list(ctx.saved_tensors)
-        field, path = field_for(p.field, p.func, p.native, params)
-        from ._odeint import gc_paused
-        with gc_paused():
-            grad_y0, grad_params, nfe, _ = _C.reversible_backward(field, ctx.tape, grad_ys.contiguous(), params,
-                                                                  p.user_shape)
-        _record_backward(SolveStats(method=p.method, nfe=int(nfe), n_accepted=ctx.tape.n_steps, n_rejected=0,
-                                    t_final=float(p.t64[0]), status=status_name(Status.SUCCESS), field=path))
+        grad_y0, grad_params = replay_joint(ctx, grad_ys, lambda *args: _C.reversible_backward(*args)[:3])
         return (grad_y0, None, None, None, *grad_params)
 
 
@@ -151,27 +139,13 @@ class ReversibleSolvePerSample(torch.autograd.Function):
                 *params: torch.Tensor) -> torch.Tensor:
         res = run_reversible_per_sample(batch, y_flat, coupling)
         res_box.append(res)
-        ctx.batch = batch
-        ctx.tape = res["tape"]
-        ctx.status = res["status"]
-        ctx.save_for_backward(*params)
-        return res["ys"]
+        return keep_tape(ctx, res, params, batch=batch)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_ys: torch.Tensor):
-        b = ctx.batch
-        params = list(ctx.saved_tensors)
-        active = (ctx.status == int(Status.SUCCESS)).to(grad_ys.device).view(1, -1, 1)
-        grad_ys = torch.where(active, grad_ys, 0.0).contiguous()
-        field, path = field_for(b.field, b.func, b.native, params)
-        from ._odeint import gc_paused
-        with gc_paused():
-            grad_y0, grad_params, nfe = _C.reversible_backward_per_sample(field, ctx.tape, grad_ys, params,
-                                                                          b.user_shape())
-        grad_y0 = torch.where(active[0], grad_y0, 0.0)
-        _record_backward(SolveStats(method=b.method, nfe=int(nfe), n_accepted=ctx.tape.n_iterations, n_rejected=0,
-                                    t_final=float(b.t_eval[0, 0]), status=status_name(Status.SUCCESS), field=path))
+        grad_y0, grad_params = replay_per_sample(ctx, grad_ys, _C.reversible_backward_per_sample,
+                                                 ctx.tape.n_iterations)
         return (grad_y0, None, None, None, *grad_params)
 
 

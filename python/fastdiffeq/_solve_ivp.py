@@ -24,6 +24,7 @@ from ._odeint import _STATUS_ERRORS, ADAPTIVE_METHODS, FIXED_GRID_METHODS, _pars
 from ._progress import ProgressBar, check_progress, progress_bar
 from ._reversible import DEFAULT_COUPLING, check_coupling, solve_ivp_reversible
 from ._stats import SolveStats, _record, _record_backward
+from ._tape import keep_tape, replay_per_sample
 from ._status import Counter, Status, status_name
 from ._validate import check_func, check_state_tensor, check_tolerance
 
@@ -313,26 +314,13 @@ class _CheckpointSolve(torch.autograd.Function):
         with torch.no_grad():
             res = _run_forward(batch, y_flat.detach(), "record")
         res_box.append(res)
-        ctx.batch = batch
-        ctx.tape = res["tape"]
-        ctx.status = res["status"]
-        ctx.save_for_backward(*params)
-        return res["ys"]
+        return keep_tape(ctx, res, params, batch=batch)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_ys: torch.Tensor):
-        b: _Batch = ctx.batch
-        params = list(ctx.saved_tensors)
-        active = (ctx.status == int(Status.SUCCESS)).to(grad_ys.device).view(1, -1, 1)
-        grad_ys = torch.where(active, grad_ys, 0.0).contiguous()
-        field, path = field_for(b.field, b.func, b.native, params)
-        with gc_paused():
-            grad_y0, grad_params, nfe = _C.rk_checkpoint_backward_per_sample(field, ctx.tape, grad_ys, params,
-                                                                             b.user_shape())
-        grad_y0 = torch.where(active[0], grad_y0, 0.0)
-        _record_backward(SolveStats(method=b.method, nfe=int(nfe), n_accepted=ctx.tape.n_steps, n_rejected=0,
-                                    t_final=float(b.t_eval[0, 0]), status=status_name(Status.SUCCESS), field=path))
+        grad_y0, grad_params = replay_per_sample(ctx, grad_ys, _C.rk_checkpoint_backward_per_sample,
+                                                 ctx.tape.n_steps)
         return (grad_y0, None, None, *grad_params)
 
 
