@@ -100,12 +100,7 @@ def prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, 
         raise ValueError(f"dt must be > 0, got {float(dt)}")
     if adaptive and float(dt_min) <= 0:
         raise ValueError(f"dt_min must be > 0 with adaptive=True, got {float(dt_min)}")
-    if options is not None and not isinstance(options, dict):
-        raise TypeError(f"options must be a dict, got {type(options).__name__}")
-    options = {} if options is None else dict(options)
-    unknown = sorted(set(options) - {"grad_free"})
-    if unknown:
-        raise ValueError(f"options: unknown key(s) {unknown}; the SDE methods take 'grad_free' (milstein)")
+    options = check_method_options(options, "options")
 
     if logqp:
         sde = LogqpSDE(sde)
@@ -137,6 +132,17 @@ def prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, 
         warnings.warn("Numerical solution is not guaranteed to converge to the correct solution when using adaptive "
                       "time-stepping with the Euler--Maruyama method with non-additive noise.")
     return Problem(view, y0, ts, bm, method_rec, options)
+
+
+def check_method_options(options: Any, name: str) -> dict:
+    """A copy of an SDE method's options (None: {}); the methods take only 'grad_free' (milstein)."""
+    if options is not None and not isinstance(options, dict):
+        raise TypeError(f"{name} must be a dict, got {type(options).__name__}")
+    options = {} if options is None else dict(options)
+    unknown = sorted(set(options) - {"grad_free"})
+    if unknown:
+        raise ValueError(f"{name}: unknown key(s) {unknown}; the SDE methods take 'grad_free' (milstein)")
+    return options
 
 
 def check_number(value: Any, name: str) -> float:
@@ -249,9 +255,14 @@ def init_extra(method: Method, view: SDEView, t0: torch.Tensor, y0: torch.Tensor
     return () if method.init_extra is None else method.init_extra(view, t0, y0)
 
 
-def fixed_grid(ts: torch.Tensor, dt: float) -> list[torch.Tensor]:
-    """torchsde's step times: t ← min(t + dt, ts[-1]) from ts[0] (in ts's dtype), until ts[-1]."""
-    t, t_end = ts[0], ts[-1]
+def fixed_grid(ts: torch.Tensor, dt: float) -> tuple[torch.Tensor, list[float]]:
+    """torchsde's step times: t ← min(t + dt, ts[-1]) from ts[0] (in ts's dtype), until ts[-1].
+
+    Built on the host from one copy of ts (IEEE arithmetic: the same values as on ts's device) and returned
+    both on ts's device (what f and g receive) and as floats (the loop's control: no device read per step).
+    """
+    host = ts.detach().cpu()
+    t, t_end = host[0], host[-1]
     n_steps = float(t_end - t) / float(dt)
     if not math.isfinite(n_steps) or n_steps > MAX_STEPS:
         count = math.ceil(n_steps) if math.isfinite(n_steps) else n_steps
@@ -265,17 +276,18 @@ def fixed_grid(ts: torch.Tensor, dt: float) -> list[torch.Tensor]:
                              f"the step does not move t")
         t = t_next
         grid.append(t)
-    return grid
+    grid_host = torch.stack(grid)
+    return grid_host.to(ts.device), grid_host.tolist()
 
 
-def _brownian_blocks(bm, grid: list[torch.Tensor], need: str):
+def _brownian_blocks(bm, grid: torch.Tensor, need: str):
     """Yield (W, U, A) per step of a fixed grid, drawn in blocks in the order the steps query them."""
     return_u, return_a = "U" in need, "A" in need
     fast = None if return_a else _grid_sampler(bm)
     for start in range(0, len(grid) - 1, _BROWNIAN_BLOCK):
         stop = min(start + _BROWNIAN_BLOCK, len(grid) - 1)
         if fast is not None:
-            block = fast(torch.stack(grid[start:stop + 1]), return_U=return_u)
+            block = fast(grid[start:stop + 1], return_U=return_u)
             ws, us = (block if return_u else (block, None))
             for i in range(stop - start):
                 yield ws[i], (us[i] if return_u else None), None
@@ -324,23 +336,21 @@ def integrate(view: SDEView, method: Method, bm, y0: torch.Tensor, ts: torch.Ten
     if adaptive:
         return _integrate_adaptive(view, method, bm, y0, ts, dt, rtol, atol, dt_min, options, extra0)
     step = method.step
-    grid = fixed_grid(ts, dt)
+    grid, grid_f = fixed_grid(ts, dt)
     increments = _brownian_blocks(bm, grid, method.brownian)
     ys = [y0]
-    out_times = list(ts[1:])
-    prev_t = curr_t = grid[0]
+    prev_t = grid[0]
     prev_y = curr_y = y0
     extra = extra0
     k = 0
-    for out_t in out_times:
-        while curr_t < out_t:
-            t1 = grid[k + 1]
+    for out_t, out_tf in zip(ts[1:], ts[1:].tolist()):
+        while grid_f[k] < out_tf:
+            t0, t1 = grid[k], grid[k + 1]
             w, u, a = next(increments)
-            prev_t, prev_y = curr_t, curr_y
-            curr_y, extra = step(view, curr_t, t1, t1 - curr_t, curr_y, extra, w, u, a, options)
-            curr_t = t1
+            prev_t, prev_y = t0, curr_y
+            curr_y, extra = step(view, t0, t1, t1 - t0, curr_y, extra, w, u, a, options)
             k += 1
-        ys.append(_interp(prev_t, prev_y, curr_t, curr_y, out_t))
+        ys.append(_interp(prev_t, prev_y, grid[k], curr_y, out_t))
     return torch.stack(ys, dim=0), extra
 
 

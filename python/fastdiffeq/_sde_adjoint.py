@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 
 from ._brownian import ReverseBrownian
-from ._sde import _warn_unused, check_number, init_extra, integrate, parse_return, prepare
+from ._sde import _warn_unused, check_method_options, check_number, init_extra, integrate, parse_return, prepare
 from ._sde_methods import Method, check_method, select
 from ._sde_view import SDEView, vjp
 
@@ -266,12 +266,7 @@ def sdeint_adjoint(sde: Any, y0: torch.Tensor, ts, bm: Any = None, method: str |
     params = tuple(p for p in params if p.requires_grad)
     for name, value in (("adjoint_rtol", adjoint_rtol), ("adjoint_atol", adjoint_atol)):
         check_number(value, name)
-    if adjoint_options is not None and not isinstance(adjoint_options, dict):
-        raise TypeError(f"adjoint_options must be a dict, got {type(adjoint_options).__name__}")
-    adjoint_options = {} if adjoint_options is None else dict(adjoint_options)
-    unknown = sorted(set(adjoint_options) - {"grad_free"})
-    if unknown:
-        raise ValueError(f"adjoint_options: unknown key(s) {unknown}; the SDE methods take 'grad_free' (milstein)")
+    adjoint_options = check_method_options(adjoint_options, "adjoint_options")
     p = prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names, logqp)
     adjoint_method = _default_adjoint_method(p.view, p.method, adjoint_method)
     exact = p.method.name == "reversible_heun" and adjoint_method == "adjoint_reversible_heun"

@@ -2236,10 +2236,15 @@ def fixed_grid_backward_call(g: Gen) -> Call:
            "grid": Ten((len(gv),), "float64", fill="values", values=gv)}
     setup = [f"field = Lin({g.uniform(0.2, 2.0)})", f"kw = {lit(kw)}",
              "tape = _C.fixed_grid_solve(field, y0, grid, t_out, mode='record', **kw)['tape']"]
+    return _tape_backward_call(g, "fixed_grid_backward", T, D, env, setup, "fixed-grid")
+
+
+def _tape_backward_call(g: Gen, target: str, T: int, D: int, env: dict, setup: list, tape_kind: str) -> Call:
+    """_C.<target>(func, tape, grad_ys, params, user_shape) after a recording solve (setup makes `tape`):
+    mutations of each argument and what they must raise."""
     a = {"func": Code("field"), "tape": Code("tape"), "grad_ys": Ten((T, 1, D), "float64", seed=g.seed()),
          "params": [Code("field.theta")], "user_shape": [D]}
-    call = Call(target="fixed_grid_backward", callee="_C.fixed_grid_backward", args=a, positional=5, env=env,
-                setup=setup, level="C")
+    call = Call(target=target, callee=f"_C.{target}", args=a, positional=5, env=env, setup=setup, level="C")
     for _ in range(g.choice([0, 0, 1, 1, 2])):
         name = g.choice(list(a))
         if name == "grad_ys":
@@ -2269,7 +2274,7 @@ def fixed_grid_backward_call(g: Gen) -> Call:
     if tuple(gy.shape) != (T, 1, D):
         call.must_raise.append(f"grad_ys shape: must be [{T}, 1, {D}], got {list(gy.shape)}")
     if a["tape"].text != "tape":
-        call.must_raise.append("not a fixed-grid tape")
+        call.must_raise.append(f"not a {tape_kind} tape")
     call.must_raise += _user_shape_must_raise(a["user_shape"], D)
     call.checks = [("wrong-gradient-shape", f"tuple(RESULT[0].shape) == (1, {D})")]
     return call
@@ -3118,43 +3123,7 @@ def reversible_backward_call(g: Gen) -> Call:
     setup = [f"field = Lin({g.uniform(0.2, 2.0)})",
              f"tape = reversible_solve(field, y0, t_out, method={method!r}, rtol=[1e-6], atol=[1e-8], "
              f"segment_ends=[{D}], grid={grid!r}, user_shape=[{D}])['tape']"]
-    a = {"func": Code("field"), "tape": Code("tape"), "grad_ys": Ten((T, 1, D), "float64", seed=g.seed()),
-         "params": [Code("field.theta")], "user_shape": [D]}
-    call = Call(target="reversible_backward", callee="_C.reversible_backward", args=a, positional=5, env=env,
-                setup=setup, level="C")
-    for _ in range(g.choice([0, 0, 1, 1, 2])):
-        name = g.choice(list(a))
-        if name == "grad_ys":
-            if g.p(0.5):
-                shape = g.choice([(T + 2, 1, D), (T, D), (), (T, 1, D + 1), (T, 2, D)])
-                a[name] = replace(a[name], shape=shape)
-                m = f"shape {shape}"
-            else:
-                a[name], m = g.mutate_tensor(a[name])
-        elif name == "params":
-            a[name] = g.choice([[], [Code("field.theta.detach()")], [Code("field.theta")] * 2,
-                                [Ten((2,), "float64", device="meta")]])
-            m = "params changed"
-        elif name == "func":
-            a[name] = Code(g.choice(["F.decay", "F.wrong_shape", "F.raises", "Lin(0.5)"]))
-            m = a[name].text
-        elif name == "tape":
-            a[name] = Code(g.choice(["None", "3", "y0"]))
-            m = a[name].text
-        else:
-            a[name] = g.choice([[D + 1], [], [-1], [1, D]])
-            m = lit(a[name])
-        call.muts.append(f"{name}: {m}")
-    gy = a["grad_ys"]
-    if gy.device != "cpu":
-        call.must_raise.append("meta grad_ys")
-    if tuple(gy.shape) != (T, 1, D):
-        call.must_raise.append(f"grad_ys shape: must be [{T}, 1, {D}], got {list(gy.shape)}")
-    if a["tape"].text != "tape":
-        call.must_raise.append("not a reversible tape")
-    call.must_raise += _user_shape_must_raise(a["user_shape"], D)
-    call.checks = [("wrong-gradient-shape", f"tuple(RESULT[0].shape) == (1, {D})")]
-    return call
+    return _tape_backward_call(g, "reversible_backward", T, D, env, setup, "reversible")
 
 
 def residual_call(g: Gen, backward: bool) -> Call:
