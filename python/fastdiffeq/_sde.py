@@ -282,27 +282,18 @@ def fixed_grid(ts: torch.Tensor, dt: float) -> tuple[torch.Tensor, list[float]]:
 
 def _brownian_blocks(bm, grid: torch.Tensor, need: str):
     """Yield (W, U, A) per step of a fixed grid, drawn in blocks in the order the steps query them."""
-    return_u, return_a = "U" in need, "A" in need
-    fast = None if return_a else _grid_sampler(bm)
+    return_u = need == "WU"
+    fast = None if need == "WA" else _grid_sampler(bm)
     for start in range(0, len(grid) - 1, _BROWNIAN_BLOCK):
         stop = min(start + _BROWNIAN_BLOCK, len(grid) - 1)
-        if fast is not None:
-            block = fast(grid[start:stop + 1], return_U=return_u)
-            ws, us = (block if return_u else (block, None))
-            for i in range(stop - start):
-                yield ws[i], (us[i] if return_u else None), None
+        if fast is None:
+            for i in range(start, stop):
+                yield _query(bm, grid[i], grid[i + 1], need)
             continue
-        for i in range(start, stop):
-            out = bm(grid[i], grid[i + 1], return_U=return_u, return_A=return_a) if (return_u or return_a) \
-                else bm(grid[i], grid[i + 1])
-            if return_u and return_a:
-                yield out[0], out[1], out[2]
-            elif return_u:
-                yield out[0], out[1], None
-            elif return_a:
-                yield out[0], None, out[1]
-            else:
-                yield out, None, None
+        block = fast(grid[start:stop + 1], return_U=return_u)
+        ws, us = block if return_u else (block, None)
+        for i in range(stop - start):
+            yield ws[i], (us[i] if return_u else None), None
 
 
 def _grid_sampler(bm):
@@ -317,6 +308,7 @@ def _grid_sampler(bm):
 
 
 def _query(bm, t0, t1, need: str):
+    """(W, U, A) over [t0, t1], asking bm only for what the method needs ("W", "WU" or "WA")."""
     if need == "W":
         return bm(t0, t1), None, None
     if need == "WU":
