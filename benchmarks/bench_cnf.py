@@ -1,7 +1,10 @@
 """CNF training iterations: fastdiffeq vs torchdiffeq on the demo's model (examples/cnf_toy.py defaults).
 
 One thread, the variants interleaved, each timed from the same parameters on the same batch and noise:
-  fastdiffeq                  fastdiffeq.nn.CNF (ConcatSquashMLP: forward-mode Jacobian products)
+  fastdiffeq                  fastdiffeq.nn.CNF: the augmented field (ConcatSquashMLP, its trace and RNODE terms)
+                              evaluated natively in C++ (_C.NativeCNF, F7), hand-written vector-Jacobian products
+  fastdiffeq, Python field    the same on fastdiffeq's solvers with the field in Python (derivatives='forward':
+                              ConcatSquashMLP's forward-mode Jacobian products as torch operations)
   torchdiffeq, same field     the same augmented field on torchdiffeq's solvers (the solver's share alone)
   torchdiffeq, FFJORD trace   torchdiffeq with the trace as FFJORD's code computes it: autograd, one backward
                               pass per dimension for the exact trace (its divergence_bf), one vector-Jacobian
@@ -46,10 +49,14 @@ def warm_model(iterations: int, seed: int) -> dict:
     return copy.deepcopy(flow.state_dict())
 
 
+DERIVATIVES = {"fastdiffeq": "auto", "fastdiffeq, Python field": "forward", "torchdiffeq, same field": "auto",
+               "torchdiffeq, FFJORD trace": "autograd"}
+
+
 def variant(name: str, state: dict, gradient: str, trace: str) -> CNF:
-    backend = "fastdiffeq" if name == "fastdiffeq" else "torchdiffeq"
+    backend = "fastdiffeq" if name.startswith("fastdiffeq") else "torchdiffeq"
     flow = CNF(ConcatSquashMLP(2), trace=trace, kinetic=0.01, jacobian=0.01, gradient=gradient, backend=backend,
-               derivatives="autograd" if name == "torchdiffeq, FFJORD trace" else "auto")
+               derivatives=DERIVATIVES[name])
     flow.load_state_dict(state)
     return flow
 
@@ -80,7 +87,7 @@ def main() -> None:
     info = machine_info()
     state = warm_model(args.warmup, args.seed)
     x = toy_2d("8gaussians", args.batch, seed=args.seed + 1)
-    names = ("fastdiffeq", "torchdiffeq, same field", "torchdiffeq, FFJORD trace")
+    names = tuple(DERIVATIVES)
     rows = []
     for trace in ("exact", "hutchinson"):
         for gradient in ("adjoint", "direct"):

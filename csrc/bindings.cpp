@@ -10,6 +10,7 @@
 
 #include <iterator>
 #include <limits>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -20,6 +21,7 @@
 #include "solver/autograd_vjp.h"
 #include "solver/finite.h"
 #include "solver/fixed_grid.h"
+#include "solver/native_cnf.h"
 #include "solver/native_mlp.h"
 #include "solver/progress.h"
 #include "solver/residual.h"
@@ -134,6 +136,36 @@ class PyNativeMlpField final : public fde::solver::NativeMlpField {
   };
 };
 
+// fastdiffeq.nn.CNF's native augmented field (_C.NativeCNF): the ConcatSquashMLP's parameters (shared), sqrt_T and
+// the trace configuration of one solve.
+struct NativeCnfHandle {
+  fde::solver::CnfSpec spec;
+};
+
+class PyNativeCnfField final : public fde::solver::NativeCnfField {
+ public:
+  using NativeCnfField::NativeCnfField;
+  std::unique_ptr<fde::solver::ScopedUnlock> unlock() override { return std::make_unique<GilRelease>(); }
+
+ private:
+  struct GilRelease final : fde::solver::ScopedUnlock {
+    py::gil_scoped_release release;
+  };
+};
+
+fde::core::Activation core_activation(const std::string& name) {
+  using fde::core::Activation;
+  switch (fde::solver::parse_mlp_activation(name)) {
+    case fde::solver::MlpActivation::kTanh: return Activation::kTanh;
+    case fde::solver::MlpActivation::kSoftplus: return Activation::kSoftplus;
+    case fde::solver::MlpActivation::kRelu: return Activation::kRelu;
+    case fde::solver::MlpActivation::kElu: return Activation::kElu;
+    case fde::solver::MlpActivation::kSigmoid: return Activation::kSigmoid;
+    case fde::solver::MlpActivation::kSilu: return Activation::kSilu;
+  }
+  throw py::value_error("fastdiffeq: unknown activation '" + name + "'");
+}
+
 bool same_tensors(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
   if (a.size() != b.size()) return false;
   for (size_t i = 0; i < a.size(); ++i)
@@ -152,6 +184,14 @@ std::unique_ptr<fde::solver::VectorField> make_field(const py::object& func, std
       throw py::value_error("fastdiffeq: a native MLP field differentiates all of its parameters, in module order; "
                             "got another parameter list");
     return std::make_unique<PyNativeMlpField>(h.spec);
+  }
+  if (py::isinstance<NativeCnfHandle>(func)) {
+    const NativeCnfHandle& h = func.cast<const NativeCnfHandle&>();
+    if (!joint) throw py::value_error("fastdiffeq: a native CNF field runs in joint solves (odeint) only");
+    if (!params.empty() && !same_tensors(params, h.spec.params()))
+      throw py::value_error("fastdiffeq: a native CNF field differentiates all of its parameters, in module order; "
+                            "got another parameter list");
+    return std::make_unique<PyNativeCnfField>(h.spec);
   }
   if (!PyCallable_Check(func.ptr()))
     throw py::type_error("fastdiffeq: func must be callable as func(t, y), got " + py_type_name(func));
@@ -883,6 +923,57 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            },
            py::arg("y"), py::arg("v"),
            "(f, v^T df/dy, v^T df/dtheta flattened in parameter order): the hand-written product the adjoint uses");
+  py::class_<NativeCnfHandle>(m, "NativeCNF",
+                              "fastdiffeq.nn.CNF's augmented field over a ConcatSquashMLP, evaluated in C++ (the "
+                              "parameters are shared with the modules, not copied).")
+      .def(py::init([](const py::object& weights, const py::object& biases, const py::object& gate_weights,
+                       const py::object& gate_biases, const py::object& time_weights, const at::Tensor& sqrt_T,
+                       bool train_T, const std::string& activation, const std::string& trace,
+                       std::optional<at::Tensor> noise, bool with_logp, bool kinetic, bool jacobian) {
+             NativeCnfHandle h;
+             h.spec.weights = tensor_list_arg(weights, "weights");
+             h.spec.biases = tensor_list_arg(biases, "biases");
+             h.spec.gate_weights = tensor_list_arg(gate_weights, "gate_weights");
+             h.spec.gate_biases = tensor_list_arg(gate_biases, "gate_biases");
+             h.spec.time_weights = tensor_list_arg(time_weights, "time_weights");
+             h.spec.sqrt_T = sqrt_T;
+             h.spec.train_T = train_T;
+             h.spec.activation = core_activation(activation);
+             if (trace != "exact" && trace != "hutchinson")
+               throw py::value_error("fastdiffeq: trace must be 'exact' or 'hutchinson', got '" + trace + "'");
+             h.spec.trace = trace == "exact" ? fde::solver::CnfTrace::kExact : fde::solver::CnfTrace::kHutchinson;
+             if (noise) h.spec.noise = *noise;
+             h.spec.with_logp = with_logp;
+             h.spec.with_kinetic = with_logp && kinetic;
+             h.spec.with_jacobian = with_logp && jacobian;
+             fde::solver::check_cnf_spec(h.spec);
+             return h;
+           }),
+           py::arg("weights"), py::arg("biases"), py::arg("gate_weights"), py::arg("gate_biases"),
+           py::arg("time_weights"), py::arg("sqrt_T"), py::kw_only(), py::arg("train_T"), py::arg("activation"),
+           py::arg("trace"), py::arg("noise") = py::none(), py::arg("with_logp") = true, py::arg("kinetic") = false,
+           py::arg("jacobian") = false)
+      .def_property_readonly("params", [](const NativeCnfHandle& h) { return h.spec.params(); },
+                             "The tensors its products differentiate, in CNF.parameters() order.")
+      .def("differentiates",
+           [](const NativeCnfHandle& h, const py::object& params) {
+             return same_tensors(tensor_list_arg(params, "params"), h.spec.params());
+           },
+           py::arg("params"), "Whether `params` are exactly the tensors its products differentiate, in order.")
+      .def("__call__",
+           [](const NativeCnfHandle& h, const at::Tensor& s, const at::Tensor& y) {
+             return fde::solver::NativeCnfField(h.spec).eval(s, y);
+           },
+           py::arg("s"), py::arg("y"), "the augmented field at normalised time s (recorded by autograd in grad mode)")
+      .def("vjp",
+           [](const NativeCnfHandle& h, const at::Tensor& s, const at::Tensor& y, const at::Tensor& v) {
+             fde::solver::NativeCnfField field(h.spec);
+             at::Tensor grad_params = at::zeros({field.num_params()}, y.options());
+             fde::solver::FieldVjp r = field.vjp(s, y, v, grad_params);
+             return py::make_tuple(r.f, r.grad_y, grad_params);
+           },
+           py::arg("s"), py::arg("y"), py::arg("v"),
+           "(f, v^T df/dy, v^T df/dtheta flattened in `params` order): the hand-written product the adjoint uses");
   py::class_<fde::solver::FixedGridTape, std::shared_ptr<fde::solver::FixedGridTape>>(m, "FixedGridTape")
       .def_property_readonly("n_steps", [](const fde::solver::FixedGridTape& t) { return t.steps.size(); });
   m.def("fixed_grid_solve", &fixed_grid_solve_py, py::arg("func"), py::arg("y0"), py::arg("grid"), py::arg("t_out"),

@@ -1,7 +1,8 @@
 """Native vector fields: modules the solvers evaluate in C++ instead of calling back into Python.
 
-A module opts in with a method ``fastdiffeq_native_field(y0)`` returning a ``_C`` native description (today
-``_C.NativeMLP``, from :class:`fastdiffeq.nn.MLP`) or None when it cannot run natively for this state (dtype,
+A module opts in with a method ``fastdiffeq_native_field(y0)`` returning a ``_C`` native description
+(``_C.NativeMLP`` from :class:`fastdiffeq.nn.MLP`; ``_C.NativeCNF`` from :class:`fastdiffeq.nn.CNF`'s augmented field
+over a ConcatSquashMLP) or None when it cannot run natively for this state (dtype,
 device, shape, hooks, an overridden forward). The description shares the module's parameters, so direct and
 checkpointed gradients reach them through autograd as usual; its adjoint products are hand-written in C++.
 """
@@ -27,6 +28,12 @@ def field_for(field: Any, func: Callable, native: bool, params: Sequence[torch.T
     frozen parameter or a custom parameter list)."""
     if not native:
         return field, "python"
+    # A description that knows its parameters (a CNF's augmented field is not a module) answers itself (the
+    # tensors it returns are new Python objects over the same storage, so `is` cannot compare them).
+    if hasattr(field, "differentiates"):
+        if field.differentiates(list(params)):
+            return field, "native"
+        return func, "python"
     own = list(func.parameters())
     if len(own) == len(params) and all(a is b for a, b in zip(own, params)):
         return field, "native"

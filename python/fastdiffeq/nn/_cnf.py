@@ -22,7 +22,8 @@ from torch import nn
 
 from .._adjoint import odeint_adjoint
 from .._odeint import METHODS, odeint
-from ._layers import ConcatSquashMLP
+from .._stats import last_backward_stats, last_stats
+from ._layers import ConcatSquashLinear, ConcatSquashMLP
 
 __all__ = ["CNF"]
 
@@ -33,7 +34,7 @@ GRADIENTS = ("adjoint", "direct", "checkpoint")
 # backward pass); above it, one backward pass per dimension (memory stays that of one batch).
 EXACT_TRACE_STACK_MAX_DIM = 16
 BACKENDS = ("fastdiffeq", "torchdiffeq")
-DERIVATIVES = ("auto", "autograd")
+DERIVATIVES = ("auto", "forward", "autograd")
 
 
 def _nonnegative_float(value: Any, name: str) -> float:
@@ -75,10 +76,18 @@ class _AugmentedField:
         # The network's own forward-mode Jacobian products (no autograd.grad, no double backward) when it has them.
         # Only for ConcatSquashMLP's own forward (not a subclass that overrides it) without hooks.
         dyn = cnf.dynamics
-        self.forward_mode = (cnf.derivatives == "auto" and isinstance(dyn, ConcatSquashMLP)
+        self.forward_mode = (cnf.derivatives in ("auto", "forward") and isinstance(dyn, ConcatSquashMLP)
                              and type(dyn).forward is ConcatSquashMLP.forward
                              and not (dyn._forward_hooks or dyn._forward_pre_hooks)
                              and (cnf.trace == "hutchinson" or self.dim <= EXACT_TRACE_STACK_MAX_DIM))
+        # 'auto' on fastdiffeq's solvers: the whole augmented field in C++ (_C.NativeCNF) when the layers are
+        # ConcatSquashMLP's own (fastdiffeq_native_field says when, per solve).
+        self.native_candidate = (self.forward_mode and cnf.derivatives == "auto" and cnf.backend == "fastdiffeq"
+                                 and len(event_shape) == 1
+                                 and all(type(layer) is ConcatSquashLinear
+                                         and not (layer._forward_hooks or layer._forward_pre_hooks)
+                                         for layer in dyn.layers))
+        self.native_used = False  # set by CNF._flow from the solve's stats
         self.calls = 0
         self._unit_directions: Optional[torch.Tensor] = None  # [d, d] identity, built on the first evaluation
 
@@ -87,6 +96,25 @@ class _AugmentedField:
         if self._unit_directions is None:
             self._unit_directions = torch.eye(self.dim, dtype=like.dtype, device=like.device)
         return self._unit_directions
+
+    def fastdiffeq_native_field(self, y0: torch.Tensor) -> Optional[Any]:
+        """The C++ description of this augmented field for state ``y0`` (fastdiffeq._native), or None: float32 /
+        float64 on the CPU, every parameter and sqrt_T of y0's dtype and device."""
+        if not self.native_candidate or y0.device.type != "cpu" or y0.dtype not in (torch.float32, torch.float64):
+            return None
+        from .. import _C
+
+        cnf = self.cnf
+        layers = list(cnf.dynamics.layers)
+        tensors = [p for layer in layers for p in layer.parameters()] + [cnf.sqrt_T]
+        if any(p.dtype != y0.dtype or p.device != y0.device for p in tensors):
+            return None
+        noise = self.noise.reshape(self.noise.shape[0], self.dim) if self.noise is not None else None
+        return _C.NativeCNF([m.weight for m in layers], [m.bias for m in layers], [m.gate_weight for m in layers],
+                            [m.gate_bias for m in layers], [m.time_weight for m in layers], cnf.sqrt_T,
+                            train_T=cnf.sqrt_T.requires_grad, activation=cnf.dynamics.activation, trace=cnf.trace,
+                            noise=noise, with_logp=self.with_logp, kinetic=self.with_kinetic,
+                            jacobian=self.with_jacobian)
 
     def __call__(self, s: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         self.calls += 1
@@ -280,6 +308,8 @@ class CNF(nn.Module):
         self._last_terms: Optional[Dict[str, torch.Tensor]] = None
         self._last_field: Optional[_AugmentedField] = None
         self._last_forward_calls = 0
+        self._last_python_calls = 0
+        self._backward_stats_before: Any = None
 
     # ---- shapes -------------------------------------------------------------------------------------
     def _initial_event_shape(self, dim: Any) -> Optional[torch.Size]:
@@ -398,9 +428,17 @@ class CNF(nn.Module):
     def nfe_backward(self) -> int:
         """Evaluations of the dynamics by the last solve's backward pass so far (0 in 'direct' mode, where
         backpropagation goes through the recorded evaluations instead)."""
-        if self._last_field is None:
+        field = self._last_field
+        if field is None:
             return 0
-        return self._last_field.calls - self._last_forward_calls
+        python_calls = field.calls - self._last_python_calls
+        if not field.native_used:
+            return python_calls
+        # The native path counts in the solver's stats: the backward pass recorded since this solve, if native.
+        stats = last_backward_stats()
+        native_calls = stats.nfe if stats is not None and stats is not self._backward_stats_before and \
+            stats.field == "native" else 0
+        return python_calls + native_calls
 
     # ---- the solve ----------------------------------------------------------------------------------
     def _flow(self, x: torch.Tensor, reverse: bool, with_logp: bool
@@ -414,9 +452,13 @@ class CNF(nn.Module):
             columns.append(x.new_zeros(n, extra))
         state0 = torch.cat(columns, dim=1) if extra else columns[0]
         s = torch.tensor([1.0, 0.0] if reverse else [0.0, 1.0], dtype=x.dtype, device=x.device)
+        self._backward_stats_before = last_backward_stats()
         state1 = self._solve(field, state0, s)
         self._last_field = field
-        self._last_forward_calls = field.calls
+        self._last_python_calls = field.calls
+        stats = last_stats() if self.backend == "fastdiffeq" else None
+        field.native_used = stats is not None and stats.field == "native"
+        self._last_forward_calls = stats.nfe if field.native_used else field.calls
         y = state1[:, : field.dim].reshape(x.shape)
         terms: Dict[str, torch.Tensor] = {"zeros": x.new_zeros(n)}
         if not with_logp:
