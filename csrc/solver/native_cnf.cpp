@@ -16,6 +16,7 @@
 #include <c10/util/Exception.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <algorithm>
 #include <type_traits>
 #include <utility>
 
@@ -23,14 +24,17 @@ namespace fde::solver {
 
 using core::Activation;
 
-// Buffers of one batch size: the forward pass's intermediates (kept for the reverse pass) and the reverse pass's
-// cotangents, per layer. Reallocated only when the batch size changes (once per solve).
+// Buffers of one batch size, reallocated only when it changes (once per solve). Boundary b (0..L) sits before
+// layer b; every boundary stacks the samples' values over their K tangents, (1 + K) N rows:
+//   x[b] = [h; U] (b < L: layer b's input),  z[b] = [a; Adot] (b >= 1: layer b-1's output),
+//   g[b] = the cotangent of x[b], turned in place into z[b]'s by the activation's reverse (1 <= b < L; g[L] is
+//   z[L]'s; g[0] holds z's only, [N, D]).
+// Layer k's gate is folded into its weights (w_folded = diag(gate) W, b_folded = gate * b + shift).
 struct NativeCnfField::Workspace {
   int64_t n = -1;
-  double s = 0.0;
-  at::Tensor in0, u0;  // z [N, D] and the input tangents [K, N, D] (unit directions or the noise)
-  std::vector<at::Tensor> gate, shift, A, a, Q, adot, y, sig, d1, u;  // per layer
-  std::vector<at::Tensor> g_a, g_adot, g_y, g_u, g_gate, g_shift;     // per layer (reverse)
+  std::vector<at::Tensor> x, z, g, sig;             // per boundary
+  std::vector<at::Tensor> gate, w_folded, w_folded_t, b_folded;  // per layer
+  at::Tensor M, Mt, sums;  // the reverse pass's [o, i] product (and its transpose) and column sums
 };
 
 namespace {
@@ -76,6 +80,91 @@ S* ptr(const at::Tensor& x) {
 template <class S>
 const S* cptr(const at::Tensor& x) {
   return x.const_data_ptr<S>();
+}
+
+// The elementwise and narrow loops, compiled for AVX2 and AVX-512 besides the baseline and picked when the module
+// loads (GCC's target_clones; flatten inlines core/'s templates into each clone). Every clone does the same
+// arithmetic in the same order (no FMA contraction: -ffp-contract=off; sums in a fixed order), so the results do
+// not depend on the CPU.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define FDE_CPU_CLONES __attribute__((target_clones("default", "avx2", "avx512f"), flatten))
+#else
+#define FDE_CPU_CLONES
+#endif
+
+#define FDE_CNF_KERNELS(S)                                                                                         \
+  FDE_CPU_CLONES void activation_forward_k(Activation act, const S* a, const S* y, const S* s, const S* adot,     \
+                                           int64_t K, int64_t n, int64_t o, S* u) {                              \
+    with_activation(act, [&](auto c) { core::activation_forward<decltype(c)::value, S>(a, y, s, adot, K, n, o, u); }); \
+  }                                                                                                                \
+  FDE_CPU_CLONES void activation_reverse_k(Activation act, const S* a, const S* y, const S* s, const S* adot,     \
+                                           int64_t K, int64_t n, int64_t o, S* g) {                              \
+    with_activation(act, [&](auto c) { core::activation_reverse<decltype(c)::value, S>(a, y, s, adot, K, n, o, g); }); \
+  }                                                                                                                \
+  FDE_CPU_CLONES void narrow_inner_k(const S* a, const S* b, const S* bias, int64_t r, int64_t p, int64_t q,      \
+                                     S* out) {                                                                     \
+    core::narrow_inner_matmul(a, b, bias, r, p, q, out);                                                           \
+  }                                                                                                                \
+  FDE_CPU_CLONES void narrow_outer_k(const S* a, const S* b, const S* bias, int64_t r, int64_t p, int64_t q,      \
+                                     S* out) {                                                                     \
+    core::narrow_outer_matmul(a, b, bias, r, p, q, out);                                                           \
+  }                                                                                                                \
+  FDE_CPU_CLONES void narrow_gram_k(const S* narrow, const S* wide, int64_t r, int64_t p, int64_t q, S* out) {    \
+    core::narrow_gram(narrow, wide, r, p, q, out);                                                                 \
+  }                                                                                                                \
+  FDE_CPU_CLONES void column_sums_k(const S* x, int64_t n, int64_t o, S* sums) { core::column_sums(x, n, o, sums); }
+
+FDE_CNF_KERNELS(float)
+FDE_CNF_KERNELS(double)
+#undef FDE_CNF_KERNELS
+
+// The three products of a layer with folded weights wf [o, i] (and wft = wf^T), all row-major and contiguous, by
+// the narrow loops when i or o is narrow (the first and last layers), else by BLAS.
+// out [R, o] = x [R, i] wf^T (+ bias [o]).
+template <class S>
+void folded_forward(const at::Tensor& x, const at::Tensor& wf, const at::Tensor& wft, const at::Tensor& bias,
+                    at::Tensor& out) {
+  const int64_t rows = x.size(0), i = wf.size(1), o = wf.size(0);
+  const S* b = bias.defined() ? cptr<S>(bias) : nullptr;
+  if (i <= core::kNarrowWidth) {
+    narrow_inner_k(cptr<S>(x), cptr<S>(wft), b, rows, i, o, ptr<S>(out));
+  } else if (o <= core::kNarrowWidth) {
+    narrow_outer_k(cptr<S>(x), cptr<S>(wf), b, rows, i, o, ptr<S>(out));
+  } else if (bias.defined()) {
+    at::addmm_out(out, bias, x, wf.t());
+  } else {
+    at::mm_out(out, x, wf.t());
+  }
+}
+
+// out [R, i] = g [R, o] wf.
+template <class S>
+void folded_backward(const at::Tensor& g, const at::Tensor& wf, const at::Tensor& wft, at::Tensor& out) {
+  const int64_t rows = g.size(0), i = wf.size(1), o = wf.size(0);
+  if (o <= core::kNarrowWidth) {
+    narrow_inner_k(cptr<S>(g), cptr<S>(wf), static_cast<const S*>(nullptr), rows, o, i, ptr<S>(out));
+  } else if (i <= core::kNarrowWidth) {
+    narrow_outer_k(cptr<S>(g), cptr<S>(wft), static_cast<const S*>(nullptr), rows, o, i, ptr<S>(out));
+  } else {
+    at::mm_out(out, g, wf);
+  }
+}
+
+// M [o, i] = g [R, o]^T x [R, i] (mt: an [i * o] scratch buffer).
+template <class S>
+void folded_gram(const at::Tensor& g, const at::Tensor& x, at::Tensor& M, const at::Tensor& mt) {
+  const int64_t rows = g.size(0), o = g.size(1), i = x.size(1);
+  if (o <= core::kNarrowWidth) {
+    narrow_gram_k(cptr<S>(g), cptr<S>(x), rows, o, i, ptr<S>(M));
+  } else if (i <= core::kNarrowWidth) {
+    S* t = ptr<S>(mt);
+    narrow_gram_k(cptr<S>(x), cptr<S>(g), rows, i, o, t);
+    S* m = ptr<S>(M);
+    for (int64_t j = 0; j < o; ++j)
+      for (int64_t c = 0; c < i; ++c) m[j * i + c] = t[c * o + j];
+  } else {
+    at::mm_out(M, g.t(), x);
+  }
 }
 
 }  // namespace
@@ -153,63 +242,67 @@ void NativeCnfField::check_state(const at::Tensor& t, const at::Tensor& y, const
 
 void NativeCnfField::forward(double s, const at::Tensor& y2) {
   Workspace& ws = *ws_;
-  const int64_t n = y2.size(0), D = spec_.dim(), K = spec_.directions();
+  const int64_t n = y2.size(0), D = spec_.dim(), K = spec_.directions(), rows = (1 + K) * n;
   const size_t L = spec_.weights.size();
   const at::TensorOptions opts = y2.options();
   if (ws.n != n) {  // (re)allocate: once per solve and batch size
     ws = Workspace{};
     ws.n = n;
-    ws.in0 = at::empty({n, D}, opts);
-    if (K > 0) {
-      ws.u0 = spec_.trace == CnfTrace::kExact ? at::zeros({K, n, D}, opts) : spec_.noise.contiguous().view({1, n, D});
-      if (spec_.trace == CnfTrace::kExact)
-        for (int64_t i = 0; i < D; ++i) ws.u0.select(0, i).select(1, i).fill_(1);
-    }
     const bool need_sig = core::activation_needs_sigmoid(spec_.activation);
+    int64_t widest = D;
+    for (size_t b = 0; b <= L; ++b) {
+      const int64_t w = b == 0 ? D : spec_.weights[b - 1].size(0);
+      widest = std::max(widest, w);
+      const bool hidden = b > 0 && b < L;
+      ws.x.push_back(b < L ? at::empty({rows, w}, opts) : at::Tensor());
+      ws.z.push_back(b > 0 ? at::empty({rows, w}, opts) : at::Tensor());
+      ws.g.push_back(at::empty({b > 0 ? rows : n, w}, opts));  // g[0]: z's cotangent only
+      ws.sig.push_back(hidden && need_sig ? at::empty({n, w}, opts) : at::Tensor());
+    }
     for (size_t k = 0; k < L; ++k) {
-      const int64_t o = spec_.weights[k].size(0);
-      const bool hidden = k + 1 < L;
-      ws.gate.push_back(at::empty({o}, opts));
-      ws.shift.push_back(at::empty({o}, opts));
-      ws.A.push_back(at::empty({n, o}, opts));
-      ws.a.push_back(at::empty({n, o}, opts));
-      ws.Q.push_back(K > 0 ? at::empty({K, n, o}, opts) : at::Tensor());
-      ws.adot.push_back(K > 0 ? at::empty({K, n, o}, opts) : at::Tensor());
-      ws.y.push_back(hidden ? at::empty({n, o}, opts) : at::Tensor());
-      ws.sig.push_back(hidden && need_sig ? at::empty({n, o}, opts) : at::Tensor());
-      ws.d1.push_back(hidden ? at::empty({n, o}, opts) : at::Tensor());
-      ws.u.push_back(hidden && K > 0 ? at::empty({K, n, o}, opts) : at::Tensor());
+      ws.gate.push_back(at::empty({spec_.weights[k].size(0)}, opts));
+      ws.w_folded.push_back(at::empty_like(spec_.weights[k], at::MemoryFormat::Contiguous));
+      ws.w_folded_t.push_back(at::empty({spec_.weights[k].size(1), spec_.weights[k].size(0)}, opts));
+      ws.b_folded.push_back(at::empty({spec_.weights[k].size(0)}, opts));
+    }
+    ws.M = at::empty({widest * widest}, opts);
+    ws.Mt = at::empty({widest * widest}, opts);
+    ws.sums = at::empty({widest}, opts);
+    if (K > 0) {  // the input tangents: the unit directions (exact trace) or the noise, fixed for the solve
+      at::Tensor u0 = ws.x[0].narrow(0, n, K * n).view({K, n, D});
+      if (spec_.trace == CnfTrace::kExact) {
+        u0.zero_();
+        for (int64_t i = 0; i < D; ++i) u0.select(0, i).select(1, i).fill_(1);
+      } else {
+        u0.select(0, 0).copy_(spec_.noise);
+      }
     }
   }
-  ws.s = s;
-  ws.in0.copy_(y2.narrow(1, 0, D));
+  ws.x[0].narrow(0, 0, n).copy_(y2.narrow(1, 0, D));
   AT_DISPATCH_FLOATING_TYPES(y2.scalar_type(), "native_cnf_forward", [&] {
     using S = scalar_t;
     const S sq = spec_.sqrt_T.item<S>();
     const S t = static_cast<S>(s) * (sq * sq);
-    at::Tensor h = ws.in0, u = ws.u0;
     for (size_t k = 0; k < L; ++k) {
-      const at::Tensor& W = spec_.weights[k];
+      const at::Tensor W = spec_.weights[k].contiguous();
       const int64_t o = W.size(0), i = W.size(1);
-      core::concat_squash_time(cptr<S>(spec_.gate_weights[k].contiguous()), cptr<S>(spec_.gate_biases[k].contiguous()),
-                               cptr<S>(spec_.time_weights[k].contiguous()), t, o, ptr<S>(ws.gate[k]),
-                               ptr<S>(ws.shift[k]));
-      at::addmm_out(ws.A[k], spec_.biases[k], h, W.t());
-      core::concat_squash_apply(cptr<S>(ws.A[k]), cptr<S>(ws.gate[k]), cptr<S>(ws.shift[k]), n, o, ptr<S>(ws.a[k]));
+      core::concat_squash_fold(cptr<S>(W), cptr<S>(spec_.biases[k].contiguous()),
+                               cptr<S>(spec_.gate_weights[k].contiguous()), cptr<S>(spec_.gate_biases[k].contiguous()),
+                               cptr<S>(spec_.time_weights[k].contiguous()), t, o, i, ptr<S>(ws.gate[k]),
+                               ptr<S>(ws.w_folded[k]), ptr<S>(ws.w_folded_t[k]), ptr<S>(ws.b_folded[k]));
+      at::Tensor a = ws.z[k + 1].narrow(0, 0, n);
+      folded_forward<S>(ws.x[k].narrow(0, 0, n), ws.w_folded[k], ws.w_folded_t[k], ws.b_folded[k], a);
       if (K > 0) {
-        at::Tensor q = ws.Q[k].view({K * n, o});
-        at::mm_out(q, u.view({K * n, i}), W.t());
-        core::concat_squash_tangent(cptr<S>(ws.Q[k]), cptr<S>(ws.gate[k]), K * n, o, ptr<S>(ws.adot[k]));
+        at::Tensor adot = ws.z[k + 1].narrow(0, n, K * n);
+        folded_forward<S>(ws.x[k].narrow(0, n, K * n), ws.w_folded[k], ws.w_folded_t[k], at::Tensor(), adot);
       }
       if (k + 1 == L) break;
-      activation_values(spec_.activation, ws.a[k], ws.y[k], ws.sig[k]);
-      with_activation(spec_.activation, [&](auto act) {
-        core::activation_forward<decltype(act)::value, S>(
-            cptr<S>(ws.a[k]), cptr<S>(ws.y[k]), ws.sig[k].defined() ? cptr<S>(ws.sig[k]) : nullptr,
-            K > 0 ? cptr<S>(ws.adot[k]) : nullptr, K, n, o, ptr<S>(ws.d1[k]), K > 0 ? ptr<S>(ws.u[k]) : nullptr);
-      });
-      if (K > 0) u = ws.u[k];
-      h = ws.y[k];
+      const size_t b = k + 1;  // the hidden boundary: x[b] = [act(a); act'(a) Adot]
+      at::Tensor y = ws.x[b].narrow(0, 0, n);
+      activation_values(spec_.activation, a, y, ws.sig[b]);
+      activation_forward_k(spec_.activation, cptr<S>(a), cptr<S>(y),
+                           ws.sig[b].defined() ? cptr<S>(ws.sig[b]) : nullptr, cptr<S>(ws.z[b]) + n * o, K, n, o,
+                           ptr<S>(ws.x[b]) + n * o);
     }
   });
 }
@@ -217,14 +310,14 @@ void NativeCnfField::forward(double s, const at::Tensor& y2) {
 at::Tensor NativeCnfField::assemble_output(int64_t n) const {
   const Workspace& ws = *ws_;
   const int64_t D = spec_.dim(), K = spec_.directions(), w = spec_.state_width();
-  at::Tensor out = at::empty({n, w}, ws.in0.options());
+  at::Tensor out = at::empty({n, w}, ws.z.back().options());
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "native_cnf_output", [&] {
     using S = scalar_t;
     const S sq = spec_.sqrt_T.item<S>();
     const S T = sq * sq;
-    const S* f = cptr<S>(ws.a.back());
-    const S* J = K > 0 ? cptr<S>(ws.adot.back()) : nullptr;
-    const S* eps = K > 0 && spec_.trace == CnfTrace::kHutchinson ? cptr<S>(ws.u0) : nullptr;
+    const S* f = cptr<S>(ws.z.back());
+    const S* J = f + n * D;  // [K, N, D]
+    const S* eps = K > 0 && spec_.trace == CnfTrace::kHutchinson ? cptr<S>(ws.x[0]) + n * D : nullptr;
     S* o = ptr<S>(out);
     for (int64_t r = 0; r < n; ++r) {
       S kin = 0;
@@ -275,29 +368,19 @@ FieldVjp NativeCnfField::vjp(const at::Tensor& t, const at::Tensor& y, const at:
   forward(s, y.reshape({n, w}));
   at::Tensor f_out = assemble_output(n);
   Workspace& ws = *ws_;
-  if (ws.g_a.empty()) {
-    for (size_t k = 0; k < L; ++k) {
-      ws.g_a.push_back(at::empty_like(ws.a[k]));
-      ws.g_adot.push_back(K > 0 ? at::empty_like(ws.adot[k]) : at::Tensor());
-      ws.g_y.push_back(k + 1 < L ? at::empty_like(ws.a[k]) : at::Tensor());
-      ws.g_u.push_back(k + 1 < L && K > 0 ? at::empty_like(ws.adot[k]) : at::Tensor());
-      ws.g_gate.push_back(at::empty_like(ws.gate[k]));
-      ws.g_shift.push_back(at::empty_like(ws.gate[k]));
-    }
-  }
   const at::Tensor v2 = v.reshape({n, w}).contiguous();
-  at::Tensor grad_z;
+  at::Tensor grad_y = at::zeros({n, w}, y.options());
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "native_cnf_vjp", [&] {
     using S = scalar_t;
     const S sq = spec_.sqrt_T.item<S>();
     const S T = sq * sq;
     const S tt = static_cast<S>(s) * T;
     const S* vv = cptr<S>(v2);
-    const S* f = cptr<S>(ws.a.back());
-    const S* J = K > 0 ? cptr<S>(ws.adot.back()) : nullptr;
-    const S* eps = K > 0 && spec_.trace == CnfTrace::kHutchinson ? cptr<S>(ws.u0) : nullptr;
-    S* gf = ptr<S>(ws.g_a.back());
-    S* gJ = K > 0 ? ptr<S>(ws.g_adot.back()) : nullptr;
+    const S* f = cptr<S>(ws.z.back());
+    const S* J = f + n * D;
+    const S* eps = K > 0 && spec_.trace == CnfTrace::kHutchinson ? cptr<S>(ws.x[0]) + n * D : nullptr;
+    S* gf = ptr<S>(ws.g.back());
+    S* gJ = gf + n * D;
     // Cotangents of f and J from the output's, and <v, output / T> (T's direct share of its gradient).
     double grad_T = 0.0;
     const int64_t col_kin = D + 1, col_jac = D + 1 + spec_.with_kinetic;
@@ -323,63 +406,45 @@ FieldVjp NativeCnfField::vjp(const at::Tensor& t, const at::Tensor& y, const at:
         }
       grad_T += -static_cast<double>(vl) * tr + static_cast<double>(vk) * kin + static_cast<double>(vj) * fro;
     }
-    // Layer by layer, last to first.
+    // Layer by layer, last to first: g[k + 1] is [g_a; g_adot] of layer k's output.
     S* gp = want_params ? ptr<S>(grad_params) : nullptr;
+    int64_t off = spec_.train_T ? 1 : 0;
     std::vector<int64_t> offsets(L);
-    for (size_t k = 0, off = spec_.train_T ? 1 : 0; k < L; ++k) {
-      offsets[k] = static_cast<int64_t>(off);
+    for (size_t k = 0; k < L; ++k) {
+      offsets[k] = off;
       off += spec_.weights[k].numel() + 4 * spec_.weights[k].size(0);
     }
     double grad_t = 0.0;
     for (size_t k = L; k-- > 0;) {
-      const at::Tensor& W = spec_.weights[k];
+      const at::Tensor W = spec_.weights[k].contiguous();
       const int64_t o = W.size(0), i = W.size(1);
-      if (k + 1 < L) {
-        with_activation(spec_.activation, [&](auto act) {
-          core::activation_reverse<decltype(act)::value, S>(
-              cptr<S>(ws.a[k]), cptr<S>(ws.y[k]), ws.sig[k].defined() ? cptr<S>(ws.sig[k]) : nullptr,
-              cptr<S>(ws.d1[k]), K > 0 ? cptr<S>(ws.adot[k]) : nullptr, cptr<S>(ws.g_y[k]),
-              K > 0 ? cptr<S>(ws.g_u[k]) : nullptr, K, n, o, ptr<S>(ws.g_a[k]),
-              K > 0 ? ptr<S>(ws.g_adot[k]) : nullptr);
-        });
-      }
-      ws.g_gate[k].zero_();
-      ws.g_shift[k].zero_();
-      core::concat_squash_reverse(cptr<S>(ws.A[k]), K > 0 ? cptr<S>(ws.Q[k]) : nullptr, cptr<S>(ws.gate[k]), n, K, o,
-                                  ptr<S>(ws.g_a[k]), K > 0 ? ptr<S>(ws.g_adot[k]) : nullptr, ptr<S>(ws.g_gate[k]),
-                                  ptr<S>(ws.g_shift[k]));
-      const at::Tensor& gA = ws.g_a[k];  // now the cotangent of A (pre-gate)
-      const at::Tensor h_in = k == 0 ? ws.in0 : ws.y[k - 1];
-      const at::Tensor u_in = K == 0 ? at::Tensor() : (k == 0 ? ws.u0 : ws.u[k - 1]);
+      const at::Tensor& gz = ws.g[k + 1];
       if (want_params) {
-        const int64_t off = offsets[k];
-        at::Tensor gW = grad_params.narrow(0, off, o * i).view({o, i});
-        gW.addmm_(gA.t(), h_in);
-        if (K > 0) gW.addmm_(ws.g_adot[k].view({K * n, o}).t(), u_in.view({K * n, i}));
-        S* gb = gp + off + o * i;
-        const S* gAp = cptr<S>(gA);
-        for (int64_t r = 0; r < n; ++r)
-          for (int64_t j = 0; j < o; ++j) gb[j] += gAp[r * o + j];
-        grad_t += core::concat_squash_time_reverse(
-            cptr<S>(spec_.gate_weights[k].contiguous()), cptr<S>(spec_.time_weights[k].contiguous()),
-            cptr<S>(ws.gate[k]), cptr<S>(ws.g_gate[k]), cptr<S>(ws.g_shift[k]), tt, o, gp + off + o * i + o,
-            gp + off + o * i + 2 * o, gp + off + o * i + 3 * o);
+        at::Tensor M = ws.M.narrow(0, 0, o * i).view({o, i});
+        folded_gram<S>(gz, ws.x[k], M, ws.Mt);
+        column_sums_k(cptr<S>(gz), n, o, ptr<S>(ws.sums));
+        S* base = gp + offsets[k];
+        grad_t += core::concat_squash_param_grads(
+            cptr<S>(W), cptr<S>(spec_.biases[k].contiguous()), cptr<S>(spec_.gate_weights[k].contiguous()),
+            cptr<S>(spec_.time_weights[k].contiguous()), cptr<S>(ws.gate[k]), cptr<S>(M), cptr<S>(ws.sums), tt, o,
+            i, base, base + o * i, base + o * i + o, base + o * i + 2 * o, base + o * i + 3 * o);
       }
-      if (k > 0) {
-        at::mm_out(ws.g_y[k - 1], gA, W);
-        if (K > 0) {
-          at::Tensor gu = ws.g_u[k - 1].view({K * n, i});
-          at::mm_out(gu, ws.g_adot[k].view({K * n, o}), W);
-        }
-      } else {
-        grad_z = at::mm(gA, W);
+      if (k == 0) {  // z's cotangent: only the samples' rows (the input tangents are constants)
+        at::Tensor& gz0 = ws.g[0];
+        folded_backward<S>(gz.narrow(0, 0, n), ws.w_folded[0], ws.w_folded_t[0], gz0);
+        grad_y.narrow(1, 0, D).copy_(gz0);
+        break;
       }
+      at::Tensor gx = ws.g[k];
+      folded_backward<S>(gz, ws.w_folded[k], ws.w_folded_t[k], gx);
+      const int64_t oh = i;  // the hidden boundary k, width i
+      activation_reverse_k(spec_.activation, cptr<S>(ws.z[k]), cptr<S>(ws.x[k]),
+                           ws.sig[k].defined() ? cptr<S>(ws.sig[k]) : nullptr, cptr<S>(ws.z[k]) + n * oh, K, n, oh,
+                           ptr<S>(gx));
     }
     if (want_params && spec_.train_T)  // out = T F(s T, z): dT = <v, F> + s <v, T dF/dt>;  T = sqrt_T^2
       gp[0] += static_cast<S>(2.0 * static_cast<double>(sq) * (grad_T + s * grad_t));
   });
-  at::Tensor grad_y = at::zeros({n, w}, y.options());
-  grad_y.narrow(1, 0, D).copy_(grad_z);
   return {f_out.view(y.sizes()), grad_y.view(y.sizes())};
 }
 
