@@ -883,6 +883,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            },
            py::arg("y"), py::arg("v"),
            "(f, v^T df/dy, v^T df/dtheta flattened in parameter order): the hand-written product the adjoint uses");
+  m.def("_native_mlp_activation",
+        [](const std::string& activation, const at::Tensor& x) {
+          return fde::solver::native_mlp_activation(fde::solver::parse_mlp_activation(activation), x);
+        },
+        py::arg("activation"), py::arg("x"),
+        "A native MLP hidden layer's activation of x (the fused CPU loop where there is one), for tests");
   py::class_<fde::solver::FixedGridTape, std::shared_ptr<fde::solver::FixedGridTape>>(m, "FixedGridTape")
       .def_property_readonly("n_steps", [](const fde::solver::FixedGridTape& t) { return t.steps.size(); });
   m.def("fixed_grid_solve", &fixed_grid_solve_py, py::arg("func"), py::arg("y0"), py::arg("grid"), py::arg("t_out"),
