@@ -49,6 +49,9 @@ Field floor (torch methods): the CPU time of one graph-free field call (t_f) and
 needs it (forward with graph + autograd.grad w.r.t. y and the parameters: t_vjp) are measured in the same
 rounds; floor = forward NFE x t_f + backward NFE x t_vjp (direct: NFE x t_vjp), reported with CPU ms / floor.
 
+Forward only: the same problem solved without a gradient, fd / fdn / tdq under torch.no_grad() and diffrax's
+jitted solve (no value_and_grad), timed round-robin in their own rounds after the gradient rounds.
+
 Gradient check: every method's parameter gradient is compared with a float64 reference (fastdiffeq,
 checkpoint mode, rtol = atol = 1e-10): rel. err = max|g - g_ref| / max|g_ref| over all parameters. Also
 printed: the same measure between every pair of methods.
@@ -355,6 +358,41 @@ def rel_err(g: torch.Tensor, ref: torch.Tensor) -> float:
     return float((g - ref).abs().max() / ref.abs().max())
 
 
+def forward_only(f: torch.nn.Module, y0: torch.Tensor, t: torch.Tensor, repeats: int, jm: List[str],
+                 js: Optional[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
+    """Forward solves alone (no gradient): fd (Python field) / fdn (native) / tdq under torch.no_grad(), diffrax's
+    jitted solve without value_and_grad; round-robin after a warm-up, median wall and process CPU ms."""
+    kw = dict(rtol=TOL, atol=TOL, method="dopri5")
+    twin = native_twin(f)
+
+    def nograd(fn):
+        def run():
+            with torch.no_grad():
+                fn()
+        return run
+
+    runners: Dict[str, Callable[[], object]] = {
+        "fd-forward": nograd(lambda: fastdiffeq.odeint(f, y0, t, **kw)),
+        "fdn-forward": nograd(lambda: fastdiffeq.odeint(twin, y0, t, **kw)),
+        "tdq-forward": nograd(lambda: torchdiffeq.odeint(f, y0, t, **kw)),
+    }
+    if js is not None and jm:
+        fwd = jax.jit(js["make_loss"]("dfx-recursive")).lower(js["params"]).compile()
+        runners["dfx-forward"] = lambda: jax.block_until_ready(fwd(js["params"]))
+    for fn in runners.values():
+        fn()
+    walls: Dict[str, List[float]] = {m: [] for m in runners}
+    cpus: Dict[str, List[float]] = {m: [] for m in runners}
+    for _ in range(max(repeats, 5)):
+        for m, fn in runners.items():
+            c0, w0 = time.process_time(), time.perf_counter()
+            fn()
+            w1, c1 = time.perf_counter(), time.process_time()
+            walls[m].append(w1 - w0)
+            cpus[m].append(c1 - c0)
+    return {m: dict(wall_ms=1e3 * median(walls[m]), cpu_ms=1e3 * median(cpus[m])) for m in runners}
+
+
 def bench_problem(name: str, spec: Dict[str, Any], repeats: int, methods: List[str], want_ref: bool) -> Dict[str, Any]:
     f = MLPField(spec["dim"], spec["width"], spec["gain"])
     y0 = torch.randn(spec["batch"], spec["dim"], generator=torch.Generator().manual_seed(1))
@@ -440,6 +478,8 @@ def bench_problem(name: str, spec: Dict[str, Any], repeats: int, methods: List[s
         field_round(field_cpu)
         print(f"  [{name}] round {r + 1}/{repeats} done (load {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
 
+    res["forward"] = forward_only(f, y0, t, repeats, jm, js if jm else None)
+
     t_f, t_vjp = 1e3 * median(field_cpu["f"]), 1e3 * median(field_cpu["vjp"])
     res["field_cpu_ms"] = dict(f=t_f, vjp=t_vjp)
     for m in runners:
@@ -513,6 +553,17 @@ def targets(res: Dict[str, Any]) -> List[str]:
             cut = 1 - M[b]["nfe_bwd"] / M[a]["nfe_bwd"]
             out.append(f"seminorm backward NFE {b} vs {a}: {M[b]['nfe_bwd']} vs {M[a]['nfe_bwd']} = {100 * cut:.0f}% "
                        f"lower (target >= 30%): {'MET' if cut >= 0.3 else 'MISSED'}")
+    # Issue F7: the native field at <= 0.7 x diffrax's time (wall, median), forward and forward + backward.
+    fw = res.get("forward", {})
+    pairs = [("fdn-direct", "dfx-recursive"), ("fdn-checkpoint", "dfx-recursive"),
+             ("fdn-adjoint", "dfx-backsolve"), ("fdn-adjoint-semi", "dfx-backsolve-semi")]
+    for ours, theirs in pairs:
+        r = ratio(ours, theirs)
+        if r is not None:
+            out.append(f"F7 {ours} / {theirs} time: {r:.2f}x (target <= 0.7x): {'MET' if r <= 0.7 else 'MISSED'}")
+    if "fdn-forward" in fw and "dfx-forward" in fw:
+        r = fw["fdn-forward"]["wall_ms"] / fw["dfx-forward"]["wall_ms"]
+        out.append(f"F7 fdn-forward / dfx-forward time: {r:.2f}x (target <= 0.7x): {'MET' if r <= 0.7 else 'MISSED'}")
     r = ratio("fd-checkpoint", "fd-direct")
     if r is not None:
         out.append(f"fd-checkpoint / fd-direct time: {r:.2f}x (target <= 1.3x): {'MET' if r <= 1.3 else 'MISSED'}")
@@ -559,6 +610,12 @@ def main() -> None:
         print(f"\n### {p}: {spec['dim']}->{spec['width']}->{spec['width']}->{spec['dim']} tanh MLP (gain {spec['gain']:g}), batch "
               f"{spec['batch']}, loss = {ARGS.loss} of squares, {reps} repeats (load avg after: {res['loadavg_1min_after']})\n")
         print(table(res))
+        fw = res["forward"]
+        print("\nforward only (no gradient):\n")
+        print(markdown_table(["method", "wall ms (median)", "CPU ms", "wall ÷ dfx-forward"],
+                             [[m, fmt(d["wall_ms"]), fmt(d["cpu_ms"]),
+                               fmt(d["wall_ms"] / fw["dfx-forward"]["wall_ms"], ".2f") if "dfx-forward" in fw else "—"]
+                              for m, d in fw.items()]))
         print(f"\nfield CPU ms: f (no graph) {res['field_cpu_ms']['f']:.3f}, VJP (forward with graph + grad w.r.t. "
               f"y and params) {res['field_cpu_ms']['vjp']:.3f}")
         if "reference" in res:

@@ -3,7 +3,11 @@
 The problems of bench_forward.py: dim -> width -> width -> dim tanh MLP, t in [0, 5], 10 outputs, dopri5,
 rtol = atol = 1e-5, float32; small = 2-64-64-2 at batch 256, large = 32-256-256-32 at batch 512. One thread;
 the variants interleaved round by round; medians of this thread's CPU time (robust to other processes on a
-shared machine). "floor" = NFE x one native evaluation (timed alone): the cost with zero solver overhead.
+shared machine). Floors: "NFE x one native eval" (timed alone: the cost with zero solver overhead) and the GEMM-rate
+floor = NFE x FLOPs of one evaluation (2 B sum_k in_k out_k) / the GEMM rate measured in the same run (torch.mm at
+the problem's hidden x hidden shape): the cost if the evaluation were nothing but GEMMs at that rate. For the
+adjoint: (forward NFE + 3 x backward NFE) x FLOPs / rate (a VJP is one forward and two GEMMs per layer back).
+Also prints at::linear vs addmm vs mm at 512x256x256 float32 (which GEMM entry point is fastest in this build).
 
     python benchmarks/bench_native.py [--reps 9]
 """
@@ -29,6 +33,12 @@ except ImportError:  # pragma: no cover
 
 PROBLEMS = {"small": (2, 64, 256), "large": (32, 256, 512)}
 TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def adjoint_once(m: MLP, y0: torch.Tensor, t: torch.Tensor) -> None:
+    """One native adjoint solve + backward (so last_backward_stats() has the backward NFE)."""
+    fastdiffeq.odeint_adjoint(m, y0.clone().requires_grad_(True), t, **TOL).square().mean().backward()
+    m.zero_grad(set_to_none=True)
 
 
 def variants(m: MLP, y0: torch.Tensor, t: torch.Tensor):
@@ -67,6 +77,34 @@ def variants(m: MLP, y0: torch.Tensor, t: torch.Tensor):
     return out
 
 
+def per_call_cpu(fn, calls: int = 50, samples: int = 15) -> float:
+    """Median over samples of this thread's CPU seconds per call, `calls` calls per sample (short calls)."""
+    for _ in range(5):
+        fn()
+    return median([time_call2(lambda: [fn() for _ in range(calls)])[1] / calls for _ in range(samples)])
+
+
+def gemm_rate(batch: int, k: int, n: int) -> float:
+    """FLOP/s of torch.mm(x [batch, k], w.t() [k, n]) into a preallocated output (the native path's GEMM)."""
+    x, w, out = torch.randn(batch, k), torch.randn(n, k), torch.empty(batch, n)
+    return 2 * batch * k * n / per_call_cpu(lambda: torch.mm(x, w.t(), out=out))
+
+
+def gemm_entry_points() -> str:
+    """F.linear vs addmm vs mm (+ bias) at 512x256x256 float32: the issue's "oneDNN linear 2.4x MKL sgemm" claim."""
+    x, w, b = torch.randn(512, 256), torch.randn(256, 256), torch.randn(256)
+    out = torch.empty(512, 256)
+    cases = {
+        "F.linear": lambda: torch.nn.functional.linear(x, w, b),
+        "addmm": lambda: torch.addmm(b, x, w.t()),
+        "addmm(out=)": lambda: torch.addmm(b, x, w.t(), out=out),
+        "mm(out=)": lambda: torch.mm(x, w.t(), out=out),
+    }
+    flops = 2 * 512 * 256 * 256
+    return ", ".join(f"{k} {1e6 * per_call_cpu(f, 20):.0f} µs ({flops / per_call_cpu(f, 20) / 1e9:.0f} GFLOP/s)"
+                     for k, f in cases.items())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reps", type=int, default=9)
@@ -82,10 +120,16 @@ def main() -> None:
         with torch.no_grad():
             fastdiffeq.odeint(m, y0, t, **TOL)
         nfe = fastdiffeq.last_stats().nfe
+        adjoint_once(m, y0, t)
+        bwd_nfe = fastdiffeq.last_backward_stats().nfe
+        flops = 2 * batch * (dim * width + width * width + width * dim)
+        rate = gemm_rate(batch, width, width)
         handle = m.fastdiffeq_native_field(y0)
         t0 = torch.tensor(0.0)
         with torch.no_grad():
-            eval_cpu = median([time_call2(lambda: handle(t0, y0))[1] for _ in range(200)])
+            eval_cpu = per_call_cpu(lambda: handle(t0, y0))
+        v0 = torch.randn_like(y0)
+        vjp_cpu = per_call_cpu(lambda: handle.vjp(y0, v0))
         cases = variants(m, y0, t)
         times = {k: [] for k in cases}
         for rep in range(args.reps + 1):
@@ -98,10 +142,20 @@ def main() -> None:
             ms = 1e3 * median(times[k])
             ref = 1e3 * median(times[(mode, "fastdiffeq native")])
             rows.append([name, mode, who, f"{ms:.2f}", f"{ms / ref:.2f}"])
-        rows.append([name, "forward", "floor: NFE × one native eval", f"{1e3 * nfe * eval_cpu:.2f}",
-                     f"{nfe * eval_cpu * 1e3 / (1e3 * median(times[('forward', 'fastdiffeq native')])):.2f}"])
-        print(f"done {name} (forward NFE {nfe}, one native eval {1e6 * eval_cpu:.0f} µs)", file=sys.stderr, flush=True)
+        fwd = median(times[("forward", "fastdiffeq native")])
+        adj = median(times[("fwd+bwd adjoint", "fastdiffeq native")])
+        floors = [("forward", "floor: NFE × one native eval", nfe * eval_cpu, fwd),
+                  ("forward", "floor: NFE × FLOPs ÷ GEMM rate", nfe * flops / rate, fwd),
+                  ("fwd+bwd adjoint", "floor: (NFE_f + 3 NFE_b) × FLOPs ÷ GEMM rate",
+                   (nfe + 3 * bwd_nfe) * flops / rate, adj)]
+        for mode, who, sec, ref in floors:
+            rows.append([name, mode, who, f"{1e3 * sec:.2f}", f"{sec / ref:.2f}"])
+        print(f"done {name}: forward NFE {nfe}, backward NFE {bwd_nfe} (adjoint); one native eval "
+              f"{1e6 * eval_cpu:.0f} µs, one VJP {1e6 * vjp_cpu:.0f} µs, {flops / 1e6:.2f} MFLOP per eval; GEMM "
+              f"rate {rate / 1e9:.1f} GFLOP/s ({batch}x{width}x{width}); native forward ÷ GEMM floor "
+              f"{fwd / (nfe * flops / rate):.2f}", file=sys.stderr, flush=True)
     print(f"machine: {info}; median of {args.reps} rounds, this thread's CPU time")
+    print(f"GEMM entry points, 512x256x256 float32, one thread: {gemm_entry_points()}")
     print(markdown_table(["problem", "mode", "solver / field", "ms", "× native"], rows))
 
 

@@ -153,19 +153,6 @@ class PyNativeCnfField final : public fde::solver::NativeCnfField {
   };
 };
 
-fde::core::Activation core_activation(const std::string& name) {
-  using fde::core::Activation;
-  switch (fde::solver::parse_mlp_activation(name)) {
-    case fde::solver::MlpActivation::kTanh: return Activation::kTanh;
-    case fde::solver::MlpActivation::kSoftplus: return Activation::kSoftplus;
-    case fde::solver::MlpActivation::kRelu: return Activation::kRelu;
-    case fde::solver::MlpActivation::kElu: return Activation::kElu;
-    case fde::solver::MlpActivation::kSigmoid: return Activation::kSigmoid;
-    case fde::solver::MlpActivation::kSilu: return Activation::kSilu;
-  }
-  throw py::value_error("fastdiffeq: unknown activation '" + name + "'");
-}
-
 bool same_tensors(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
   if (a.size() != b.size()) return false;
   for (size_t i = 0; i < a.size(); ++i)
@@ -938,7 +925,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              h.spec.time_weights = tensor_list_arg(time_weights, "time_weights");
              h.spec.sqrt_T = sqrt_T;
              h.spec.train_T = train_T;
-             h.spec.activation = core_activation(activation);
+             h.spec.activation = fde::solver::parse_mlp_activation(activation);
              if (trace != "exact" && trace != "hutchinson")
                throw py::value_error("fastdiffeq: trace must be 'exact' or 'hutchinson', got '" + trace + "'");
              h.spec.trace = trace == "exact" ? fde::solver::CnfTrace::kExact : fde::solver::CnfTrace::kHutchinson;
@@ -974,6 +961,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            },
            py::arg("s"), py::arg("y"), py::arg("v"),
            "(f, v^T df/dy, v^T df/dtheta flattened in `params` order): the hand-written product the adjoint uses");
+  m.def("_native_mlp_activation",
+        [](const std::string& activation, const at::Tensor& x) {
+          return fde::solver::native_mlp_activation(fde::solver::parse_mlp_activation(activation), x);
+        },
+        py::arg("activation"), py::arg("x"),
+        "A native MLP hidden layer's activation of x (the fused CPU loop where there is one), for tests");
   py::class_<fde::solver::FixedGridTape, std::shared_ptr<fde::solver::FixedGridTape>>(m, "FixedGridTape")
       .def_property_readonly("n_steps", [](const fde::solver::FixedGridTape& t) { return t.steps.size(); });
   m.def("fixed_grid_solve", &fixed_grid_solve_py, py::arg("func"), py::arg("y0"), py::arg("grid"), py::arg("t_out"),

@@ -205,3 +205,107 @@ def test_native_mlp_checks_the_state_and_cotangent():
         mlp.vjp(y, y.float())
     with pytest.raises(RuntimeError, match="shape"):
         mlp.vjp(y, y[:2])
+
+
+# --- the fast path's kernels (float32 bias + activation fused, workspaces, hand-written derivatives) -------------
+
+
+def _float_sample():
+    """Every 97th float32 bit pattern of [0, inf), both signs, and the special values."""
+    bits = torch.arange(0, 0x7F800000, 97, dtype=torch.int64).to(torch.int32)
+    pos = bits.view(torch.float32)
+    special = torch.tensor([0.0, -0.0, 1e-45, -1e-45, 1e-38, 2e-4, 0.6249999, 0.625, 0.6250001, 9.0, 9.01, 10.0,
+                            3e38, float("inf"), -float("inf"), float("nan")])
+    return torch.cat([pos, -pos, special])
+
+
+def test_fused_tanh_is_within_a_few_ulp_of_the_exact_value():
+    x = _float_sample()
+    got = fastdiffeq._C._native_mlp_activation("tanh", x)
+    exact = torch.tanh(x.double())
+    finite = ~x.isnan()
+    ulp = (torch.nextafter(exact.float().abs(), torch.tensor(float("inf"))) - exact.float().abs()).double()
+    err_ulp = (got.double() - exact).abs()[finite] / ulp[finite]
+    assert err_ulp.max().item() <= 2.0, f"max error {err_ulp.max().item():.2f} ulp at x = {x[finite][err_ulp.argmax()]}"
+    # torch's own tanh within the same bound (relative), incl. near 0 and where tanh rounds to +-1
+    torch.testing.assert_close(got, torch.tanh(x), rtol=3e-7, atol=0, equal_nan=True)
+    assert torch.equal(got.signbit(), x.signbit())  # odd, tanh(-0) = -0, tanh(-x) < 0 (NaN's sign kept)
+    assert got[x.isnan()].isnan().all()
+    tiny = x.abs() < 1e-4  # tanh(x) rounds to x there
+    assert torch.equal(got[tiny], x[tiny])
+    assert torch.equal(got[x.abs() >= 10], torch.sign(x[x.abs() >= 10]))
+
+
+def test_fused_tanh_against_a_wrong_reference_fails():
+    # the ulp check above can fail: a 1e-6 relative perturbation is ~8 ulp
+    x = torch.linspace(-5, 5, 1001)
+    got = fastdiffeq._C._native_mlp_activation("tanh", x)
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(got, torch.tanh(x) * (1 + 1e-6), rtol=3e-7, atol=0)
+
+
+def test_fused_relu_equals_torch_incl_nan_and_other_activations_are_torchs():
+    x = _float_sample()
+    torch.testing.assert_close(fastdiffeq._C._native_mlp_activation("relu", x), torch.relu(x), rtol=0, atol=0,
+                               equal_nan=True)
+    import torch.nn.functional as F
+    refs = dict(softplus=F.softplus, elu=F.elu, sigmoid=torch.sigmoid, silu=F.silu)
+    for name, fn in refs.items():
+        for dtype in (torch.float32, torch.float64):
+            y = torch.linspace(-30, 30, 301, dtype=dtype)
+            torch.testing.assert_close(fastdiffeq._C._native_mlp_activation(name, y), fn(y), rtol=0, atol=0)
+    x64 = x.double()  # tanh in float64 is torch's
+    torch.testing.assert_close(fastdiffeq._C._native_mlp_activation("tanh", x64), torch.tanh(x64), rtol=0, atol=0,
+                               equal_nan=True)
+
+
+@pytest.mark.parametrize("hidden", [(), (16,), (16, 8)])
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+def test_native_float32_values_and_vjp_equal_autograd(activation, hidden):
+    torch.manual_seed(0)
+    m = MLP(3, hidden, activation=activation)
+    y = 3 * torch.randn(37, 3)
+    handle = m.fastdiffeq_native_field(y)
+    with torch.no_grad():
+        ref_f = m(y)
+    torch.testing.assert_close(handle(torch.tensor(0.0), y), ref_f, rtol=2e-6, atol=2e-6)
+    v = torch.randn_like(y)
+    yy = y.clone().requires_grad_(True)
+    ref = torch.autograd.grad(m(yy), [yy, *m.parameters()], v)
+    v_before = v.clone()
+    f, gy, gp = handle.vjp(y, v)
+    assert torch.equal(v, v_before)  # the caller's cotangent is read, never written
+    torch.testing.assert_close(f, ref_f, rtol=2e-6, atol=2e-6)
+    torch.testing.assert_close(gy, ref[0], rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(gp, torch.cat([r.reshape(-1) for r in ref[1:]]), rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("gradient", ["none", "direct", "checkpoint", "adjoint"])
+@pytest.mark.parametrize("activation", ["tanh", "relu", "silu"])
+def test_float32_solves_equal_the_python_path(activation, gradient):
+    # Solves keep every stage a field evaluation returned: a workspace leaking into a result would show here.
+    torch.manual_seed(0)
+    m = MLP(2, (32, 32), activation=activation)
+    params = list(m.parameters())
+    t = torch.linspace(0.0, 1.0, 4)
+    kw = dict(rtol=1e-5, atol=1e-5)
+
+    def run(func):
+        m.zero_grad()
+        y0 = torch.randn(64, 2, generator=torch.Generator().manual_seed(1)).requires_grad_(gradient != "none")
+        if gradient == "none":
+            with torch.no_grad():
+                return fastdiffeq.odeint(func, y0, t, **kw), []
+        if gradient == "adjoint":
+            ys = fastdiffeq.odeint_adjoint(func, y0, t, adjoint_params=params, **kw)
+        else:
+            ys = fastdiffeq.odeint(func, y0, t, gradient=gradient, gradient_params=params, **kw)
+        ys.square().sum().backward()
+        return ys.detach(), [y0.grad] + [p.grad.clone() for p in params]
+
+    ys_n, g_n = run(m)
+    assert fastdiffeq.last_stats().field == "native"
+    ys_p, g_p = run(python_path(m))
+    torch.testing.assert_close(ys_n, ys_p, rtol=1e-4, atol=1e-5)
+    for a, b in zip(g_n, g_p):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)

@@ -13,39 +13,9 @@
 #include <cmath>
 #include <cstdint>
 
+#include "core/activation.h"
+
 namespace fde::core {
-
-enum class Activation { kTanh, kSoftplus, kRelu, kElu, kSigmoid, kSilu };
-
-// torch.nn.functional.softplus's default threshold (beta 1): linear above it, and so is its derivative.
-inline constexpr double kSoftplusThreshold = 20.0;
-
-// Whether the activation's derivatives need sigmoid(a) (computed by the caller into `aux`).
-constexpr bool activation_needs_sigmoid(Activation act) {
-  return act == Activation::kSoftplus || act == Activation::kSilu;
-}
-
-// act'(a) from the input a, the output y = act(a) and s = sigmoid(a) (when activation_needs_sigmoid).
-template <Activation act, class S>
-inline S activation_d1(S a, S y, S s) {
-  if constexpr (act == Activation::kTanh) return S(1) - y * y;
-  if constexpr (act == Activation::kSigmoid) return y * (S(1) - y);
-  if constexpr (act == Activation::kSoftplus) return a > S(kSoftplusThreshold) ? S(1) : s;
-  if constexpr (act == Activation::kSilu) return s * (S(1) + a * (S(1) - s));
-  if constexpr (act == Activation::kElu) return a > S(0) ? S(1) : y + S(1);
-  if constexpr (act == Activation::kRelu) return a > S(0) ? S(1) : S(0);
-}
-
-// act''(a), from the same quantities and d1 = act'(a).
-template <Activation act, class S>
-inline S activation_d2(S a, S y, S s, S d1) {
-  if constexpr (act == Activation::kTanh) return S(-2) * y * d1;
-  if constexpr (act == Activation::kSigmoid) return d1 * (S(1) - S(2) * y);
-  if constexpr (act == Activation::kSoftplus) return a > S(kSoftplusThreshold) ? S(0) : s * (S(1) - s);
-  if constexpr (act == Activation::kSilu) return s * (S(1) - s) * (S(2) + a * (S(1) - S(2) * s));
-  if constexpr (act == Activation::kElu) return a > S(0) ? S(0) : y + S(1);
-  if constexpr (act == Activation::kRelu) return S(0);
-}
 
 // The layer at time t with its gate folded into the weights (so one GEMM gives a, another Adot, and neither A nor
 // Q is kept): gate = sigmoid(gw t + gb), W~ = diag(gate) W [o, i], b~ = gate * b + tw t.
@@ -175,14 +145,6 @@ void narrow_gram(const S* narrow, const S* wide, int64_t rows, int64_t p, int64_
       for (int64_t j = 0; j < q; ++j) oc[j] += x * wr[j];
     }
   }
-}
-
-// sums[j] = sum over the n rows of x [n, o].
-template <class S>
-void column_sums(const S* x, int64_t n, int64_t o, S* sums) {
-  for (int64_t j = 0; j < o; ++j) sums[j] = S(0);
-  for (int64_t r = 0; r < n; ++r)
-    for (int64_t j = 0; j < o; ++j) sums[j] += x[r * o + j];
 }
 
 // The layer's parameter cotangents (added into gW [o, i], gb, g_gw, g_gb, g_tw [o]) from M = [g_a; g_adot]^T [h; U]

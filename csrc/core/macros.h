@@ -9,6 +9,17 @@
 
 #define FDE_INLINE FDE_HOST_DEVICE inline
 
+// CPU kernel loops: the build's baseline is plain x86-64 (SSE2: 4 floats per instruction), which a wheel cannot
+// go beyond; target_clones compiles a function also for AVX2 and AVX-512 and the dynamic loader picks the best
+// the CPU has (an ifunc). Every clone does the same IEEE operations in the same order (no FMA contraction:
+// -ffp-contract=off; sums in a fixed order), so results do not depend on the CPU. flatten inlines what the function
+// calls (templates, lambdas) into each clone, so the loops themselves are compiled for its instruction set.
+#if defined(__x86_64__) && defined(__ELF__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
+#define FDE_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default"), flatten))
+#else
+#define FDE_CPU_CLONES
+#endif
+
 #include <cmath>
 
 namespace fde::core {

@@ -1,17 +1,16 @@
 #include "solver/native_cnf.h"
 
+#include "core/macros.h"
+#include "solver/mlp_kernels.h"
+#include "solver/native_mlp.h"
+
 #include <ATen/Dispatch.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/addmm.h>
-#include <ATen/ops/clamp_min.h>
-#include <ATen/ops/elu.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sigmoid.h>
-#include <ATen/ops/silu.h>
-#include <ATen/ops/softplus.h>
-#include <ATen/ops/tanh.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -34,42 +33,15 @@ struct NativeCnfField::Workspace {
   int64_t n = -1;
   std::vector<at::Tensor> x, z, g, sig;             // per boundary
   std::vector<at::Tensor> gate, w_folded, w_folded_t, b_folded;  // per layer
-  at::Tensor M, Mt, sums;  // the reverse pass's [o, i] product (and its transpose) and column sums
+  at::Tensor M, Mt, sums, sums_scratch;  // the reverse pass's [o, i] product (and its transpose), column sums
 };
 
 namespace {
 
-// Calls fn(std::integral_constant<Activation, act>{}) for the runtime activation (one loop instance each).
-template <class Fn>
-void with_activation(Activation act, Fn&& fn) {
-  switch (act) {
-    case Activation::kTanh: return fn(std::integral_constant<Activation, Activation::kTanh>{});
-    case Activation::kSoftplus: return fn(std::integral_constant<Activation, Activation::kSoftplus>{});
-    case Activation::kRelu: return fn(std::integral_constant<Activation, Activation::kRelu>{});
-    case Activation::kElu: return fn(std::integral_constant<Activation, Activation::kElu>{});
-    case Activation::kSigmoid: return fn(std::integral_constant<Activation, Activation::kSigmoid>{});
-    case Activation::kSilu: return fn(std::integral_constant<Activation, Activation::kSilu>{});
-  }
-  TORCH_CHECK(false, "fastdiffeq: unknown activation");
-}
-
 // y = act(a) (and sig = sigmoid(a) where the derivatives need it) by ATen's vectorised kernels, into buffers.
 void activation_values(Activation act, const at::Tensor& a, at::Tensor& y, at::Tensor& sig) {
-  switch (act) {
-    case Activation::kTanh: at::tanh_out(y, a); return;
-    case Activation::kSigmoid: at::sigmoid_out(y, a); return;
-    case Activation::kSoftplus:
-      at::softplus_out(y, a, 1.0, core::kSoftplusThreshold);
-      at::sigmoid_out(sig, a);
-      return;
-    case Activation::kSilu:
-      at::silu_out(y, a);
-      at::sigmoid_out(sig, a);
-      return;
-    case Activation::kElu: at::elu_out(y, a, 1.0, 1.0, 1.0); return;
-    case Activation::kRelu: at::clamp_min_out(y, a, 0.0); return;
-  }
-  TORCH_CHECK(false, "fastdiffeq: unknown activation");
+  activation_out(act, a, y);
+  if (core::activation_needs_sigmoid(act)) at::sigmoid_out(sig, a);
 }
 
 template <class S>
@@ -82,24 +54,15 @@ const S* cptr(const at::Tensor& x) {
   return x.const_data_ptr<S>();
 }
 
-// The elementwise and narrow loops, compiled for AVX2 and AVX-512 besides the baseline and picked when the module
-// loads (GCC's target_clones; flatten inlines core/'s templates into each clone). Every clone does the same
-// arithmetic in the same order (no FMA contraction: -ffp-contract=off; sums in a fixed order), so the results do
-// not depend on the CPU.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define FDE_CPU_CLONES __attribute__((target_clones("default", "avx2", "avx512f"), flatten))
-#else
-#define FDE_CPU_CLONES
-#endif
-
+// The elementwise and narrow loops, each also compiled for AVX2 and AVX-512 (FDE_CPU_CLONES, core/macros.h).
 #define FDE_CNF_KERNELS(S)                                                                                         \
   FDE_CPU_CLONES void activation_forward_k(Activation act, const S* a, const S* y, const S* s, const S* adot,     \
                                            int64_t K, int64_t n, int64_t o, S* u) {                              \
-    with_activation(act, [&](auto c) { core::activation_forward<decltype(c)::value, S>(a, y, s, adot, K, n, o, u); }); \
+    core::dispatch_activation(act, [&](auto c) { core::activation_forward<decltype(c)::value, S>(a, y, s, adot, K, n, o, u); }); \
   }                                                                                                                \
   FDE_CPU_CLONES void activation_reverse_k(Activation act, const S* a, const S* y, const S* s, const S* adot,     \
                                            int64_t K, int64_t n, int64_t o, S* g) {                              \
-    with_activation(act, [&](auto c) { core::activation_reverse<decltype(c)::value, S>(a, y, s, adot, K, n, o, g); }); \
+    core::dispatch_activation(act, [&](auto c) { core::activation_reverse<decltype(c)::value, S>(a, y, s, adot, K, n, o, g); }); \
   }                                                                                                                \
   FDE_CPU_CLONES void narrow_inner_k(const S* a, const S* b, const S* bias, int64_t r, int64_t p, int64_t q,      \
                                      S* out) {                                                                     \
@@ -111,8 +74,7 @@ const S* cptr(const at::Tensor& x) {
   }                                                                                                                \
   FDE_CPU_CLONES void narrow_gram_k(const S* narrow, const S* wide, int64_t r, int64_t p, int64_t q, S* out) {    \
     core::narrow_gram(narrow, wide, r, p, q, out);                                                                 \
-  }                                                                                                                \
-  FDE_CPU_CLONES void column_sums_k(const S* x, int64_t n, int64_t o, S* sums) { core::column_sums(x, n, o, sums); }
+  }
 
 FDE_CNF_KERNELS(float)
 FDE_CNF_KERNELS(double)
@@ -268,6 +230,7 @@ void NativeCnfField::forward(double s, const at::Tensor& y2) {
     ws.M = at::empty({widest * widest}, opts);
     ws.Mt = at::empty({widest * widest}, opts);
     ws.sums = at::empty({widest}, opts);
+    ws.sums_scratch = at::empty({widest}, opts);
     if (K > 0) {  // the input tangents: the unit directions (exact trace) or the noise, fixed for the solve
       at::Tensor u0 = ws.x[0].narrow(0, n, K * n).view({K, n, D});
       if (spec_.trace == CnfTrace::kExact) {
@@ -422,7 +385,8 @@ FieldVjp NativeCnfField::vjp(const at::Tensor& t, const at::Tensor& y, const at:
       if (want_params) {
         at::Tensor M = ws.M.narrow(0, 0, o * i).view({o, i});
         folded_gram<S>(gz, ws.x[k], M, ws.Mt);
-        column_sums_k(cptr<S>(gz), n, o, ptr<S>(ws.sums));
+        ws.sums.zero_();
+        mlp::add_column_sums(ptr<S>(ws.sums), cptr<S>(gz), n, o, ptr<S>(ws.sums_scratch));
         S* base = gp + offsets[k];
         grad_t += core::concat_squash_param_grads(
             cptr<S>(W), cptr<S>(spec_.biases[k].contiguous()), cptr<S>(spec_.gate_weights[k].contiguous()),
