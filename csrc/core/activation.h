@@ -41,6 +41,19 @@ inline S activation_d2(S a, S y, S s, S d1) {
   if constexpr (act == Activation::kRelu) return S(0);
 }
 
+// softplus from s = sigmoid(a) with one log1p instead of torch's exp and log1p (the derivatives need s anyway):
+//   softplus(a) = max(a, 0) - log1p(-min(s, 1 - s))
+// (1 - s is exact for s >= 1/2; for a < 0 the log1p of -s keeps tiny results relatively accurate), and a itself
+// above the threshold, as torch. Two passes around the caller's vectorised log1p: the argument, then the result.
+template <class S>
+inline S softplus_log1p_argument(S s) {
+  return -(s < S(0.5) ? s : S(1) - s);
+}
+template <class S>
+inline S softplus_from_log1p(S a, S log1p_value) {
+  return a > S(kSoftplusThreshold) ? a : (a > S(0) ? a : S(0)) - log1p_value;
+}
+
 // fn(std::integral_constant<Activation, act>{}) for the runtime activation: one loop instance per activation.
 template <class Fn>
 inline void dispatch_activation(Activation act, Fn&& fn) {

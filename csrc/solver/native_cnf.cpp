@@ -9,6 +9,7 @@
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/log1p.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sigmoid.h>
 #include <ATen/ops/zeros.h>
@@ -39,10 +40,6 @@ struct NativeCnfField::Workspace {
 namespace {
 
 // y = act(a) (and sig = sigmoid(a) where the derivatives need it) by ATen's vectorised kernels, into buffers.
-void activation_values(Activation act, const at::Tensor& a, at::Tensor& y, at::Tensor& sig) {
-  activation_out(act, a, y);
-  if (core::activation_needs_sigmoid(act)) at::sigmoid_out(sig, a);
-}
 
 template <class S>
 S* ptr(const at::Tensor& x) {
@@ -74,11 +71,33 @@ const S* cptr(const at::Tensor& x) {
   }                                                                                                                \
   FDE_CPU_CLONES void narrow_gram_k(const S* narrow, const S* wide, int64_t r, int64_t p, int64_t q, S* out) {    \
     core::narrow_gram(narrow, wide, r, p, q, out);                                                                 \
+  }                                                                                                                \
+  FDE_CPU_CLONES void softplus_argument_k(const S* s, int64_t m, S* q) {                                           \
+    for (int64_t e = 0; e < m; ++e) q[e] = core::softplus_log1p_argument(s[e]);                                   \
+  }                                                                                                                \
+  FDE_CPU_CLONES void softplus_finish_k(const S* a, int64_t m, S* y) {                                             \
+    for (int64_t e = 0; e < m; ++e) y[e] = core::softplus_from_log1p(a[e], y[e]);                                 \
   }
 
 FDE_CNF_KERNELS(float)
 FDE_CNF_KERNELS(double)
 #undef FDE_CNF_KERNELS
+
+// y = act(a) (and sig = sigmoid(a) where the derivatives need it), into buffers; softplus from the sigmoid.
+void activation_values(Activation act, const at::Tensor& a, at::Tensor& y, at::Tensor& sig) {
+  if (act != Activation::kSoftplus) {
+    activation_out(act, a, y);
+    if (core::activation_needs_sigmoid(act)) at::sigmoid_out(sig, a);
+    return;
+  }
+  at::sigmoid_out(sig, a);
+  const int64_t m = a.numel();
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "native_cnf_softplus", [&] {
+    softplus_argument_k(cptr<scalar_t>(sig), m, ptr<scalar_t>(y));
+    at::log1p_out(y, y);
+    softplus_finish_k(cptr<scalar_t>(a), m, ptr<scalar_t>(y));
+  });
+}
 
 // The three products of a layer with folded weights wf [o, i] (and wft = wf^T), all row-major and contiguous, by
 // the narrow loops when i or o is narrow (the first and last layers), else by BLAS.
