@@ -307,5 +307,9 @@ def test_float32_solves_equal_the_python_path(activation, gradient):
     assert fastdiffeq.last_stats().field == "native"
     ys_p, g_p = run(python_path(m))
     torch.testing.assert_close(ys_n, ys_p, rtol=1e-4, atol=1e-5)
+    # relu's derivative jumps at 0: a float32 rounding difference in a pre-activation near 0 (the native narrow
+    # first/last-layer loops round unlike BLAS) flips one unit's gate at one stage, which moves a few weight-gradient
+    # elements by ~1e-4 of the gradients' O(1) scale.
+    atol = 5e-4 if activation == "relu" else 1e-4
     for a, b in zip(g_n, g_p):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=atol)

@@ -7,6 +7,7 @@
 #include <bit>
 #include <cmath>
 
+#include "core/concat_squash.h"
 #include "core/macros.h"
 
 // FDE_CPU_CLONES (core/macros.h): each loop is also compiled for AVX2 and AVX-512, picked at load time.
@@ -162,5 +163,21 @@ void add_column_sums(float* acc, const float* g, int64_t rows, int64_t cols, flo
 void add_column_sums(double* acc, const double* g, int64_t rows, int64_t cols, double* scratch) {
   if (cols > 0) column_sums_chunk(acc, g, rows, cols, scratch);
 }
+
+#define FDE_NARROW_KERNELS(S)                                                                                      \
+  FDE_CLONES void narrow_inner_matmul(const S* a, const S* b, const S* bias, int64_t rows, int64_t p, int64_t q,  \
+                                      S* out) {                                                                    \
+    core::narrow_inner_matmul(a, b, bias, rows, p, q, out);                                                        \
+  }                                                                                                                \
+  FDE_CLONES void narrow_outer_matmul(const S* a, const S* b, const S* bias, int64_t rows, int64_t p, int64_t q,  \
+                                      S* out) {                                                                    \
+    core::narrow_outer_matmul(a, b, bias, rows, p, q, out);                                                        \
+  }                                                                                                                \
+  FDE_CLONES void narrow_gram(const S* narrow, const S* wide, int64_t rows, int64_t p, int64_t q, S* out) {        \
+    core::narrow_gram(narrow, wide, rows, p, q, out);                                                              \
+  }
+FDE_NARROW_KERNELS(float)
+FDE_NARROW_KERNELS(double)
+#undef FDE_NARROW_KERNELS
 
 }  // namespace fde::solver::mlp

@@ -36,5 +36,20 @@ void activation_grad(double* g, const double* x, const double* y, const double* 
 void add_column_sums(float* acc, const float* g, int64_t rows, int64_t cols, float* scratch);
 void add_column_sums(double* acc, const double* g, int64_t rows, int64_t cols, double* scratch);
 
+// Matrix products with one narrow dimension (<= core::kNarrowWidth: a field's D-wide first and last layers, where
+// BLAS runs at a fraction of its rate), the loops of core/concat_squash.h cloned for AVX2 / AVX-512. Row-major,
+// contiguous. narrow_inner_matmul: out [R, q] = a [R, p] b [p, q] (+ bias), p narrow; narrow_outer_matmul:
+// out [R, q] = a [R, p] b^T (b [q, p]) (+ bias), q narrow; narrow_gram: out [p, q] = narrow [R, p]^T wide [R, q].
+void narrow_inner_matmul(const float* a, const float* b, const float* bias, int64_t rows, int64_t p, int64_t q,
+                         float* out);
+void narrow_inner_matmul(const double* a, const double* b, const double* bias, int64_t rows, int64_t p, int64_t q,
+                         double* out);
+void narrow_outer_matmul(const float* a, const float* b, const float* bias, int64_t rows, int64_t p, int64_t q,
+                         float* out);
+void narrow_outer_matmul(const double* a, const double* b, const double* bias, int64_t rows, int64_t p, int64_t q,
+                         double* out);
+void narrow_gram(const float* narrow, const float* wide, int64_t rows, int64_t p, int64_t q, float* out);
+void narrow_gram(const double* narrow, const double* wide, int64_t rows, int64_t p, int64_t q, double* out);
+
 }  // namespace mlp
 }  // namespace fde::solver

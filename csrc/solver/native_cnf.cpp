@@ -61,17 +61,6 @@ const S* cptr(const at::Tensor& x) {
                                            int64_t K, int64_t n, int64_t o, S* g) {                              \
     core::dispatch_activation(act, [&](auto c) { core::activation_reverse<decltype(c)::value, S>(a, y, s, adot, K, n, o, g); }); \
   }                                                                                                                \
-  FDE_CPU_CLONES void narrow_inner_k(const S* a, const S* b, const S* bias, int64_t r, int64_t p, int64_t q,      \
-                                     S* out) {                                                                     \
-    core::narrow_inner_matmul(a, b, bias, r, p, q, out);                                                           \
-  }                                                                                                                \
-  FDE_CPU_CLONES void narrow_outer_k(const S* a, const S* b, const S* bias, int64_t r, int64_t p, int64_t q,      \
-                                     S* out) {                                                                     \
-    core::narrow_outer_matmul(a, b, bias, r, p, q, out);                                                           \
-  }                                                                                                                \
-  FDE_CPU_CLONES void narrow_gram_k(const S* narrow, const S* wide, int64_t r, int64_t p, int64_t q, S* out) {    \
-    core::narrow_gram(narrow, wide, r, p, q, out);                                                                 \
-  }                                                                                                                \
   FDE_CPU_CLONES void softplus_argument_k(const S* s, int64_t m, S* q) {                                           \
     for (int64_t e = 0; e < m; ++e) q[e] = core::softplus_log1p_argument(s[e]);                                   \
   }                                                                                                                \
@@ -108,9 +97,9 @@ void folded_forward(const at::Tensor& x, const at::Tensor& wf, const at::Tensor&
   const int64_t rows = x.size(0), i = wf.size(1), o = wf.size(0);
   const S* b = bias.defined() ? cptr<S>(bias) : nullptr;
   if (i <= core::kNarrowWidth) {
-    narrow_inner_k(cptr<S>(x), cptr<S>(wft), b, rows, i, o, ptr<S>(out));
+    mlp::narrow_inner_matmul(cptr<S>(x), cptr<S>(wft), b, rows, i, o, ptr<S>(out));
   } else if (o <= core::kNarrowWidth) {
-    narrow_outer_k(cptr<S>(x), cptr<S>(wf), b, rows, i, o, ptr<S>(out));
+    mlp::narrow_outer_matmul(cptr<S>(x), cptr<S>(wf), b, rows, i, o, ptr<S>(out));
   } else if (bias.defined()) {
     at::addmm_out(out, bias, x, wf.t());
   } else {
@@ -123,9 +112,9 @@ template <class S>
 void folded_backward(const at::Tensor& g, const at::Tensor& wf, const at::Tensor& wft, at::Tensor& out) {
   const int64_t rows = g.size(0), i = wf.size(1), o = wf.size(0);
   if (o <= core::kNarrowWidth) {
-    narrow_inner_k(cptr<S>(g), cptr<S>(wf), static_cast<const S*>(nullptr), rows, o, i, ptr<S>(out));
+    mlp::narrow_inner_matmul(cptr<S>(g), cptr<S>(wf), static_cast<const S*>(nullptr), rows, o, i, ptr<S>(out));
   } else if (i <= core::kNarrowWidth) {
-    narrow_outer_k(cptr<S>(g), cptr<S>(wft), static_cast<const S*>(nullptr), rows, o, i, ptr<S>(out));
+    mlp::narrow_outer_matmul(cptr<S>(g), cptr<S>(wft), static_cast<const S*>(nullptr), rows, o, i, ptr<S>(out));
   } else {
     at::mm_out(out, g, wf);
   }
@@ -136,10 +125,10 @@ template <class S>
 void folded_gram(const at::Tensor& g, const at::Tensor& x, at::Tensor& M, const at::Tensor& mt) {
   const int64_t rows = g.size(0), o = g.size(1), i = x.size(1);
   if (o <= core::kNarrowWidth) {
-    narrow_gram_k(cptr<S>(g), cptr<S>(x), rows, o, i, ptr<S>(M));
+    mlp::narrow_gram(cptr<S>(g), cptr<S>(x), rows, o, i, ptr<S>(M));
   } else if (i <= core::kNarrowWidth) {
     S* t = ptr<S>(mt);
-    narrow_gram_k(cptr<S>(x), cptr<S>(g), rows, i, o, t);
+    mlp::narrow_gram(cptr<S>(x), cptr<S>(g), rows, i, o, t);
     S* m = ptr<S>(M);
     for (int64_t j = 0; j < o; ++j)
       for (int64_t c = 0; c < i; ++c) m[j * i + c] = t[c * o + j];

@@ -1,13 +1,15 @@
 #include "solver/native_mlp.h"
 
+#include "core/concat_squash.h"
+
 #include <ATen/TensorOperators.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/clamp_min.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/mm.h>
 #include <ATen/ops/elu.h>
+#include <ATen/ops/mm.h>
 #include <ATen/ops/ones_like.h>
 #include <ATen/ops/relu.h>
 #include <ATen/ops/sigmoid.h>
@@ -63,15 +65,45 @@ bool derivative_needs_input(MlpActivation a) { return core::activation_needs_sig
 // these shapes) and the bias in one pass over its output, fused with the activation when `activate`. Float64: ATen's
 // addmm, the operator nn.Linear calls, so values are bit-identical to the module's (solves in tests compare to
 // 1e-13; a bias added after the GEMM rounds differently) -- float64 is for tests and references, not speed.
-void linear_into(at::Tensor& out, const at::Tensor& h, const at::Tensor& W, const at::Tensor& b, bool activate,
-                 MlpActivation a) {
+// A float32 layer with a narrow input or output (a field's D-wide first and last layers) takes the narrow-product
+// loops instead of BLAS (mlp::narrow_*), with the bias; wt is W^T [in, out] contiguous (the field's cache) for a
+// narrow input.
+void linear_into(at::Tensor& out, const at::Tensor& h, const at::Tensor& W, const at::Tensor& wt, const at::Tensor& b,
+                 bool activate, MlpActivation a) {
   if (out.scalar_type() == at::kFloat) {
-    at::mm_out(out, h, W.t());
     const at::Tensor bc = b.contiguous();  // b itself unless the spec holds a strided view
+    const int64_t rows = out.size(0), in = W.size(1), o = W.size(0);
+    if (in <= core::kNarrowWidth || o <= core::kNarrowWidth) {
+      const at::Tensor hc = h.contiguous();
+      if (in <= core::kNarrowWidth) {
+        mlp::narrow_inner_matmul(hc.const_data_ptr<float>(), wt.const_data_ptr<float>(), bc.const_data_ptr<float>(),
+                                 rows, in, o, out.data_ptr<float>());
+      } else {
+        const at::Tensor Wc = W.contiguous();
+        mlp::narrow_outer_matmul(hc.const_data_ptr<float>(), Wc.const_data_ptr<float>(), bc.const_data_ptr<float>(),
+                                 rows, in, o, out.data_ptr<float>());
+      }
+      if (activate) mlp::bias_activation(out.data_ptr<float>(), nullptr, rows, o, true, a);
+      return;
+    }
+    at::mm_out(out, h, W.t());
     mlp::bias_activation(out.data_ptr<float>(), bc.const_data_ptr<float>(), out.size(0), out.size(1), activate, a);
   } else {
     TORCH_CHECK(!activate, "fastdiffeq: internal error: no fused float64 activation");
     at::addmm_out(out, b, h, W.t());
+  }
+}
+
+// out [R, in] = g [R, out] W for a float32 layer with a narrow side, by the narrow loops.
+void gW_times(const at::Tensor& g, const at::Tensor& W, const at::Tensor& wt, at::Tensor& out) {
+  const int64_t rows = g.size(0), in = W.size(1), o = W.size(0);
+  if (o <= core::kNarrowWidth) {
+    const at::Tensor Wc = W.contiguous();
+    mlp::narrow_inner_matmul(g.const_data_ptr<float>(), Wc.const_data_ptr<float>(), nullptr, rows, o, in,
+                             out.data_ptr<float>());
+  } else {
+    mlp::narrow_outer_matmul(g.const_data_ptr<float>(), wt.const_data_ptr<float>(), nullptr, rows, o, in,
+                             out.data_ptr<float>());
   }
 }
 
@@ -174,6 +206,15 @@ void NativeMlpField::ensure_workspace(int64_t rows, const at::Tensor& x) {
   }
   sig_ = at::Tensor();
   colsum_ = at::empty({widest}, opts);
+  // float32's narrow-input layers read W^T (mlp::narrow_inner_matmul); the weights do not change during a solve.
+  wt_.assign(spec_.weights.size(), at::Tensor());
+  int64_t largest = 0;
+  for (size_t k = 0; k < spec_.weights.size(); ++k) {
+    const at::Tensor& W = spec_.weights[k];
+    largest = std::max(largest, W.numel());
+    if (x.scalar_type() == at::kFloat && W.size(1) <= core::kNarrowWidth) wt_[k] = W.detach().t().contiguous();
+  }
+  gram_ = x.scalar_type() == at::kFloat ? at::empty({largest}, opts) : at::Tensor();
   ws_rows_ = rows;
 }
 
@@ -183,17 +224,17 @@ void NativeMlpField::hidden_layer_fast(size_t k, const at::Tensor& h, bool keep_
   const MlpActivation a = spec_.activation;
   at::Tensor& post = post_[k];
   if (post.scalar_type() == at::kFloat && mlp::fuses_activation(a)) {
-    linear_into(post, h, W, b, /*activate=*/true, a);  // one pass over the GEMM's output: bias and activation
+    linear_into(post, h, W, wt_[k], b, /*activate=*/true, a);  // one pass over the GEMM's output: bias and activation
   } else if (keep_pre && derivative_needs_input(a)) {
     if (!pre_[k].defined()) pre_[k] = at::empty_like(post);
-    linear_into(pre_[k], h, W, b, /*activate=*/false, a);
+    linear_into(pre_[k], h, W, wt_[k], b, /*activate=*/false, a);
     if (a == MlpActivation::kSoftplus) {
       at::softplus_out(post, pre_[k], 1.0, kSoftplusThreshold);
     } else {
       at::silu_out(post, pre_[k]);
     }
   } else {
-    linear_into(post, h, W, b, /*activate=*/false, a);
+    linear_into(post, h, W, wt_[k], b, /*activate=*/false, a);
     activate_inplace(a, post);
   }
 }
@@ -219,7 +260,8 @@ at::Tensor NativeMlpField::eval_fast(const at::Tensor& y2) {
     h = post_[k];
   }
   at::Tensor out = at::empty({rows, spec_.weights.back().size(0)}, y2.options());  // fresh: the loops keep it
-  linear_into(out, h, spec_.weights.back(), spec_.biases.back(), /*activate=*/false, spec_.activation);
+  linear_into(out, h, spec_.weights.back(), wt_.back(), spec_.biases.back(), /*activate=*/false,
+              spec_.activation);
   return out;
 }
 
@@ -229,7 +271,8 @@ at::Tensor NativeMlpField::eval(const at::Tensor& /*t*/, const at::Tensor& y) {
               " elements");
   check_input(y, "state");
   const at::Tensor y2 = y.reshape({-1, in});
-  // In grad mode with something to differentiate, autograd must record the evaluation: ATen's operators.
+  // In grad mode with something to differentiate, autograd must record the evaluation: ATen's operators (so
+  // direct backprop also supports create_graph / second derivatives through the field).
   const at::Tensor out = fast_path(y) && !recorded(y) ? eval_fast(y2) : eval_aten(y2);
   return out.reshape(y.sizes()).contiguous();
 }
@@ -288,7 +331,7 @@ FieldVjp NativeMlpField::vjp_fast(const at::Tensor& y2, const at::Tensor& v2, at
     h = post_[k];
   }
   at::Tensor f = at::empty({rows, spec_.weights.back().size(0)}, y2.options());
-  linear_into(f, h, spec_.weights.back(), spec_.biases.back(), /*activate=*/false, a);
+  linear_into(f, h, spec_.weights.back(), wt_.back(), spec_.biases.back(), /*activate=*/false, a);
   // Backward: g is the cotangent of layer k's pre-activation (the caller's v for the last layer: never written).
   at::Tensor g = v2.contiguous();
   at::Tensor grad_y;
@@ -299,9 +342,22 @@ FieldVjp NativeMlpField::vjp_fast(const at::Tensor& y2, const at::Tensor& v2, at
     const int64_t out_k = W.size(0);
     offset -= W.numel() + out_k;
     const at::Tensor& input = k == 0 ? y2 : post_[k - 1];
+    const bool narrow = is_float && (W.size(1) <= core::kNarrowWidth || out_k <= core::kNarrowWidth);
     if (params) {
       at::Tensor gW = grad_params.narrow(0, offset, W.numel()).view(W.sizes());
-      gW.addmm_(g.t(), input);
+      if (narrow) {  // g^T input by the narrow loops into a scratch, then added (transposed for a narrow input)
+        const at::Tensor gc = g.contiguous(), xc = input.contiguous();
+        float* t = gram_.data_ptr<float>();
+        if (out_k <= core::kNarrowWidth) {
+          mlp::narrow_gram(gc.const_data_ptr<float>(), xc.const_data_ptr<float>(), rows, out_k, W.size(1), t);
+          gW.add_(gram_.narrow(0, 0, W.numel()).view(W.sizes()));
+        } else {
+          mlp::narrow_gram(xc.const_data_ptr<float>(), gc.const_data_ptr<float>(), rows, W.size(1), out_k, t);
+          gW.add_(gram_.narrow(0, 0, W.numel()).view({W.size(1), out_k}).t());
+        }
+      } else {
+        gW.addmm_(g.t(), input);
+      }
       if (is_float) {
         mlp::add_column_sums(grad_params.data_ptr<float>() + offset + W.numel(), g.const_data_ptr<float>(), rows,
                              out_k, colsum_.data_ptr<float>());
@@ -311,13 +367,22 @@ FieldVjp NativeMlpField::vjp_fast(const at::Tensor& y2, const at::Tensor& v2, at
       }
     }
     if (k == 0) {
-      grad_y = at::mm(g, W);  // fresh: returned
+      if (narrow) {
+        grad_y = at::empty({rows, W.size(1)}, y2.options());  // fresh: returned
+        gW_times(g.contiguous(), W, wt_[0], grad_y);
+      } else {
+        grad_y = at::mm(g, W);  // fresh: returned
+      }
       break;
     }
     // The cotangent of hidden layer k-1's output, then through its activation.
     at::Tensor& gk = grad_[k - 1];
     if (!gk.defined()) gk = at::empty_like(post_[k - 1]);
-    at::mm_out(gk, g, W);
+    if (narrow) {
+      gW_times(g.contiguous(), W, wt_[k], gk);
+    } else {
+      at::mm_out(gk, g, W);
+    }
     const int64_t n = gk.numel();
     at::Tensor s;
     if (keep_pre) {

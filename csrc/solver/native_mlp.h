@@ -76,6 +76,8 @@ class NativeMlpField : public VectorField {
   std::vector<at::Tensor> grad_;  // [rows, out_k] the cotangent of hidden layer k's output (vjp)
   at::Tensor sig_;                // [rows, max out_k] sigmoid(pre) for the softplus / silu derivatives
   at::Tensor colsum_;             // [max out_k] scratch of the bias cotangent's column sums
+  std::vector<at::Tensor> wt_;    // float32 layers with a narrow input: W^T [in_k, out_k] (else undefined)
+  at::Tensor gram_;               // float32: [max numel W_k] scratch of a narrow layer's weight cotangent
 };
 
 // Applies the native MLP's activation to x (a fresh tensor; the fast path's loop for CPU float32/float64, ATen's
