@@ -3,6 +3,9 @@
 // formulas of torch's backward. Header-only, generic in the scalar type; no ATen.
 #pragma once
 
+#include <bit>
+#include <cmath>
+#include <cstdint>
 #include <type_traits>
 #include <utility>
 
@@ -52,6 +55,55 @@ inline S softplus_log1p_argument(S s) {
 template <class S>
 inline S softplus_from_log1p(S a, S log1p_value) {
   return a > S(kSoftplusThreshold) ? a : (a > S(0) ? a : S(0)) - log1p_value;
+}
+
+// e^x in float for x in [-87, 88] (the caller clamps; NaN must not reach it: the float -> int conversion is undefined
+// for NaN): Cephes expf (range reduction by ln 2 in two parts, degree-6 polynomial, ~1 ulp). Rounding to the
+// nearest integer by adding and subtracting 1.5 * 2^23 keeps it plain arithmetic that vectorises on every target
+// (SSE2 has no vector round); 2^n is built from its exponent bits (n >= -126: a normal float).
+inline float exp_f32(float x) {
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  const float r2 = r * r;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r2 + r + 1.0f;
+  const float scale = std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+  return p * scale;
+}
+
+// softplus(a) and s = sigmoid(a) in float from one exp, e = e^{-|a|} in (0, 1]:
+//   s = 1 / (1 + e) (a >= 0) or e / (1 + e),   softplus = max(a, 0) + log1p(e),
+//   log1p(e) = 2 atanh(z), z = e / (2 + e) in (0, 1/3]: 2 z (1 + z^2/3 + ... + z^14/15) (the next term is below
+//   2e-9 relative). a itself above torch's threshold 20. |a| is clamped at 87 (e stays a normal float), so results
+//   that would be below ~1e-38 come out as ~1e-38 (torch's are subnormal or 0). NaN propagates to both.
+// Within ~2 ulp of the exact values; plain arithmetic, so the loop vectorises.
+inline void softplus_sigmoid_f32(float a, float& y, float& s) {
+  const float aa = std::fabs(a);
+  const bool nan = aa != aa;
+  const float x = nan ? 0.0f : (aa < 87.0f ? aa : 87.0f);
+  const float e = exp_f32(-x);
+  const float r = 1.0f / (1.0f + e);
+  const float z = e / (2.0f + e);
+  const float z2 = z * z;
+  float p = 1.0f / 15.0f;
+  p = p * z2 + 1.0f / 13.0f;
+  p = p * z2 + 1.0f / 11.0f;
+  p = p * z2 + 1.0f / 9.0f;
+  p = p * z2 + 1.0f / 7.0f;
+  p = p * z2 + 1.0f / 5.0f;
+  p = p * z2 + 1.0f / 3.0f;
+  p = p * z2 + 1.0f;
+  const float log1p_e = 2.0f * z * p;
+  const float softplus = a > float(kSoftplusThreshold) ? a : (a > 0.0f ? a : 0.0f) + log1p_e;
+  const float sigmoid = a >= 0.0f ? r : e * r;
+  y = nan ? a : softplus;
+  s = nan ? a : sigmoid;
 }
 
 // fn(std::integral_constant<Activation, act>{}) for the runtime activation: one loop instance per activation.

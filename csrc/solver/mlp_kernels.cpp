@@ -16,24 +16,7 @@
 namespace fde::solver::mlp {
 namespace {
 
-// e^x for x in [0, 20] (tanh's argument 2|x|, clamped by the caller): Cephes expf (range reduction by ln 2 in two
-// parts, degree-6 polynomial, ~1 ulp). Rounding to the nearest integer by adding and subtracting 1.5 * 2^23
-// keeps the loop to plain arithmetic on every target (SSE2 has no vector round).
-inline float exp_f32(float x) {
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  const float r2 = r * r;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r2 + r + 1.0f;
-  const float scale = std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
-  return p * scale;
-}
+using core::exp_f32;
 
 // tanh in float, within ~1.3 ulp of the exact value (torch's is within 0.5): for |x| < 0.625 Cephes tanhf's odd
 // polynomial (no cancellation near 0, so the relative error stays small there), above 1 - 2 / (e^{2|x|} + 1)

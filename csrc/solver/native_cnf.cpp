@@ -68,19 +68,29 @@ const S* cptr(const at::Tensor& x) {
     for (int64_t e = 0; e < m; ++e) y[e] = core::softplus_from_log1p(a[e], y[e]);                                 \
   }
 
+// float32 softplus and its sigmoid in one pass (core::softplus_sigmoid_f32).
+FDE_CPU_CLONES void softplus_sigmoid_k(const float* a, int64_t m, float* y, float* s) {
+  for (int64_t e = 0; e < m; ++e) core::softplus_sigmoid_f32(a[e], y[e], s[e]);
+}
+
 FDE_CNF_KERNELS(float)
 FDE_CNF_KERNELS(double)
 #undef FDE_CNF_KERNELS
 
-// y = act(a) (and sig = sigmoid(a) where the derivatives need it), into buffers; softplus from the sigmoid.
+// y = act(a) (and sig = sigmoid(a) where the derivatives need it), into buffers. Softplus: float32 both from one
+// exp (core::softplus_sigmoid_f32); float64 from ATen's sigmoid and one log1p.
 void activation_values(Activation act, const at::Tensor& a, at::Tensor& y, at::Tensor& sig) {
   if (act != Activation::kSoftplus) {
     activation_out(act, a, y);
     if (core::activation_needs_sigmoid(act)) at::sigmoid_out(sig, a);
     return;
   }
-  at::sigmoid_out(sig, a);
   const int64_t m = a.numel();
+  if (a.scalar_type() == at::kFloat) {
+    softplus_sigmoid_k(cptr<float>(a), m, ptr<float>(y), ptr<float>(sig));
+    return;
+  }
+  at::sigmoid_out(sig, a);
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "native_cnf_softplus", [&] {
     softplus_argument_k(cptr<scalar_t>(sig), m, ptr<scalar_t>(y));
     at::log1p_out(y, y);
