@@ -233,3 +233,30 @@ def test_bad_descriptions_raise():
         h(torch.zeros(2, dtype=torch.float64), torch.zeros(4, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="cotangent"):
         h.vjp(s, torch.zeros(4, 3, dtype=torch.float64), torch.zeros(4, 2, dtype=torch.float64))
+
+
+def test_float32_softplus_and_sigmoid_of_the_native_field_are_within_two_ulp():
+    # A 1 -> 1 -> 1 network with unit weights and open gates: the field's value is softplus(a), its derivative
+    # sigmoid(a) (core::softplus_sigmoid_f32: one exp, a polynomial log1p), swept against float64 references.
+    flow = CNF(ConcatSquashMLP(1, (1,), activation="softplus"), T=1.0, train_T=False)
+    first, last = flow.dynamics.layers
+    with torch.no_grad():
+        for p in (first.gate_weight, last.gate_weight, first.time_weight, last.time_weight, first.bias, last.bias):
+            p.zero_()
+        first.gate_bias.fill_(50.0)  # sigmoid(50) rounds to 1 in float32
+        last.gate_bias.fill_(50.0)
+        first.weight.fill_(1.0)
+        last.weight.fill_(1.0)
+    a = torch.linspace(-87.0, 100.0, 200_001)
+    handle = _AugmentedField(flow, torch.Size([1]), False, None).fastdiffeq_native_field(a.reshape(-1, 1))
+    s = torch.tensor(0.0)
+    f, grad, _ = handle.vjp(s, a.reshape(-1, 1), torch.ones(a.numel(), 1))
+    eps = torch.finfo(torch.float32).eps
+    for got, ref in ((f.reshape(-1), torch.nn.functional.softplus(a.double())),
+                     (grad.reshape(-1), torch.sigmoid(a.double()))):
+        ulps = ((got.double() - ref).abs() / ref.abs()).max().item() / eps
+        assert ulps < 2.5, ulps
+    special = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 20.5]).reshape(-1, 1)
+    out = handle(s, special).reshape(-1)
+    assert out[0].isnan() and out[1] == float("inf") and 0 <= out[2].item() < 1e-37
+    torch.testing.assert_close(out[3:], torch.nn.functional.softplus(special.reshape(-1)[3:]), rtol=2.5 * eps, atol=0)
