@@ -343,6 +343,15 @@ at::Tensor optional_tensor_arg(const py::object& x, const char* name) {
   return out;
 }
 
+// A required tensor argument (taken as a py::object so that anything else is a TypeError naming the argument, not
+// pybind11's dump of the signature).
+at::Tensor tensor_arg(const py::object& x, const char* name) {
+  at::Tensor out;
+  if (!unpack_tensor(x, out))
+    throw py::type_error(std::string("fastdiffeq: ") + name + " must be a torch.Tensor, got " + py_type_name(x));
+  return out;
+}
+
 // A forward solve's result as the dict the Python layer reads.
 py::dict solve_result(const fde::solver::RkResult& r) {
   py::dict out;
@@ -914,22 +923,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                               "fastdiffeq.nn.CNF's augmented field over a ConcatSquashMLP, evaluated in C++ (the "
                               "parameters are shared with the modules, not copied).")
       .def(py::init([](const py::object& weights, const py::object& biases, const py::object& gate_weights,
-                       const py::object& gate_biases, const py::object& time_weights, const at::Tensor& sqrt_T,
+                       const py::object& gate_biases, const py::object& time_weights, const py::object& sqrt_T,
                        bool train_T, const std::string& activation, const std::string& trace,
-                       std::optional<at::Tensor> noise, bool with_logp, bool kinetic, bool jacobian) {
+                       const py::object& noise, bool with_logp, bool kinetic, bool jacobian) {
              NativeCnfHandle h;
              h.spec.weights = tensor_list_arg(weights, "weights");
              h.spec.biases = tensor_list_arg(biases, "biases");
              h.spec.gate_weights = tensor_list_arg(gate_weights, "gate_weights");
              h.spec.gate_biases = tensor_list_arg(gate_biases, "gate_biases");
              h.spec.time_weights = tensor_list_arg(time_weights, "time_weights");
-             h.spec.sqrt_T = sqrt_T;
+             h.spec.sqrt_T = tensor_arg(sqrt_T, "sqrt_T");
              h.spec.train_T = train_T;
              h.spec.activation = fde::solver::parse_mlp_activation(activation);
              if (trace != "exact" && trace != "hutchinson")
                throw py::value_error("fastdiffeq: trace must be 'exact' or 'hutchinson', got '" + trace + "'");
              h.spec.trace = trace == "exact" ? fde::solver::CnfTrace::kExact : fde::solver::CnfTrace::kHutchinson;
-             if (noise) h.spec.noise = *noise;
+             h.spec.noise = optional_tensor_arg(noise, "noise");
              h.spec.with_logp = with_logp;
              h.spec.with_kinetic = with_logp && kinetic;
              h.spec.with_jacobian = with_logp && jacobian;
@@ -948,14 +957,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            },
            py::arg("params"), "Whether `params` are exactly the tensors its products differentiate, in order.")
       .def("__call__",
-           [](const NativeCnfHandle& h, const at::Tensor& s, const at::Tensor& y) {
-             return fde::solver::NativeCnfField(h.spec).eval(s, y);
+           [](const NativeCnfHandle& h, const py::object& s, const py::object& y) {
+             return fde::solver::NativeCnfField(h.spec).eval(tensor_arg(s, "s"), tensor_arg(y, "y"));
            },
            py::arg("s"), py::arg("y"), "the augmented field at normalised time s (recorded by autograd in grad mode)")
       .def("vjp",
-           [](const NativeCnfHandle& h, const at::Tensor& s, const at::Tensor& y, const at::Tensor& v) {
+           [](const NativeCnfHandle& h, const py::object& s_arg, const py::object& y_arg, const py::object& v_arg) {
+             const at::Tensor s = tensor_arg(s_arg, "s"), y = tensor_arg(y_arg, "y"), v = tensor_arg(v_arg, "v");
              fde::solver::NativeCnfField field(h.spec);
-             at::Tensor grad_params = at::zeros({field.num_params()}, y.options());
+             // (dense whatever y's layout: a sparse or mkldnn y is then rejected by the field's own state check)
+             at::Tensor grad_params = at::zeros({field.num_params()}, y.options().layout(at::kStrided));
              fde::solver::FieldVjp r = field.vjp(s, y, v, grad_params);
              return py::make_tuple(r.f, r.grad_y, grad_params);
            },

@@ -3,8 +3,8 @@
 Every op in torch.ops.fastdiffeq (arguments generated from its schema), every solver entry point of _C
 (rk_solve, rk_checkpoint_backward, rk_adjoint, all_finite and the per-sample rk_solve_per_sample,
 rk_checkpoint_backward_per_sample, rk_adjoint_per_sample), odeint, odeint_adjoint, solve_ivp and odeint_event, the SDE
-solvers sdeint / sdeint_adjoint, the Brownian motions (BrownianInterval, BrownianPath, BrownianTree) and _C.NativeMLP
-get CI_CALLS random calls each (seeds CI_SEEDS),
+solvers sdeint / sdeint_adjoint, the Brownian motions (BrownianInterval, BrownianPath, BrownianTree), _C.NativeMLP and
+_C.NativeCNF get CI_CALLS random calls each (seeds CI_SEEDS),
 run in child interpreters so that a segfault or an abort is a reported failure with its reproducing
 program, and a call that does not finish within TIMEOUT seconds is a reported hang (a hang detector,
 far above any call's run time; nothing here asserts speed). The oracles are in tests/fuzz/runner.py.
@@ -80,7 +80,8 @@ def test_every_op_is_a_target():
     assert {f"op:{n}" for n in ops} <= set(TARGETS)
     assert {"rk_solve", "rk_checkpoint_backward", "odeint", "odeint_adjoint", "solve_ivp", "odeint_event"} <= set(TARGETS)
     # The Python entry points that are not ops or _C functions (test_every_C_entry_point_is_a_target skips classes).
-    assert {"sdeint", "sdeint_adjoint", "BrownianInterval", "BrownianPath", "BrownianTree", "NativeMLP"} <= set(TARGETS)
+    assert {"sdeint", "sdeint_adjoint", "BrownianInterval", "BrownianPath", "BrownianTree", "NativeMLP",
+            "NativeCNF"} <= set(TARGETS)
 
 
 def test_every_op_argument_has_a_hint():

@@ -260,3 +260,60 @@ def test_float32_softplus_and_sigmoid_of_the_native_field_are_within_two_ulp():
     out = handle(s, special).reshape(-1)
     assert out[0].isnan() and out[1] == float("inf") and 0 <= out[2].item() < 1e-37
     torch.testing.assert_close(out[3:], torch.nn.functional.softplus(special.reshape(-1)[3:]), rtol=2.5 * eps, atol=0)
+
+
+def test_non_tensor_arguments_raise_a_clear_type_error():
+    # Fuzz (NativeCNF/0/198, NativeCNF/0/85): s=None, noise=[1.0], sqrt_T=0.7 reached pybind11's "incompatible
+    # function arguments" dump of the whole signature instead of an error naming the argument.
+    flow = make_flow("tanh", dim=2, hidden=(4,))
+    layers = list(flow.dynamics.layers)
+    W = [m.weight for m in layers]
+    b = [m.bias for m in layers]
+    kw = dict(train_T=True, activation="tanh", trace="exact")
+    with pytest.raises(TypeError, match="^fastdiffeq: sqrt_T must be a torch.Tensor, got float"):
+        _C.NativeCNF(W, b, b, b, b, 0.7, **kw)
+    with pytest.raises(TypeError, match="^fastdiffeq: noise must be a torch.Tensor or None, got list"):
+        _C.NativeCNF(W, b, b, b, b, flow.sqrt_T, train_T=True, activation="tanh", trace="hutchinson", noise=[1.0])
+    h = _C.NativeCNF(W, b, b, b, b, flow.sqrt_T, **kw)
+    s, y = torch.tensor(0.5, dtype=torch.float64), torch.zeros(4, 3, dtype=torch.float64)
+    with pytest.raises(TypeError, match="^fastdiffeq: s must be a torch.Tensor, got NoneType"):
+        h(None, y)
+    with pytest.raises(TypeError, match="^fastdiffeq: s must be a torch.Tensor, got float"):
+        h.vjp(0.5, y, y)
+    with pytest.raises(TypeError, match="^fastdiffeq: y must be a torch.Tensor, got list"):
+        h(s, [0.0] * 12)
+    with pytest.raises(TypeError, match="^fastdiffeq: v must be a torch.Tensor, got NoneType"):
+        h.vjp(s, y, None)
+    assert h(s, y).shape == y.shape  # (the tensors still pass)
+
+
+def test_sparse_tensors_and_a_complex_time_raise_a_clear_error():
+    # Fuzz (NativeCNF sparse / complex mutations): a sparse weight or vector, noise, state or cotangent reached ATen
+    # ("memory format option is only supported by strided tensors", "copy_() between dense and sparse", "reshape is
+    # not implemented for sparse tensors", and for vjp's sparse y the internal "parameter cotangent must be a
+    # contiguous" message); a complex time "value cannot be converted to type double without overflow".
+    flow = make_flow("tanh", dim=2, hidden=(3,))
+    layers = list(flow.dynamics.layers)
+    W = [m.weight.detach() for m in layers]
+    b = [m.bias.detach() for m in layers]
+    sq = flow.sqrt_T.detach()
+    kw = dict(train_T=True, activation="tanh", trace="exact")
+    with pytest.raises(TypeError, match="^fastdiffeq: a native CNF field's tensors must be dense"):
+        _C.NativeCNF([W[0].to_sparse(), W[1]], b, b, b, b, sq, **kw)
+    with pytest.raises(TypeError, match="^fastdiffeq: a native CNF field's tensors must be dense"):
+        _C.NativeCNF(W, b, b, b, [b[0], b[1].to_sparse()], sq, **kw)
+    with pytest.raises(TypeError, match="^fastdiffeq: a native CNF field's tensors must be dense"):
+        _C.NativeCNF(W, b, b, b, b, sq.to_sparse(), **kw)
+    noise = torch.randn(4, 2, dtype=torch.float64)
+    with pytest.raises(TypeError, match="^fastdiffeq: a native CNF field's tensors must be dense"):
+        _C.NativeCNF(W, b, b, b, b, sq, train_T=True, activation="tanh", trace="hutchinson", noise=noise.to_sparse())
+    h = _C.NativeCNF(W, b, b, b, b, sq, **kw)
+    s, y = torch.tensor(0.5, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    for call in (lambda: h(s, y.to_sparse()), lambda: h.vjp(s, y.to_sparse(), y), lambda: h(s.to_sparse(), y)):
+        with pytest.raises(TypeError, match="^fastdiffeq: the CNF field's state and time must be dense"):
+            call()
+    with pytest.raises(ValueError, match="^fastdiffeq: the CNF field's cotangent must match the state .* dense"):
+        h.vjp(s, y, y.to_sparse())
+    with pytest.raises(TypeError, match="^fastdiffeq: the CNF field's time must be real"):
+        h(torch.tensor(0.5 + 0.5j), y)
+    torch.testing.assert_close(h(s, y), h.vjp(s, y, y)[0])  # (dense inputs still run)

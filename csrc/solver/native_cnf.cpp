@@ -190,6 +190,9 @@ void check_cnf_spec(const CnfSpec& spec) {
   if (spec.noise.defined()) all.push_back(spec.noise);
   for (const at::Tensor& p : all) {
     TORCH_CHECK_TYPE(p.scalar_type() == first.scalar_type(), "fastdiffeq: a CNF field's tensors must share one dtype");
+    // The loops read raw strided buffers (.contiguous() and data_ptr), which a sparse or mkldnn tensor has not.
+    TORCH_CHECK_TYPE(p.layout() == at::kStrided, "fastdiffeq: a native CNF field's tensors must be dense (strided), "
+                     "got a ", p.layout(), " tensor");
     TORCH_CHECK_VALUE(p.device().is_cpu(), "fastdiffeq: a native CNF field runs on the CPU, got a tensor on ",
                       p.device());
   }
@@ -210,8 +213,12 @@ void NativeCnfField::check_state(const at::Tensor& t, const at::Tensor& y, const
                    W.scalar_type(), " but the ", what, " is ", y.scalar_type());
   TORCH_CHECK_VALUE(y.device().is_cpu() && t.device().is_cpu(), "fastdiffeq: a native CNF field runs on the CPU, the ",
                     what, " is on ", y.device());
+  TORCH_CHECK_TYPE(y.layout() == at::kStrided && t.layout() == at::kStrided, "fastdiffeq: the CNF field's ", what,
+                   " and time must be dense (strided) tensors, got ", y.layout(), " and ", t.layout());
   TORCH_CHECK_VALUE(t.numel() == 1, "fastdiffeq: a native CNF field takes one time for the whole batch (joint "
                     "solves), got ", t.numel());
+  // (t.item<double>() below: a complex time has no real value to take)
+  TORCH_CHECK_TYPE(!t.is_complex(), "fastdiffeq: the CNF field's time must be real, got ", t.scalar_type());
   const int64_t w = spec_.state_width();
   TORCH_CHECK_VALUE(y.numel() % w == 0 && y.numel() > 0, "fastdiffeq: the CNF state has ", w,
                     " columns per sample, got ", y.numel(), " elements");
@@ -335,9 +342,10 @@ at::Tensor NativeCnfField::eval_no_graph(const at::Tensor& t, const at::Tensor& 
 FieldVjp NativeCnfField::vjp(const at::Tensor& t, const at::Tensor& y, const at::Tensor& v, at::Tensor& grad_params) {
   at::NoGradGuard no_grad;
   check_state(t, y, "state");
-  TORCH_CHECK_VALUE(v.defined() && v.sizes() == y.sizes() && v.scalar_type() == y.scalar_type() && v.device().is_cpu(),
+  TORCH_CHECK_VALUE(v.defined() && v.sizes() == y.sizes() && v.scalar_type() == y.scalar_type() && v.device().is_cpu() &&
+                        v.layout() == at::kStrided,
                     "fastdiffeq: the CNF field's cotangent must match the state (shape ", y.sizes(), ", dtype ",
-                    y.scalar_type(), ", CPU)");
+                    y.scalar_type(), ", CPU, dense)");
   const bool want_params = n_params_ > 0 && grad_params.defined();
   if (want_params)
     TORCH_CHECK_VALUE(grad_params.is_contiguous() && grad_params.numel() == n_params_ &&

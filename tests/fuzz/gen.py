@@ -3052,6 +3052,313 @@ def native_mlp_call(g: Gen) -> Call:
     return call
 
 
+CNF_LISTS = ("weights", "biases", "gate_weights", "gate_biases", "time_weights")
+
+
+def native_cnf_call(g: Gen) -> Call:
+    """_C.NativeCNF(weights, biases, gate_weights, gate_biases, time_weights, sqrt_T, train_T=, activation=,
+    trace=, noise=, with_logp=, kinetic=, jacobian=), then field(s, y) and field.vjp(s, y, v), through
+    helpers.cnf_call, against the same augmented field written in torch from the formulas (helpers.cnf_reference)
+    and torch.autograd for the VJP."""
+    dtype = g.choice(["float64", "float64", "float32"])
+    D = g.randint(1, 4)
+    # (17 and 20: hidden widths past the narrow loops' limit, core::kNarrowWidth = 16, so that BLAS runs too)
+    widths = [D] + [g.choice([1, 3, 8, 17, 20]) for _ in range(g.choice([0, 1, 2]))] + [D]
+    shapes = [(o, i) for i, o in zip(widths[:-1], widths[1:])]
+    a: Dict[str, Any] = {"weights": [Ten(sh, dtype, seed=g.seed()) for sh in shapes]}
+    for name in CNF_LISTS[1:]:
+        a[name] = [Ten((o,), dtype, seed=g.seed()) for o, _ in shapes]
+    a["sqrt_T"] = Ten((), dtype, fill="full", value=g.choice([0.5, 0.8, 1.0, 1.3, -0.9]))
+    N = g.choice([1, 2, 3, 5])
+    trace = g.choice(["exact", "hutchinson"])
+    with_logp = g.p(0.8)
+    kinetic, jacobian = g.p(0.5), g.p(0.5)
+    width = D + ((1 + kinetic + jacobian) if with_logp else 0)
+    yshape = g.choice([(N, width), (N, width), (1, N * width)])
+    a["s"] = Ten(g.choice([(), (1,)]), g.choice([dtype, "float64"]), fill="full", value=g.uniform(-1.0, 1.5))
+    a["y"] = Ten(yshape, dtype, seed=g.seed())
+    with_v = g.p(0.6)
+    if with_v:
+        a["v"] = Ten(yshape, dtype, seed=g.seed())
+    a["train_T"] = g.p(0.5)
+    a["activation"] = g.choice(["tanh", "softplus", "relu", "elu", "sigmoid", "silu"])
+    a["trace"] = trace
+    # Hutchinson's noise (the draw of one solve): needed with the log-density; an exact field ignores one.
+    a["noise"] = Ten((N, D), dtype, seed=g.seed()) if trace == "hutchinson" or g.p(0.2) else Code("None")
+    a["with_logp"], a["kinetic"], a["jacobian"] = with_logp, kinetic, jacobian
+    # As in a training step: y and every parameter a leaf requiring grad, so that field(s, y) records the
+    # autograd Function (its backward is the same hand-written product as vjp).
+    graph = with_v and g.p(0.3)
+    if graph:
+        for name in CNF_LISTS:
+            a[name] = [replace(t, requires_grad=True) for t in a[name]]
+        a["y"] = replace(a["y"], requires_grad=True)
+        if a["train_T"]:
+            a["sqrt_T"] = replace(a["sqrt_T"], requires_grad=True)
+    muts: List[str] = []
+    for _ in range(g.choice([0, 0, 1, 1, 2])):
+        what = g.choice(["activation", "trace", "list", "list", "list", "layers", "sqrt_T", "noise", "y", "y", "v",
+                         "s", "flags"])
+        if what == "activation":
+            a["activation"] = g.choice(["gelu", "", "TANH", "relu ", "identity"])
+            m_ = f"activation={a['activation']!r}"
+        elif what == "trace":
+            a["trace"] = g.choice(["Exact", "", "hutch", "skilling", "exact "])
+            m_ = f"trace={a['trace']!r}"
+        elif what == "list":
+            name = g.choice(CNF_LISTS)
+            lst = a[name]
+            if not isinstance(lst, list) or not lst:
+                continue
+            j = g.randint(0, len(lst) - 1)
+            t = lst[j]
+            if not isinstance(t, Ten):
+                continue
+            how = g.choice(["tensor", "tensor", "transpose", "1d", "2d", "grow", "zero", "int", "grad", "nan",
+                            "sparse"])
+            if how == "tensor":
+                new, m_ = g.mutate_tensor(t, "")
+            elif how == "transpose" and len(t.shape) == 2:
+                new, m_ = replace(t, shape=(t.shape[1], t.shape[0])), "transposed shape"
+            elif how == "1d":
+                new, m_ = replace(t, shape=(math.prod(t.shape),)), "flattened"
+            elif how == "2d":
+                new, m_ = replace(t, shape=(1,) + tuple(t.shape)), "a leading 1"
+            elif how == "grow" and t.shape:
+                new, m_ = replace(t, shape=tuple(t.shape[:-1]) + (t.shape[-1] + 1,)), "last dim + 1"
+            elif how == "zero":
+                new, m_ = replace(t, shape=tuple(0 for _ in t.shape)), "zero-size"
+            elif how == "int":
+                new, m_ = replace(t, dtype=g.choice(["int64", "int32"]), fill="full", value=1), "int"
+            elif how == "grad":
+                new, m_ = replace(t, requires_grad=True), "requires grad"
+            elif how == "nan":
+                new, m_ = replace(t, specials=((g.randint(0, 7), g.choice([math.nan, math.inf])),)), "NaN/inf"
+            elif how == "sparse":
+                new, m_ = replace(t, layout="sparse", guard=False), "sparse"
+            else:
+                continue
+            a[name] = lst[:j] + [new] + lst[j + 1:]
+            m_ = f"{name}[{j}] {m_}"
+        elif what == "layers":
+            how = g.choice(["no_layers", "drop_last", "extra", "not_list", "none", "not_tensor", "not_chaining"])
+            name = g.choice(CNF_LISTS)
+            if how == "no_layers":
+                for n_ in CNF_LISTS:
+                    a[n_] = []
+            elif how == "drop_last":
+                a[name] = a[name][:-1]
+            elif how == "extra":
+                a[name] = a[name] + [Ten((D,), dtype, seed=1)]
+            elif how == "not_list":
+                a[name] = a[name][0]
+            elif how == "none":
+                a[name] = Code("None")
+            elif how == "not_tensor":
+                a[name] = a[name][:-1] + [Code("1.0")]
+            elif len(shapes) > 1:  # layer 1 takes one more input than layer 0 gives
+                o, i = shapes[1]
+                a["weights"] = [a["weights"][0], Ten((o, i + 1), dtype, seed=2)] + a["weights"][2:]
+            else:
+                continue
+            m_ = f"layers {how}" + ("" if how in ("no_layers", "not_chaining") else f" ({name})")
+        elif what == "sqrt_T":
+            how = g.choice(["shape", "dtype", "meta", "nan", "grad", "none", "float", "sparse"])
+            if not isinstance(a["sqrt_T"], Ten):  # (already not a tensor)
+                continue
+            if how == "sparse":
+                a["sqrt_T"] = replace(a["sqrt_T"], layout="sparse")
+            elif how == "shape":
+                a["sqrt_T"] = replace(a["sqrt_T"], shape=g.choice([(1,), (2,), (1, 1), (0,)]))
+            elif how == "dtype":
+                a["sqrt_T"] = replace(a["sqrt_T"], dtype=g.choice(["float32", "float64", "int64", "float16"]))
+            elif how == "meta":
+                a["sqrt_T"] = replace(a["sqrt_T"], device="meta")
+            elif how == "nan":
+                a["sqrt_T"] = replace(a["sqrt_T"], value=g.choice([math.nan, math.inf, 0.0]))
+            elif how == "grad":
+                a["sqrt_T"] = replace(a["sqrt_T"], requires_grad=True)
+            else:
+                a["sqrt_T"] = Code("None" if how == "none" else "0.7")
+            m_ = f"sqrt_T {how}"
+        elif what == "noise":
+            how = g.choice(["missing", "rows", "cols", "1d", "dtype", "meta", "nan", "not_tensor", "sparse"])
+            if how == "missing":
+                a["noise"] = Code("None")
+            elif how == "not_tensor":
+                a["noise"] = Code("[1.0]")
+            else:
+                base = a["noise"] if isinstance(a["noise"], Ten) else Ten((N, D), dtype, seed=3)
+                if how == "rows":
+                    base = replace(base, shape=(N + g.choice([1, -1]), D))
+                elif how == "cols":
+                    base = replace(base, shape=(N, D + 1))
+                elif how == "1d":
+                    base = replace(base, shape=(N * D,))
+                elif how == "dtype":
+                    base = replace(base, dtype=g.choice([d for d in DTYPES if d != dtype]))
+                elif how == "meta":
+                    base = replace(base, device="meta")
+                elif how == "sparse":
+                    base = replace(base, layout="sparse")
+                else:
+                    base = replace(base, specials=((0, math.nan),))
+                a["noise"] = base
+            m_ = f"noise {how}"
+        elif what == "y":
+            how = g.choice(["tensor", "tensor", "width", "grad", "empty", "sparse"])
+            if how == "tensor":
+                a["y"], m_ = g.mutate_tensor(a["y"], "")
+            elif how == "width":
+                a["y"] = replace(a["y"], shape=(N, width + g.choice([1, -1])))
+                m_ = f"width {a['y'].shape}"
+            elif how == "grad":
+                a["y"], m_ = replace(a["y"], requires_grad=True), "requires grad"
+            elif how == "sparse":
+                a["y"], m_ = replace(a["y"], layout="sparse"), "sparse"
+            else:
+                a["y"], m_ = replace(a["y"], shape=(0, width)), "no samples"
+            m_ = "y " + m_
+        elif what == "v" and with_v:
+            if g.p(0.2):
+                a["v"], m_ = replace(a["v"], layout="sparse"), "sparse"
+            else:
+                a["v"], m_ = g.mutate_tensor(a["v"], "")
+            m_ = "v " + m_
+        elif what == "s":
+            how = g.choice(["several", "empty", "nan", "int", "meta", "grad", "none", "float", "complex", "sparse"])
+            if not isinstance(a["s"], Ten):
+                continue
+            if how == "several":
+                a["s"] = replace(a["s"], shape=(g.choice([2, 3]),))
+            elif how == "empty":
+                a["s"] = replace(a["s"], shape=(0,))
+            elif how == "nan":
+                a["s"] = replace(a["s"], value=g.choice([math.nan, math.inf]))
+            elif how == "int":
+                a["s"] = replace(a["s"], dtype="int64", value=1)
+            elif how == "complex":
+                a["s"] = replace(a["s"], dtype="complex64")
+            elif how == "sparse":
+                a["s"] = replace(a["s"], layout="sparse")
+            elif how == "meta":
+                a["s"] = replace(a["s"], device="meta")
+            elif how == "grad":
+                a["s"] = replace(a["s"], requires_grad=True)
+            else:
+                a["s"] = Code("None" if how == "none" else "0.25")
+            m_ = f"s {how}"
+        elif what == "flags":
+            flag = g.choice(["with_logp", "kinetic", "jacobian", "train_T"])
+            a[flag] = not a[flag]
+            m_ = f"{flag}={a[flag]} (the state not resized)"
+        else:
+            continue
+        muts.append(m_)
+    must = _cnf_must_raise(a, with_v)
+    call = Call(target="NativeCNF", callee="cnf_call", args=a, positional=8, level="C", muts=muts)
+    call.must_raise = must
+    call.observe = "{k: v for k, v in RESULT.items() if k != 'h'}"
+    tens = [t for n_ in CNF_LISTS if isinstance(a[n_], list) for t in a[n_]] + \
+        [a[n_] for n_ in ("sqrt_T", "s", "y", "v", "noise") if n_ in a]
+    plain = all(isinstance(t, Ten) and t.dtype in ("float32", "float64") and t.device == "cpu" and not t.specials
+                and t.layout != "sparse"
+                and not (t.fill == "full" and not math.isfinite(t.value)) for t in tens if not isinstance(t, Code))
+    if not must and plain:
+        v_arg = ", v" if with_v else ""
+        flags = ", ".join(f"{k}={k}" for k in ("train_T", "activation", "trace", "noise", "with_logp", "kinetic",
+                                               "jacobian"))
+        lists = ", ".join(CNF_LISTS)
+        call.checks = [("wrong-output-shape", "tuple(RESULT['f'].shape) == tuple(y.shape)"),
+                       ("native-cnf-differs-from-torch",
+                        f"cnf_ok(RESULT, {lists}, sqrt_T, s, y{v_arg}, {flags})")]
+        if graph and not muts:
+            call.checks.append(("native-cnf-autograd-differs-from-vjp", "cnf_autograd_ok(RESULT, y, v)"))
+        for n_ in ("train_T", "activation", "trace", "with_logp", "kinetic", "jacobian"):
+            call.setup.append(f"{n_} = {lit(a[n_])}")
+        if isinstance(a["noise"], Code):
+            call.setup.append("noise = None")
+    return call
+
+
+def _cnf_must_raise(a: Dict[str, Any], with_v: bool) -> List[str]:
+    """The contract of _C.NativeCNF and its calls (check_cnf_spec, check_state, the binding's name checks)."""
+    must: List[str] = []
+    if a["activation"] not in ("tanh", "softplus", "relu", "elu", "sigmoid", "silu"):
+        must.append(f"activation={a['activation']!r}")
+    if a["trace"] not in ("exact", "hutchinson"):
+        must.append(f"trace={a['trace']!r}")
+    lists = [a[n] for n in CNF_LISTS]
+    if not all(isinstance(x, list) and all(isinstance(t, Ten) for t in x) for x in lists):
+        return must + ["weights, biases, gate and time vectors must be lists of tensors"]
+    if not isinstance(a["sqrt_T"], Ten):
+        return must + ["sqrt_T must be a tensor"]
+    noise = a["noise"]
+    if not (isinstance(noise, Ten) or (isinstance(noise, Code) and noise.text == "None")):
+        return must + ["noise must be a tensor or None"]
+    W = lists[0]
+    L = len(W)
+    if not L:
+        return must + ["no layers"]
+    if any(len(x) != L for x in lists):
+        return must + ["one bias, gate weight, gate bias and time weight per layer"]
+    sq = a["sqrt_T"]
+    if sq.shape != ():
+        must.append(f"sqrt_T of shape {sq.shape}")
+    if W[0].dtype not in ("float32", "float64"):
+        must.append(f"parameters of dtype {W[0].dtype}")
+    for k, w in enumerate(W):
+        if len(w.shape) != 2 or 0 in w.shape:
+            must.append(f"weight {k} of shape {w.shape}")
+            return must
+        if k and w.shape[1] != W[k - 1].shape[0]:
+            must.append(f"weight {k} does not chain")
+        for x in lists[1:]:
+            if tuple(x[k].shape) != (w.shape[0],):
+                must.append(f"layer {k} vector of shape {x[k].shape}")
+    if len(W[-1].shape) == 2 and W[-1].shape[0] != W[0].shape[1]:
+        must.append("the last layer does not map back to the features")
+    D = W[0].shape[1]
+    spec_tensors = [t for x in lists for t in x] + [sq] + ([noise] if isinstance(noise, Ten) else [])
+    if len({t.dtype for t in spec_tensors}) > 1:
+        must.append("the field's tensors of several dtypes")
+    if any(t.device != "cpu" for t in spec_tensors):
+        must.append("a field tensor on meta")
+    if any(t.layout == "sparse" and t.device == "cpu" for t in spec_tensors):
+        must.append("a sparse field tensor")
+    hutch = a["with_logp"] and a["trace"] == "hutchinson"
+    if hutch and (not isinstance(noise, Ten) or len(noise.shape) != 2 or noise.shape[1] != D):
+        must.append(f"Hutchinson needs a [N, {D}] noise")
+    if must:
+        return must
+    # The calls.
+    s, y = a["s"], a["y"]
+    if not isinstance(s, Ten):
+        return ["s must be a tensor"]
+    width = D + ((1 + a["kinetic"] + a["jacobian"]) if a["with_logp"] else 0)
+    if y.dtype != W[0].dtype:
+        must.append(f"y dtype {y.dtype}, parameters {W[0].dtype}")
+    if y.device != "cpu" or s.device != "cpu":
+        must.append("y or s on meta")
+    if math.prod(s.shape) != 1:
+        must.append(f"s of shape {s.shape}")
+    if s.dtype.startswith("complex"):
+        must.append("a complex s")
+    if (y.layout == "sparse" and y.device == "cpu") or (s.layout == "sparse" and s.device == "cpu"):
+        must.append("a sparse y or s")
+    n = math.prod(y.shape)
+    if n == 0 or n % width:
+        must.append(f"y of shape {y.shape} for {width} columns per sample")
+    elif hutch and n // width != noise.shape[0]:
+        must.append(f"{n // width} samples, noise for {noise.shape[0]}")
+    if with_v and not must:
+        v = a["v"]
+        if tuple(v.shape) != tuple(y.shape) or v.dtype != y.dtype or v.device != y.device or \
+                (v.layout == "sparse" and v.device == "cpu"):
+            must.append(f"v ({v.shape}, {v.dtype}, {v.device}) is not like y")
+    return must
+
+
 def dtype_ok(ts: List[Ten]) -> bool:
     return all(t.dtype in ("float32", "float64") for t in ts)
 def _reversible_grid(g: Gen, method: str, tv: list) -> list:
@@ -3284,6 +3591,7 @@ ENTRY_POINTS: Dict[str, Callable[[Gen], Call]] = {
     "BrownianPath": lambda g: brownian_call_spec(g, "BrownianPath"),
     "BrownianTree": lambda g: brownian_call_spec(g, "BrownianTree"),
     "NativeMLP": native_mlp_call,
+    "NativeCNF": native_cnf_call,
     "reversible_solve": reversible_solve_call,
     "reversible_backward": reversible_backward_call,
     "reversible_solve_per_sample": reversible_per_sample_call,

@@ -122,7 +122,7 @@ def mk(shape, dtype="float64", fill="randn", seed=0, values=None, value=0.0, lo=
     fill: randn (seeded) | full (value) | grid (linspace lo..hi) | values (explicit list, row-major).
     specials: (flat index, value) pairs written after the fill (NaN, inf, huge, ...), index mod numel.
     layout: contig | t (last two dims transposed in memory) | stride2 (every other element of a wider
-    tensor) | expand (stride 0 along dim 0) | offset (a view at a storage offset).
+    tensor) | expand (stride 0 along dim 0) | offset (a view at a storage offset) | sparse (COO; not on meta).
     guard: the tensor is a view into a buffer with sentinel padding on both sides; assert_guards() checks
     nothing was written there (out-of-bounds writes that do not crash).
     """
@@ -175,6 +175,8 @@ def mk(shape, dtype="float64", fill="randn", seed=0, values=None, value=0.0, lo=
         view.copy_(x)
         GUARDS.append((buf, n, sentinel))
         x = view
+    elif layout == "sparse":
+        x = x.to_sparse()
     if requires_grad and (dt.is_floating_point or dt.is_complex):
         x.requires_grad_(True)
     return x
@@ -1048,3 +1050,105 @@ __all__ += ["types", "Sde", "SdeProducts", "PlainBM", "sde_call", "sde_shapes_ok
             "sde_plain_bm_ok", "sde_free_exact_ok", "sde_grads_agree", "brownian_call", "bm_shapes_ok",
             "bm_additive_ok", "bm_repeat_ok", "bm_levy_antisymmetric_ok", "bm_cache_ok", "bm_order_free_ok",
             "bm_entropy_matters_ok", "bm_start_ok", "mlp_reference", "mlp_call", "mlp_ok"]
+
+
+def cnf_call(weights, biases, gate_weights, gate_biases, time_weights, sqrt_T, s, y, v=None, *, train_T,
+             activation, trace, noise=None, with_logp=True, kinetic=False, jacobian=False):
+    """_C.NativeCNF(...), then f = field(s, y) and, with v, field.vjp(s, y, v) -> (f, gy, gp); also the handle."""
+    h = _C.NativeCNF(weights, biases, gate_weights, gate_biases, time_weights, sqrt_T, train_T=train_T,
+                     activation=activation, trace=trace, noise=noise, with_logp=with_logp, kinetic=kinetic,
+                     jacobian=jacobian)
+    f = h(s, y)
+    return {"h": h, "f": f, "vjp": h.vjp(s, y, v) if v is not None else None}
+
+
+def cnf_reference(weights, biases, gate_weights, gate_biases, time_weights, sqrt_T, s, y, *, activation, trace,
+                  noise=None, with_logp=True, kinetic=False, jacobian=False):
+    """The CNF's augmented field in plain torch, from the formulas (differentiable, double backward included):
+    layer a = (W h + b) * sigmoid(gw t + gb) + tw t at t = s sqrt_T^2, the activation between layers, and per
+    sample the columns [T f, -T tr J, T ||f||^2 (kinetic), T ||J||_F^2 (jacobian)]; J exact (by autograd, row by
+    row) or, Hutchinson, tr = eps^T J eps and the Frobenius term ||J eps||^2."""
+    D = weights[0].shape[1]
+    kinetic, jacobian = with_logp and kinetic, with_logp and jacobian
+    width = D + ((1 + kinetic + jacobian) if with_logp else 0)
+    T = sqrt_T * sqrt_T
+    t = s.reshape(()).to(T.dtype) * T
+    z = y.reshape(-1, width)[:, :D]
+    if with_logp and not z.requires_grad:
+        z = z.detach().requires_grad_(True)  # (J by autograd needs z in the graph)
+
+    def net(h):
+        for k, W in enumerate(weights):
+            gate = torch.sigmoid(gate_weights[k] * t + gate_biases[k])
+            h = (h @ W.t() + biases[k]) * gate + time_weights[k] * t
+            if k + 1 < len(weights):
+                h = _ACT[activation](h)
+        return h
+
+    f = net(z)
+    cols = [T * f]
+    if with_logp:
+        # The samples are independent, so d(sum over samples of f_d)/dz is row d of every sample's Jacobian.
+        rows = [torch.autograd.grad(f[:, d].sum(), z, create_graph=True)[0] for d in range(D)]
+        J = torch.stack(rows, dim=1)  # [N, D (output), D (input)]
+        if trace == "exact":
+            tr, fro = J.diagonal(dim1=1, dim2=2).sum(-1), (J * J).sum((1, 2))
+        else:
+            Je = (J * noise.unsqueeze(1)).sum(-1)  # J eps
+            tr, fro = (noise * Je).sum(-1), (Je * Je).sum(-1)
+        cols.append(-T * tr[:, None])
+        if kinetic:
+            cols.append(T * (f * f).sum(-1, keepdim=True))
+        if jacobian:
+            cols.append(T * fro[:, None])
+    return torch.cat(cols, dim=1).reshape(y.shape)
+
+
+def cnf_ok(r, weights, biases, gate_weights, gate_biases, time_weights, sqrt_T, s, y, v=None, *, train_T, **config):
+    """f equals the torch reference (computed in float64 from the same values); vjp's f equals f; v^T df/dy and
+    v^T df/dparams (sqrt_T first when train_T, then per layer W, b, gate_w, gate_b, time_w) equal torch.autograd's
+    on the reference; `params` and `differentiates` name exactly those tensors, in that order."""
+    tol = 1e-10 if y.dtype == torch.float64 else 2e-4
+    lists = [weights, biases, gate_weights, gate_biases, time_weights]
+    order = ([sqrt_T] if train_T else []) + [x[k] for k in range(len(weights)) for x in lists]
+    h = r["h"]
+    if len(h.params) != len(order) or not all(p is q for p, q in zip(h.params, order)):
+        return False
+    if not h.differentiates(order) or (len(order) > 1 and h.differentiates(order[::-1])):
+        return False
+    dbl = [[x.detach().double() for x in lst] for lst in lists]
+    sq, s64, y64 = sqrt_T.detach().double(), s.detach().double(), y.detach().double()
+    noise = config.pop("noise", None)
+    noise = noise.detach().double() if noise is not None else None
+    with torch.enable_grad():
+        if not close_scaled(r["f"], cnf_reference(*dbl, sq, s64, y64, noise=noise, **config).detach(), tol):
+            return False
+        if v is None:
+            return True
+        f, gy, gp = r["vjp"]
+        if not _same_nan(f, r["f"], 0.0):
+            return False
+        yl = y64.clone().requires_grad_(True)
+        sql = sq.clone().requires_grad_(train_T)
+        leaves = [[x.clone().requires_grad_(True) for x in lst] for lst in dbl]
+        out = cnf_reference(*leaves, sql, s64, yl, noise=noise, **config)
+        wrt = [yl] + ([sql] if train_T else []) + [x[k] for k in range(len(weights)) for x in leaves]
+        ref = torch.autograd.grad(out, wrt, v.detach().double(), allow_unused=True)
+    ref = [torch.zeros_like(x) if g is None else g for g, x in zip(ref, wrt)]
+    return close_scaled(gy, ref[0], tol) and close_scaled(gp, torch.cat([g.reshape(-1) for g in ref[1:]]), tol)
+
+
+def cnf_autograd_ok(r, y, v) -> bool:
+    """field(s, y) recorded in grad mode (y and every parameter requiring grad): back-propagating v through it gives
+    vjp's v^T df/dy and v^T df/dparams (the autograd Function's backward, in `params` order)."""
+    params = list(r["h"].params)
+    if r["f"].grad_fn is None:
+        return False
+    grads = torch.autograd.grad(r["f"], [y] + params, v, allow_unused=True)
+    grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, [y] + params)]
+    _, gy, gp = r["vjp"]
+    tol = 1e-12 if y.dtype == torch.float64 else 1e-5
+    return close_scaled(grads[0], gy, tol) and close_scaled(torch.cat([g.reshape(-1) for g in grads[1:]]), gp, tol)
+
+
+__all__ += ["cnf_call", "cnf_reference", "cnf_ok", "cnf_autograd_ok"]
