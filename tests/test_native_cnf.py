@@ -317,3 +317,13 @@ def test_sparse_tensors_and_a_complex_time_raise_a_clear_error():
     with pytest.raises(TypeError, match="^fastdiffeq: the CNF field's time must be real"):
         h(torch.tensor(0.5 + 0.5j), y)
     torch.testing.assert_close(h(s, y), h.vjp(s, y, y)[0])  # (dense inputs still run)
+
+
+@pytest.mark.parametrize("derivatives", ["auto", "autograd"])
+def test_empty_batch_gives_empty_results(derivatives):
+    flow = CNF(ConcatSquashMLP(2, (8,)), kinetic=0.1, derivatives=derivatives)
+    lp = flow.log_prob(torch.zeros(0, 2))
+    assert lp.shape == (0,) and flow.regularization().shape == (0,) and flow.nfe_forward == 0
+    z, delta = flow(torch.zeros(0, 2))
+    assert z.shape == (0, 2) and delta.shape == (0,)
+    assert flow.inverse(torch.zeros(0, 2)).shape == (0, 2)

@@ -387,10 +387,10 @@ class CNF(nn.Module):
     def base_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log p_base(z) per sample, ``[N]``."""
         if self.base is None:
-            return (-0.5 * z.square() - 0.5 * math.log(2 * math.pi)).reshape(z.shape[0], -1).sum(1)
+            return (-0.5 * z.square() - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
         lp = self.base.log_prob(z)
         if lp.shape == z.shape:
-            lp = lp.reshape(z.shape[0], -1).sum(1)
+            lp = lp.flatten(1).sum(1)
         if lp.shape != z.shape[:1]:
             raise ValueError(f"`base`.log_prob of a batch {list(z.shape)} must be [N] or [N, *event_shape], got "
                              f"{list(lp.shape)}")
@@ -446,6 +446,15 @@ class CNF(nn.Module):
         n = x.shape[0]
         noise = _draw_noise(self.noise, x) if (with_logp and self.trace == "hutchinson") else None
         field = _AugmentedField(self, x.shape[1:], with_logp, noise)
+        if n == 0:  # an empty batch: nothing to integrate (empty results, like a distribution's log_prob)
+            self._last_field, self._last_forward_calls, self._last_python_calls = field, 0, 0
+            field.native_used = False
+            empty = x.new_zeros(0)
+            terms = {"zeros": empty}
+            if with_logp:
+                terms.update({k: empty for k, on in (("kinetic", field.with_kinetic),
+                                                     ("jacobian", field.with_jacobian)) if on})
+            return x.clone(), (empty if with_logp else None), terms
         columns = [x.reshape(n, -1)]
         extra = (1 + field.with_kinetic + field.with_jacobian) if with_logp else 0
         if extra:
