@@ -254,11 +254,15 @@ class CNF(nn.Module):
             ``dynamics.dim`` nor an earlier call tells it.
         backend: 'fastdiffeq' (default) or 'torchdiffeq' (the same model and augmented field on
             torchdiffeq's solvers, for comparison; it has no 'checkpoint').
-        derivatives: how the trace's Jacobian products are computed. 'auto' (default): by the network's own
-            forward-mode products when dynamics is a :class:`ConcatSquashMLP` (explicit operations: no
-            ``autograd.grad`` per evaluation and no double backward), else by autograd; 'autograd': always by
-            autograd (exact: the dynamics on D stacked copies of the batch and one backward pass for D <= 16,
-            one backward pass per dimension above; Hutchinson: one vector-Jacobian product).
+        derivatives: how the field and its trace are computed. 'auto' (default): with a
+            :class:`ConcatSquashMLP` (its own forward and layers, no hooks), float32/float64 on the CPU and the
+            fastdiffeq backend, the whole augmented field in C++ (``fastdiffeq.last_stats().field == 'native'``;
+            hand-written vector-Jacobian products; exact traces up to D = 16; it cannot be differentiated twice);
+            otherwise as 'forward'. 'forward': the network's own forward-mode products in Python when dynamics is
+            a ConcatSquashMLP (explicit operations: no ``autograd.grad`` per evaluation and no double backward),
+            else autograd. 'autograd': always by autograd (exact: the dynamics on D stacked copies of the batch
+            and one backward pass for D <= 16, one backward pass per dimension above; Hutchinson: one
+            vector-Jacobian product; its Hutchinson Frobenius estimate is ||eps^T J||^2, the others' ||J eps||^2).
 
     Example:
         >>> import torch, fastdiffeq
