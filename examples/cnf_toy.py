@@ -34,6 +34,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--atol", type=float, default=1e-5)
     p.add_argument("--gradient", default="adjoint", choices=("adjoint", "direct", "checkpoint"))
     p.add_argument("--backend", default="fastdiffeq", choices=("fastdiffeq", "torchdiffeq"))
+    p.add_argument("--derivatives", default="auto", choices=("auto", "forward", "autograd"),
+                   help="the field: native C++ where possible (auto), Python forward-mode products, or autograd")
     p.add_argument("--test-size", type=int, default=20000, help="fresh samples for the test NLL")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (0: torch's default); one is fastest for this small model")
@@ -46,7 +48,8 @@ def parse_args() -> argparse.Namespace:
 def make_flow(args: argparse.Namespace) -> CNF:
     hidden = tuple(int(h) for h in args.hidden.split(","))
     return CNF(ConcatSquashMLP(2, hidden, args.activation), trace=args.trace, T=args.T, kinetic=args.kinetic,
-               jacobian=args.jacobian, rtol=args.rtol, atol=args.atol, gradient=args.gradient, backend=args.backend)
+               jacobian=args.jacobian, rtol=args.rtol, atol=args.atol, gradient=args.gradient, backend=args.backend,
+               derivatives=args.derivatives)
 
 
 @torch.no_grad()
