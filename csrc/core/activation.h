@@ -86,7 +86,9 @@ inline float exp_f32(float x) {
 inline void softplus_sigmoid_f32(float a, float& y, float& s) {
   const float aa = std::fabs(a);
   const bool nan = aa != aa;
-  const float x = nan ? 0.0f : (aa < 87.0f ? aa : 87.0f);
+  // NaN fails the comparison and takes 87 (a finite argument for exp_f32's integer conversion): no branch around
+  // the arithmetic, which would make the compiler mask every vector operation.
+  const float x = aa < 87.0f ? aa : 87.0f;
   const float e = exp_f32(-x);
   const float r = 1.0f / (1.0f + e);
   float p = -3.244021209e-03f;
