@@ -58,6 +58,11 @@ bool unpack_tensor(const py::handle& obj, at::Tensor& out) {
   return true;
 }
 
+// Held while a solver loop runs the autograd engine (VectorField::unlock): the engine must not run under the GIL.
+struct GilRelease final : fde::solver::ScopedUnlock {
+  py::gil_scoped_release release;
+};
+
 // func(t, y) -> dy/dt. `joint`: t is passed as a 0-dim tensor (torchdiffeq's convention), else as [B].
 // `params`: the tensors its vector-Jacobian products differentiate (through torch autograd).
 class PyVectorField final : public fde::solver::VectorField {
@@ -109,9 +114,6 @@ class PyVectorField final : public fde::solver::VectorField {
   std::unique_ptr<fde::solver::ScopedUnlock> unlock() override { return std::make_unique<GilRelease>(); }
 
  private:
-  struct GilRelease final : fde::solver::ScopedUnlock {
-    py::gil_scoped_release release;
-  };
   py::function func_;
   std::vector<int64_t> user_shape_;
   bool joint_;
@@ -124,33 +126,18 @@ struct NativeMlpHandle {
   fde::solver::MlpSpec spec;
 };
 
-// The native field as the loops see it; releases the GIL around the autograd engine (checkpoint replays).
-class PyNativeMlpField final : public fde::solver::NativeMlpField {
+// A native field as the loops see it: releases the GIL around the autograd engine (checkpoint replays).
+template <class Field>
+class GilReleasing final : public Field {
  public:
-  using NativeMlpField::NativeMlpField;
+  using Field::Field;
   std::unique_ptr<fde::solver::ScopedUnlock> unlock() override { return std::make_unique<GilRelease>(); }
-
- private:
-  struct GilRelease final : fde::solver::ScopedUnlock {
-    py::gil_scoped_release release;
-  };
 };
 
 // fastdiffeq.nn.CNF's native augmented field (_C.NativeCNF): the ConcatSquashMLP's parameters (shared), sqrt_T and
 // the trace configuration of one solve.
 struct NativeCnfHandle {
   fde::solver::CnfSpec spec;
-};
-
-class PyNativeCnfField final : public fde::solver::NativeCnfField {
- public:
-  using NativeCnfField::NativeCnfField;
-  std::unique_ptr<fde::solver::ScopedUnlock> unlock() override { return std::make_unique<GilRelease>(); }
-
- private:
-  struct GilRelease final : fde::solver::ScopedUnlock {
-    py::gil_scoped_release release;
-  };
 };
 
 bool same_tensors(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
@@ -170,7 +157,7 @@ std::unique_ptr<fde::solver::VectorField> make_field(const py::object& func, std
     if (!params.empty() && !same_tensors(params, h.spec.params()))
       throw py::value_error("fastdiffeq: a native MLP field differentiates all of its parameters, in module order; "
                             "got another parameter list");
-    return std::make_unique<PyNativeMlpField>(h.spec);
+    return std::make_unique<GilReleasing<fde::solver::NativeMlpField>>(h.spec);
   }
   if (py::isinstance<NativeCnfHandle>(func)) {
     const NativeCnfHandle& h = func.cast<const NativeCnfHandle&>();
@@ -178,7 +165,7 @@ std::unique_ptr<fde::solver::VectorField> make_field(const py::object& func, std
     if (!params.empty() && !same_tensors(params, h.spec.params()))
       throw py::value_error("fastdiffeq: a native CNF field differentiates all of its parameters, in module order; "
                             "got another parameter list");
-    return std::make_unique<PyNativeCnfField>(h.spec);
+    return std::make_unique<GilReleasing<fde::solver::NativeCnfField>>(h.spec);
   }
   if (!PyCallable_Check(func.ptr()))
     throw py::type_error("fastdiffeq: func must be callable as func(t, y), got " + py_type_name(func));
@@ -779,9 +766,6 @@ class PyBlockSequence final : public fde::solver::BlockSequence {
   std::unique_ptr<fde::solver::ScopedUnlock> unlock() override { return std::make_unique<GilRelease>(); }
 
  private:
-  struct GilRelease final : fde::solver::ScopedUnlock {
-    py::gil_scoped_release release;
-  };
   std::vector<py::object> blocks_;
   std::vector<std::vector<at::Tensor>> params_;
 };

@@ -58,8 +58,6 @@ at::Tensor activation_derivative(MlpActivation a, const at::Tensor& x, const at:
 // The activation in place on a fast-path buffer, with ATen's operator (those mlp::bias_activation does not fuse).
 void activate_inplace(MlpActivation a, at::Tensor& x) { activation_out(a, x, x); }
 
-// Softplus and silu differentiate from the pre-activation (and its sigmoid); the others from their output.
-bool derivative_needs_input(MlpActivation a) { return core::activation_needs_sigmoid(a); }
 
 // out = h W^T + b into a preallocated contiguous CPU buffer. Float32: a plain GEMM (mm, ~10% cheaper than addmm at
 // these shapes) and the bias in one pass over its output, fused with the activation when `activate`. Float64: ATen's
@@ -225,7 +223,7 @@ void NativeMlpField::hidden_layer_fast(size_t k, const at::Tensor& h, bool keep_
   at::Tensor& post = post_[k];
   if (post.scalar_type() == at::kFloat && mlp::fuses_activation(a)) {
     linear_into(post, h, W, wt_[k], b, /*activate=*/true, a);  // one pass over the GEMM's output: bias and activation
-  } else if (keep_pre && derivative_needs_input(a)) {
+  } else if (keep_pre && core::activation_needs_sigmoid(a)) {
     if (!pre_[k].defined()) pre_[k] = at::empty_like(post);
     linear_into(pre_[k], h, W, wt_[k], b, /*activate=*/false, a);
     if (a == MlpActivation::kSoftplus) {
@@ -314,7 +312,7 @@ FieldVjp NativeMlpField::vjp_fast(const at::Tensor& y2, const at::Tensor& v2, at
   const int64_t rows = y2.size(0);
   const size_t L = spec_.weights.size();
   const MlpActivation a = spec_.activation;
-  const bool keep_pre = derivative_needs_input(a);
+  const bool keep_pre = core::activation_needs_sigmoid(a);  // softplus / silu differentiate from the pre-activation
   const bool params = n_params_ > 0 && grad_params.defined();
   if (params) {
     TORCH_CHECK(grad_params.is_contiguous() && grad_params.scalar_type() == y2.scalar_type() &&
